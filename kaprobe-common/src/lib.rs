@@ -1,0 +1,404 @@
+//! Types shared by the eBPF programs (`kaprobe-ebpf`) and the agent (`kaprobe-user`).
+//!
+//! Everything here crosses the kernel/user boundary, so every struct is `#[repr(C)]`,
+//! holds integers only, and spells out its padding. Record kinds are stable numbers that
+//! are never reused. The agent decodes records in exactly one place
+//! (`kaprobe_user::decode`), with length checks.
+#![no_std]
+
+/// Kinds of ring-buffer records. Stable numbers: never reuse or renumber one.
+pub mod kind {
+    /// One firing of `tcp_keepalive_timer` on a socket with `SO_KEEPALIVE` (or one that died
+    /// in it), with the socket's state before and after. [`super::TimerRecord`].
+    pub const KA_TIMER: u32 = 1;
+    /// A FIN went out or came in on a tracked socket. [`super::StateRecord`].
+    pub const STATE: u32 = 2;
+    /// A tracked or failing socket reached `TCP_CLOSE`. [`super::CloseRecord`].
+    pub const CLOSE: u32 = 3;
+    /// `tcp:tcp_send_reset`. [`super::ResetSentRecord`].
+    pub const RST_SENT: u32 = 4;
+    /// `tcp:tcp_receive_reset`. [`super::ResetRecvRecord`].
+    pub const RST_RECV: u32 = 5;
+    /// `sock:inet_sk_error_report` on a TCP socket. [`super::ErrorRecord`].
+    pub const SK_ERROR: u32 = 6;
+    /// `tcp:tcp_destroy_sock` of a socket the agent may still hold state for. [`super::Header`] only.
+    pub const DESTROY: u32 = 7;
+}
+
+/// TCP states, as in the kernel's `include/net/tcp_states.h` (a userspace ABI, stable).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// `reason` value meaning "this kernel's tracepoint has no reason argument".
+pub const REASON_UNKNOWN: u32 = u32::MAX;
+
+/// Flags in [`TimerRecord::flags`].
+pub mod timer_flag {
+    /// `SOCK_KEEPOPEN` was set at timer entry.
+    pub const KEEPOPEN: u32 = 1 << 0;
+    /// `SOCK_DEAD` (orphan: no process holds the socket) at timer entry.
+    pub const ORPHAN: u32 = 1 << 1;
+    /// The socket reached `TCP_CLOSE` inside this firing; `close` is valid.
+    pub const DIED: u32 = 1 << 2;
+    /// The timer sent an RST (`reset_reason` is valid).
+    pub const RST_SENT: u32 = 1 << 3;
+    /// `inet_sk_error_report` ran inside this firing (`error` is valid).
+    pub const ERROR_REPORTED: u32 = 1 << 4;
+    /// `keepalive_time` came from the namespace's sysctl (the socket sets none).
+    pub const TIME_FROM_SYSCTL: u32 = 1 << 5;
+    /// `keepalive_intvl` came from the namespace's sysctl.
+    pub const INTVL_FROM_SYSCTL: u32 = 1 << 6;
+    /// `keepalive_probes` came from the namespace's sysctl.
+    pub const PROBES_FROM_SYSCTL: u32 = 1 << 7;
+}
+
+/// Flags in [`CloseInfo::flags`].
+pub mod close_flag {
+    /// This CPU had just sent an RST on the socket (`reset_reason` valid).
+    pub const RST_SENT: u32 = 1 << 0;
+    /// This CPU had just processed an RST for the socket.
+    pub const RST_RECV: u32 = 1 << 1;
+    /// The socket is reported at close: it had SO_KEEPALIVE at some transition, or
+    /// `--all` is on.
+    pub const TRACKED: u32 = 1 << 2;
+    /// `SOCK_KEEPOPEN` was set at close.
+    pub const KEEPOPEN: u32 = 1 << 3;
+    /// `SOCK_DEAD` (orphan) at close.
+    pub const ORPHAN: u32 = 1 << 4;
+}
+
+/// Indexes in the per-CPU `STATS` array.
+pub mod stat {
+    /// Records dropped because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Sockets not tracked in the kernel because the connection table was full.
+    pub const CONN_TABLE_FULL: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Map names, shared so the agent and the programs cannot drift apart.
+pub mod map_name {
+    pub const EVENTS: &str = "EVENTS";
+    pub const STATS: &str = "STATS";
+    pub const CONNS: &str = "CONNS";
+}
+
+/// Name of the read-only global holding [`Config`].
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+/// Configuration flags in [`Config::flags`].
+pub mod config_flag {
+    /// `--all`: report the lifecycle of every TCP connection.
+    pub const ALL: u32 = 1 << 0;
+    /// `tcp_send_reset` has a `reason` argument (kernel ≥ 6.10).
+    pub const RESET_HAS_REASON: u32 = 1 << 1;
+}
+
+/// Everything the programs need to know about the running kernel and the user's choices.
+/// Filled by the agent from BTF and /proc/kallsyms at start-up and written into the
+/// programs' `.rodata` before load, so the verifier sees constants.
+///
+/// Offsets are in bytes from the start of the named struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Address of `tcp_keepalive_timer` (from /proc/kallsyms).
+    pub keepalive_timer_fn: u64,
+    /// [`config_flag`] bits.
+    pub flags: u32,
+    /// `enum sock_flags` bit numbers.
+    pub sock_flag_keepopen: u32,
+    pub sock_flag_dead: u32,
+    /// `struct timer_list`.
+    pub timer_function: u32,
+    pub timer_expires: u32,
+    /// `struct sock` / `struct sock_common`.
+    pub sk_timer: u32,
+    pub sk_flags: u32,
+    pub sk_err: u32,
+    pub sk_protocol: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    /// `inet_sock.inet_sport`: the local port of a full socket, kept after `inet_put_port()`
+    /// zeroes `skc_num` on the way to TCP_CLOSE.
+    pub inet_sport: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_net: u32,
+    /// `struct net` → `ns.inum`, and the keepalive sysctls in `net.ipv4`.
+    pub net_ns_inum: u32,
+    pub net_keepalive_time: u32,
+    pub net_keepalive_intvl: u32,
+    pub net_keepalive_probes: u32,
+    /// `struct inet_connection_sock`.
+    pub icsk_probes_out: u32,
+    pub icsk_user_timeout: u32,
+    /// `struct tcp_sock`.
+    pub tp_keepalive_time: u32,
+    pub tp_keepalive_intvl: u32,
+    pub tp_keepalive_probes: u32,
+    pub tp_rcv_tstamp: u32,
+    pub tp_packets_out: u32,
+    pub tp_write_seq: u32,
+    pub tp_snd_una: u32,
+    /// `struct sk_buff` (addresses of a reset sent with no socket).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_dev: u32,
+    /// `struct net_device` → `nd_net`.
+    pub dev_nd_net: u32,
+    pub _pad: u32,
+}
+
+/// Common header of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// CPU the record was made on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (0 when there is none).
+    pub sk: u64,
+}
+
+/// Both ends of a connection, from the traced socket's point of view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    /// Local address: 4 bytes (IPv4) or 16 (IPv6), network order.
+    pub saddr: [u8; 16],
+    /// Peer address.
+    pub daddr: [u8; 16],
+    /// Local port, host order.
+    pub sport: u16,
+    /// Peer port, host order.
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6` (an IPv6 socket may carry a v4-mapped address).
+    pub family: u16,
+    pub _pad: u16,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    pub _pad2: u32,
+}
+
+/// What the kernel knows about a connection when it reaches `TCP_CLOSE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// ktime of the connection's first state (SYN_SENT / SYN_RECV); 0 when not seen.
+    pub birth_ns: u64,
+    /// ktime this side sent its FIN; 0 when not seen.
+    pub fin_sent_ns: u64,
+    /// ktime the peer's FIN arrived; 0 when not seen.
+    pub fin_recv_ns: u64,
+    /// `sk_err` at close (positive errno, 0 none).
+    pub sk_err: i32,
+    /// `enum sk_rst_reason` of an RST sent just before (or [`REASON_UNKNOWN`]).
+    pub reset_reason: u32,
+    /// `tcp_sock.rcv_tstamp` (jiffies, low 32 bits) at close.
+    pub rcv_tstamp: u32,
+    /// jiffies (low 32 bits) at close.
+    pub jiffies: u32,
+    /// [`close_flag`] bits.
+    pub flags: u32,
+    /// State the socket left for `TCP_CLOSE`.
+    pub old_state: u8,
+    /// `icsk_probes_out` at close.
+    pub probes_out: u8,
+    pub _pad: [u8; 2],
+}
+
+/// [`kind::KA_TIMER`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerRecord {
+    pub header: Header,
+    pub tuple: Tuple,
+    /// jiffies at entry (`bpf_jiffies64`).
+    pub jiffies: u64,
+    /// `timer->expires` after the firing (the re-arm), 0 if the socket died.
+    pub expires_after: u64,
+    /// `tcp_sock.rcv_tstamp` at entry: jiffies when the peer was last heard.
+    pub rcv_tstamp: u32,
+    /// Effective keepalive idle time, jiffies.
+    pub keepalive_time: u32,
+    /// Effective keepalive interval, jiffies.
+    pub keepalive_intvl: u32,
+    /// `icsk_user_timeout` (TCP_USER_TIMEOUT), ms; 0 none.
+    pub user_timeout_ms: u32,
+    /// `tcp_sock.packets_out` at entry.
+    pub packets_out: u32,
+    /// `write_seq - snd_una` at entry: bytes queued or unacknowledged.
+    pub unacked_bytes: u32,
+    /// Error reported inside the firing (positive errno), if `ERROR_REPORTED`.
+    pub error: i32,
+    /// `enum sk_rst_reason` of the RST sent inside the firing, if `RST_SENT`.
+    pub reset_reason: u32,
+    /// [`timer_flag`] bits.
+    pub flags: u32,
+    pub state_before: u8,
+    pub state_after: u8,
+    pub probes_before: u8,
+    pub probes_after: u8,
+    /// Effective keepalive probe count.
+    pub keepalive_probes: u8,
+    pub _pad: [u8; 7],
+    /// Valid when `DIED` is set.
+    pub close: CloseInfo,
+}
+
+/// [`kind::STATE`]: a FIN transition on a tracked socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateRecord {
+    pub header: Header,
+    pub tuple: Tuple,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub _pad: [u8; 6],
+}
+
+/// [`kind::CLOSE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseRecord {
+    pub header: Header,
+    pub tuple: Tuple,
+    pub close: CloseInfo,
+}
+
+/// [`kind::RST_SENT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetSentRecord {
+    pub header: Header,
+    pub tuple: Tuple,
+    /// `enum sk_rst_reason`, or [`REASON_UNKNOWN`].
+    pub reason: u32,
+    /// Socket state (0 when there is no socket).
+    pub state: u8,
+    /// 1 when the RST answers a segment for which no socket exists (`skaddr` 0).
+    pub no_socket: u8,
+    pub _pad: [u8; 2],
+}
+
+/// [`kind::RST_RECV`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetRecvRecord {
+    pub header: Header,
+    pub tuple: Tuple,
+    pub packets_out: u32,
+    pub state: u8,
+    /// `icsk_probes_out` when the RST arrived.
+    pub probes_out: u8,
+    /// 1 when `SOCK_KEEPOPEN` is set.
+    pub keepopen: u8,
+    pub _pad: u8,
+}
+
+/// [`kind::SK_ERROR`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorRecord {
+    pub header: Header,
+    pub tuple: Tuple,
+    /// Positive errno.
+    pub error: i32,
+    pub state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The kernel's per-socket aggregation (value of the `CONNS` map, keyed by socket address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    pub birth_ns: u64,
+    pub fin_sent_ns: u64,
+    pub fin_recv_ns: u64,
+    /// [`conn_flag`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Flags in [`ConnState::flags`].
+pub mod conn_flag {
+    /// The connection is reported at close (it had SO_KEEPALIVE at some transition, or
+    /// `--all` is on). Without it the entry only remembers the birth time, for the
+    /// lifetime of a connection that fails.
+    pub const REPORT: u32 = 1 << 0;
+}
+
+/// Per-CPU scratch of the keepalive timer being run (entry → exit pairing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerScratch {
+    /// `struct timer_list *` being run; 0 when no keepalive timer runs on this CPU.
+    pub timer: u64,
+    pub record: TimerRecord,
+}
+
+/// Per-CPU memory of the last RST seen on this CPU, so that the `TCP_CLOSE` that follows
+/// it in the same call chain can be attributed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentReset {
+    pub sk: u64,
+    pub ts_ns: u64,
+    /// [`close_flag::RST_SENT`] or [`close_flag::RST_RECV`].
+    pub flags: u32,
+    pub reason: u32,
+}
+
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+assert_size!(Config, 8 + 38 * 4);
+assert_size!(Header, 24);
+assert_size!(Tuple, 48);
+assert_size!(CloseInfo, 48);
+assert_size!(TimerRecord, 24 + 48 + 16 + 36 + 12 + 48);
+assert_size!(StateRecord, 24 + 48 + 8);
+assert_size!(CloseRecord, 24 + 48 + 48);
+assert_size!(ResetSentRecord, 24 + 48 + 8);
+assert_size!(ResetRecvRecord, 24 + 48 + 8);
+assert_size!(ErrorRecord, 24 + 48 + 8);
+assert_size!(ConnState, 32);
+assert_size!(RecentReset, 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is `#[repr(C)]`, made only of integers and integer arrays, with
+    // every padding byte spelled out as a field (checked by the size assertions above),
+    // so any bit pattern is a valid value.
+    unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnState {}
+}

@@ -1,0 +1,84 @@
+//! kaprobe's kernel side: tracepoint programs that follow TCP keepalive and connection
+//! death, and stream records to the agent through one ring buffer.
+//!
+//! Every struct offset comes from the running kernel's BTF, written by the agent into
+//! [`CONFIG`] before load (see `kaprobe_user::kernel`). Nothing here hard-codes a kernel
+//! layout. Kernel memory is read with `bpf_probe_read_kernel`, so a wrong guess can never
+//! fault the kernel.
+#![no_std]
+#![no_main]
+
+mod hooks;
+mod kernel;
+mod maps;
+mod reset;
+mod state;
+mod timer;
+
+use kaprobe_common::Config;
+
+/// Filled in by the agent before load. The programs read it with `read_volatile` (through
+/// [`conf!`]) so that the compiler cannot fold the zeroes below into the code; the verifier
+/// then sees the real values, because aya freezes `.rodata`.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config {
+    keepalive_timer_fn: 0,
+    flags: 0,
+    sock_flag_keepopen: 0,
+    sock_flag_dead: 0,
+    timer_function: 0,
+    timer_expires: 0,
+    sk_timer: 0,
+    sk_flags: 0,
+    sk_err: 0,
+    sk_protocol: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    inet_sport: 0,
+    skc_family: 0,
+    skc_state: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_net: 0,
+    net_ns_inum: 0,
+    net_keepalive_time: 0,
+    net_keepalive_intvl: 0,
+    net_keepalive_probes: 0,
+    icsk_probes_out: 0,
+    icsk_user_timeout: 0,
+    tp_keepalive_time: 0,
+    tp_keepalive_intvl: 0,
+    tp_keepalive_probes: 0,
+    tp_rcv_tstamp: 0,
+    tp_packets_out: 0,
+    tp_write_seq: 0,
+    tp_snd_una: 0,
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_transport_header: 0,
+    skb_dev: 0,
+    dev_nd_net: 0,
+    _pad: 0,
+};
+
+/// Reads one field of [`CONFIG`].
+#[macro_export]
+macro_rules! conf {
+    ($field:ident) => {
+        // SAFETY: CONFIG is a plain static; a volatile read of one of its fields is
+        // always valid.
+        unsafe { core::ptr::read_volatile(&raw const $crate::CONFIG.$field) }
+    };
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

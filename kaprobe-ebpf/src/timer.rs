@@ -1,0 +1,110 @@
+//! `timer:timer_expire_entry` / `timer:timer_expire_exit`, narrowed to
+//! `tcp_keepalive_timer` (net/ipv4/tcp_timer.c).
+//!
+//! The keepalive timer is `sk->sk_timer`, so the socket is `timer - offsetof(sock, sk_timer)`.
+//! Entry and exit are paired per CPU: timers run in softirq context, never nested, and the
+//! thread id there is whatever was interrupted. At entry the socket's keepalive state is
+//! saved in this CPU's scratch; the RST, `TCP_CLOSE` and error report that a timeout causes
+//! inside the firing are folded into the same record by their own hooks (see
+//! [`crate::state`], [`crate::reset`]); at exit the record is completed with the state after
+//! the firing and sent once. A probe was sent exactly when `icsk_probes_out` grew by one.
+use kaprobe_common::{TimerRecord, kind, tcp_state, timer_flag};
+
+use crate::{
+    conf,
+    kernel::{flag_set, header, jiffies, read, sk_flags, sk_net, state, tuple_of_sock},
+    maps::{emit, timer_scratch},
+};
+
+#[inline(always)]
+pub fn on_entry(timer: u64) {
+    // The hot part: every timer_list expiry in the system comes here.
+    let function = read::<u64>(timer, conf!(timer_function));
+    if function == 0 || function != conf!(keepalive_timer_fn) {
+        return;
+    }
+    let Some(scratch) = timer_scratch() else {
+        return;
+    };
+    scratch.timer = 0;
+    let sk = timer.wrapping_sub(conf!(sk_timer) as u64);
+    let skflags = sk_flags(sk);
+    let keepopen = flag_set(skflags, conf!(sock_flag_keepopen));
+    let orphan = flag_set(skflags, conf!(sock_flag_dead));
+    let st = state(sk);
+    // Without SO_KEEPALIVE the timer does nothing, except for an orphaned FIN_WAIT2 socket,
+    // whose end it decides (that is not keepalive, but the socket may die here).
+    if !keepopen && st != tcp_state::FIN_WAIT2 {
+        return;
+    }
+    let rec = &mut scratch.record;
+    *rec = TimerRecord::default();
+    rec.header = header(kind::KA_TIMER, sk);
+    rec.tuple = tuple_of_sock(sk);
+    rec.jiffies = jiffies();
+    rec.rcv_tstamp = read::<u32>(sk, conf!(tp_rcv_tstamp));
+    let mut flags = 0;
+    if keepopen {
+        flags |= timer_flag::KEEPOPEN;
+    }
+    if orphan {
+        flags |= timer_flag::ORPHAN;
+    }
+    // keepalive_time_when() & co.: the socket's value, or the namespace's sysctl when 0.
+    let net = sk_net(sk);
+    let mut time = read::<u32>(sk, conf!(tp_keepalive_time));
+    if time == 0 {
+        time = read::<u32>(net, conf!(net_keepalive_time));
+        flags |= timer_flag::TIME_FROM_SYSCTL;
+    }
+    let mut intvl = read::<u32>(sk, conf!(tp_keepalive_intvl));
+    if intvl == 0 {
+        intvl = read::<u32>(net, conf!(net_keepalive_intvl));
+        flags |= timer_flag::INTVL_FROM_SYSCTL;
+    }
+    let mut probes = read::<u8>(sk, conf!(tp_keepalive_probes));
+    if probes == 0 {
+        probes = read::<u8>(net, conf!(net_keepalive_probes));
+        flags |= timer_flag::PROBES_FROM_SYSCTL;
+    }
+    rec.keepalive_time = time;
+    rec.keepalive_intvl = intvl;
+    rec.keepalive_probes = probes;
+    rec.user_timeout_ms = read::<u32>(sk, conf!(icsk_user_timeout));
+    rec.packets_out = read::<u32>(sk, conf!(tp_packets_out));
+    rec.unacked_bytes =
+        read::<u32>(sk, conf!(tp_write_seq)).wrapping_sub(read::<u32>(sk, conf!(tp_snd_una)));
+    rec.state_before = st;
+    rec.probes_before = read::<u8>(sk, conf!(icsk_probes_out));
+    rec.flags = flags;
+    scratch.timer = timer;
+}
+
+#[inline(always)]
+pub fn on_exit(timer: u64) {
+    let Some(scratch) = timer_scratch() else {
+        return;
+    };
+    if scratch.timer == 0 || scratch.timer != timer {
+        return;
+    }
+    scratch.timer = 0;
+    let rec = &mut scratch.record;
+    let sk = rec.header.sk;
+    if rec.flags & timer_flag::DIED == 0 {
+        rec.state_after = state(sk);
+        rec.probes_after = read::<u8>(sk, conf!(icsk_probes_out));
+        rec.expires_after = read::<u64>(timer, conf!(timer_expires));
+    } else {
+        rec.state_after = tcp_state::CLOSE;
+        rec.probes_after = rec.close.probes_out;
+    }
+    // A firing that neither sent a probe nor found one outstanding changes nothing the
+    // agent reports (not idle long enough, socket busy, data in flight): skip it.
+    let worth_it = rec.flags & timer_flag::DIED != 0
+        || rec.probes_before != 0
+        || rec.probes_after != rec.probes_before;
+    if worth_it {
+        emit::<TimerRecord>(rec);
+    }
+}

@@ -1,0 +1,364 @@
+//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`): struct member offsets
+//! (through anonymous structs and unions), enum values, and the argument lists of
+//! tracepoints (`btf_trace_<name>` typedefs). This is how kaprobe learns the running
+//! kernel's layout at start-up instead of hard-coding it.
+use std::{collections::HashMap, path::Path};
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BtfError {
+    #[error("BTF data is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("kernel BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("kernel BTF has no field `{0}.{1}`")]
+    NoMember(String, String),
+    #[error("kernel BTF has no enum `{0}`")]
+    NoEnum(String),
+    #[error("kernel BTF has no value `{1}` in enum `{0}`")]
+    NoEnumValue(String, String),
+    #[error("kernel BTF has no tracepoint `{0}` (typedef btf_trace_{0})")]
+    NoTracepoint(String),
+    #[error("kernel field `{0}` is a bitfield; kaprobe needs a whole field")]
+    Bitfield(String),
+}
+
+const MAGIC: u16 = 0xeb9f;
+
+/// BTF kinds (include/uapi/linux/btf.h).
+mod k {
+    pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const FWD: u32 = 7;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const FLOAT: u32 = 16;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: u32,
+    ty: u32,
+    /// Offset in bits.
+    bit_offset: u32,
+    /// Bitfield size in bits (0: not a bitfield).
+    bitfield: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Type {
+    /// Void (id 0) or a kind kaprobe never needs to look into.
+    Other,
+    Int { size: u32 },
+    Ptr { ty: u32 },
+    Array { elem: u32, len: u32 },
+    Composite { size: u32, members: Vec<Member> },
+    Enum { size: u32, values: Vec<(u32, i64)> },
+    /// Typedef, const, volatile, restrict, type tag: a name or qualifier over `ty`.
+    Alias { ty: u32 },
+    FuncProto { params: Vec<(u32, u32)> },
+}
+
+/// A field's place in a struct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// Offset in bytes from the start of the outer struct.
+    pub offset: u32,
+    /// Size in bytes.
+    pub size: u32,
+}
+
+/// Parsed BTF.
+pub struct Btf {
+    types: Vec<Type>,
+    names: Vec<u32>,
+    strings: Vec<u8>,
+    by_name: HashMap<String, Vec<u32>>,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16, BtfError> {
+    b.get(at..at + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+impl Btf {
+    /// Reads and parses a BTF file (e.g. `/sys/kernel/btf/vmlinux`).
+    pub fn from_file(path: &Path) -> std::io::Result<Result<Self, BtfError>> {
+        Ok(Self::parse(&std::fs::read(path)?))
+    }
+
+    /// Parses raw BTF (little-endian, as on every machine kaprobe runs on).
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if u16_at(data, 0)? != MAGIC {
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF?)"));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let types_at = hdr_len.checked_add(type_off).ok_or(BtfError::Malformed("offset"))?;
+        let strs_at = hdr_len.checked_add(str_off).ok_or(BtfError::Malformed("offset"))?;
+        let tdata = data
+            .get(types_at..types_at.saturating_add(type_len))
+            .ok_or(BtfError::Malformed("type section out of bounds"))?;
+        let strings = data
+            .get(strs_at..strs_at.saturating_add(str_len))
+            .ok_or(BtfError::Malformed("string section out of bounds"))?
+            .to_vec();
+
+        let mut types = vec![Type::Other];
+        let mut names = vec![0];
+        let mut at = 0;
+        while at < tdata.len() {
+            let name = u32_at(tdata, at)?;
+            let info = u32_at(tdata, at + 4)?;
+            let size_or_type = u32_at(tdata, at + 8)?;
+            at += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let ty = match kind {
+                k::INT => {
+                    at += 4;
+                    Type::Int { size: size_or_type }
+                }
+                k::PTR => Type::Ptr { ty: size_or_type },
+                k::ARRAY => {
+                    let elem = u32_at(tdata, at)?;
+                    let len = u32_at(tdata, at + 8)?;
+                    at += 12;
+                    Type::Array { elem, len }
+                }
+                k::STRUCT | k::UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name = u32_at(tdata, at)?;
+                        let ty = u32_at(tdata, at + 4)?;
+                        let off = u32_at(tdata, at + 8)?;
+                        at += 12;
+                        let (bit_offset, bitfield) =
+                            if kind_flag { (off & 0xff_ffff, off >> 24) } else { (off, 0) };
+                        members.push(Member { name, ty, bit_offset, bitfield });
+                    }
+                    Type::Composite { size: size_or_type, members }
+                }
+                k::ENUM => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name = u32_at(tdata, at)?;
+                        let raw = u32_at(tdata, at + 4)?;
+                        at += 8;
+                        let v = if kind_flag { raw as i32 as i64 } else { raw as i64 };
+                        values.push((name, v));
+                    }
+                    Type::Enum { size: size_or_type, values }
+                }
+                k::ENUM64 => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name = u32_at(tdata, at)?;
+                        let lo = u32_at(tdata, at + 4)? as u64;
+                        let hi = u32_at(tdata, at + 8)? as u64;
+                        at += 12;
+                        values.push((name, ((hi << 32) | lo) as i64));
+                    }
+                    Type::Enum { size: size_or_type, values }
+                }
+                k::FWD | k::FUNC | k::FLOAT => Type::Other,
+                k::TYPEDEF | k::VOLATILE | k::CONST | k::RESTRICT | k::TYPE_TAG => {
+                    Type::Alias { ty: size_or_type }
+                }
+                k::FUNC_PROTO => {
+                    let mut params = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        params.push((u32_at(tdata, at)?, u32_at(tdata, at + 4)?));
+                        at += 8;
+                    }
+                    Type::FuncProto { params }
+                }
+                k::VAR | k::DECL_TAG => {
+                    at += 4;
+                    Type::Other
+                }
+                k::DATASEC => {
+                    at += 12 * vlen;
+                    Type::Other
+                }
+                _ => return Err(BtfError::Malformed("unknown type kind")),
+            };
+            types.push(ty);
+            names.push(name);
+        }
+        if at != tdata.len() {
+            return Err(BtfError::Malformed("type section ends inside a type"));
+        }
+        let mut btf = Btf { types, names, strings, by_name: HashMap::new() };
+        for id in 1..btf.types.len() as u32 {
+            let name = btf.name(id);
+            if !name.is_empty() {
+                btf.by_name.entry(name.to_owned()).or_default().push(id);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn str_at(&self, off: u32) -> &str {
+        let start = off as usize;
+        let Some(rest) = self.strings.get(start..) else {
+            return "";
+        };
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |&n| self.str_at(n))
+    }
+
+    fn ty(&self, id: u32) -> &Type {
+        self.types.get(id as usize).unwrap_or(&Type::Other)
+    }
+
+    /// Follows typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.ty(id) {
+                Type::Alias { ty } => id = *ty,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    fn size_of(&self, id: u32) -> u32 {
+        match self.ty(self.resolve(id)) {
+            Type::Int { size } | Type::Composite { size, .. } | Type::Enum { size, .. } => *size,
+            Type::Ptr { .. } => 8,
+            Type::Array { elem, len } => self.size_of(*elem).saturating_mul(*len),
+            _ => 0,
+        }
+    }
+
+    fn find(&self, name: &str, pred: impl Fn(&Type) -> bool) -> Option<u32> {
+        self.by_name.get(name)?.iter().copied().find(|&id| pred(self.ty(id)))
+    }
+
+    fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
+        // Skip empty forward-declared duplicates: take the struct with members.
+        self.find(name, |t| matches!(t, Type::Composite { members, .. } if !members.is_empty()))
+            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// Finds member `name` of composite `id`, looking through anonymous members. Returns the
+    /// bit offset and the member.
+    fn member_in(&self, id: u32, name: &str) -> Option<(u32, Member)> {
+        let Type::Composite { members, .. } = self.ty(self.resolve(id)) else {
+            return None;
+        };
+        for m in members {
+            if m.name != 0 && self.str_at(m.name) == name {
+                return Some((m.bit_offset, m.clone()));
+            }
+        }
+        for m in members {
+            if m.name == 0 {
+                if let Some((off, found)) = self.member_in(m.ty, name) {
+                    return Some((m.bit_offset + off, found));
+                }
+            }
+        }
+        None
+    }
+
+    /// Offset and size of `path` (dot-separated, e.g. `ipv4.sysctl_tcp_keepalive_time`) in
+    /// struct `strukt`.
+    pub fn field(&self, strukt: &str, path: &str) -> Result<Field, BtfError> {
+        let mut id = self.struct_id(strukt)?;
+        let mut bits = 0u32;
+        let mut last: Option<Member> = None;
+        for part in path.split('.') {
+            let (off, m) = self
+                .member_in(id, part)
+                .ok_or_else(|| BtfError::NoMember(strukt.to_owned(), path.to_owned()))?;
+            bits += off;
+            id = m.ty;
+            last = Some(m);
+        }
+        let m = last.ok_or_else(|| BtfError::NoMember(strukt.to_owned(), path.to_owned()))?;
+        if m.bitfield != 0 || bits % 8 != 0 {
+            return Err(BtfError::Bitfield(format!("{strukt}.{path}")));
+        }
+        Ok(Field { offset: bits / 8, size: self.size_of(m.ty) })
+    }
+
+    /// All `(name, value)` pairs of enum `name`.
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+        let id = self
+            .find(name, |t| matches!(t, Type::Enum { .. }))
+            .ok_or_else(|| BtfError::NoEnum(name.to_owned()))?;
+        let Type::Enum { values, .. } = self.ty(id) else {
+            return Err(BtfError::NoEnum(name.to_owned()));
+        };
+        Ok(values.iter().map(|&(n, v)| (self.str_at(n).to_owned(), v)).collect())
+    }
+
+    /// The value of `variant` in enum `name`.
+    pub fn enum_value(&self, name: &str, variant: &str) -> Result<i64, BtfError> {
+        self.enum_values(name)?
+            .into_iter()
+            .find(|(n, _)| n == variant)
+            .map(|(_, v)| v)
+            .ok_or_else(|| BtfError::NoEnumValue(name.to_owned(), variant.to_owned()))
+    }
+
+    /// The argument types of tracepoint `name`, from its `btf_trace_<name>` typedef
+    /// (a pointer to a function whose first parameter is the `void *` context, left out).
+    /// Each argument is described as C-like text, e.g. `const struct sock *`.
+    pub fn tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
+        let tdname = format!("btf_trace_{name}");
+        let no = || BtfError::NoTracepoint(name.to_owned());
+        let id = self.find(&tdname, |t| matches!(t, Type::Alias { .. })).ok_or_else(no)?;
+        let Type::Ptr { ty } = self.ty(self.resolve(id)) else { return Err(no()) };
+        let proto = self.resolve(*ty);
+        let Type::FuncProto { params } = self.ty(proto) else { return Err(no()) };
+        Ok(params.iter().skip(1).map(|&(_, ty)| self.describe(ty)).collect())
+    }
+
+    /// C-like text for a type: enough to tell arguments apart.
+    fn describe(&self, id: u32) -> String {
+        let name = self.name(id);
+        match self.ty(id) {
+            Type::Alias { ty } if name.is_empty() => {
+                // const/volatile: keep the qualifier visible only for readability.
+                self.describe(*ty)
+            }
+            Type::Ptr { ty } => format!("{} *", self.describe(*ty)),
+            Type::Composite { .. } => format!("struct {name}"),
+            Type::Enum { .. } => format!("enum {name}"),
+            _ if name.is_empty() => "void".into(),
+            _ => name.to_owned(),
+        }
+    }
+}

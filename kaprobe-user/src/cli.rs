@@ -1,0 +1,72 @@
+//! Command line: `kaprobe <subcommand>`, one module per subcommand.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::{Cidr, Format};
+
+#[derive(Debug, Parser)]
+#[command(name = "kaprobe", version, about = "Traces TCP keepalive and tells why connections die (eBPF)")]
+pub struct Cli {
+    /// More log output on stderr (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace keepalive probes, answers, timeouts, resets, FINs and closes until Ctrl-C.
+    Watch(WatchArgs),
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let (num, mult) = match s.to_ascii_lowercase() {
+        ref t if t.ends_with("k") || t.ends_with("kib") => (t.trim_end_matches("ib").trim_end_matches('k').to_owned(), 1u64 << 10),
+        ref t if t.ends_with("m") || t.ends_with("mib") => (t.trim_end_matches("ib").trim_end_matches('m').to_owned(), 1u64 << 20),
+        t => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 4M, 512K, 1048576)"))?;
+    let bytes = n.checked_mul(mult).ok_or("size too large")?;
+    if !(4096..=(1 << 30)).contains(&bytes) || !bytes.is_power_of_two() {
+        return Err(format!("`{s}`: the ring buffer must be a power of two between 4K and 1G"));
+    }
+    Ok(bytes as u32)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Output format [default: human on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Append events to FILE instead of writing them to stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Report the lifecycle (FINs, close) of every TCP connection, not only of those with
+    /// keepalive on or that failed.
+    #[arg(long)]
+    pub all: bool,
+    /// Only events where either end uses this port (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only events where either end is in this address block (repeatable), e.g. 10.0.0.0/8.
+    #[arg(long, value_name = "CIDR")]
+    pub addr: Vec<Cidr>,
+    /// Size of the kernel ring buffer (power of two).
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+    /// Most connections followed at once, in the kernel and in the agent.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    pub max_connections: u32,
+    /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}

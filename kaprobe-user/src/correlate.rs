@@ -1,0 +1,485 @@
+//! Per-connection state machine: turns kernel records into the events of the log, and
+//! decides why each connection died.
+//!
+//! Connections are keyed by socket address. A socket address is reused only after the
+//! socket is freed, and every socket reaches `TCP_CLOSE` (which ends its entry here) before
+//! that; a record whose addresses do not match the entry's is treated as a new connection
+//! all the same, so a missed close can never merge two connections.
+//!
+//! The classification follows the kernel (see ../shared/notes/kernel-keepalive-ground-truth.md):
+//! - a keepalive timeout is a death *inside* `tcp_keepalive_timer` of a socket with
+//!   `SO_KEEPALIVE` (not an orphaned FIN_WAIT2 socket, which uses the same timer);
+//! - a probe was sent exactly when `icsk_probes_out` grew by one across a firing (a busy
+//!   socket's 50 ms re-arm, local congestion, data in flight or a not-yet-idle socket send
+//!   nothing and are not probes);
+//! - an answer is seen as `icsk_probes_out` back to 0 (any ACK from the peer resets it);
+//! - an RST answering a probe ends the connection at once (`reset_received`);
+//! - ETIMEDOUT outside the keepalive timer is a retransmission timeout.
+use std::collections::HashMap;
+
+use kaprobe_common::{
+    CloseInfo, CloseRecord, ErrorRecord, Header, REASON_UNKNOWN, ResetRecvRecord, ResetSentRecord,
+    StateRecord, TimerRecord, Tuple, close_flag, tcp_state, timer_flag,
+};
+
+use crate::{
+    decode::RawEvent,
+    model::{Body, Cause, Endpoints, Event, Side, Timestamp, errno_name, state_name},
+};
+
+const ETIMEDOUT: i32 = 110;
+
+/// How long a graceful-looking close waits for an RST that the kernel sends *after*
+/// `TCP_CLOSE` (close() with unread data, SO_LINGER 0, disconnect), before it is reported.
+pub const CLOSE_GRACE_NS: u64 = 20_000_000;
+
+/// Converts kernel time to wall time and jiffies to milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, ns.
+    pub realtime_offset_ns: i128,
+    pub hz: u32,
+}
+
+impl Clock {
+    pub fn wall(&self, mono_ns: u64) -> Timestamp {
+        Timestamp((mono_ns as i128 + self.realtime_offset_ns).max(0) as u64)
+    }
+
+    pub fn jiffies_to_ms(&self, jiffies: u32) -> u64 {
+        jiffies as u64 * 1000 / self.hz.max(1) as u64
+    }
+}
+
+/// What the correlator needs to know about the kernel.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub clock: Clock,
+    /// `enum sk_rst_reason` value → name (empty when the kernel has no reasons).
+    pub reset_reasons: HashMap<u32, String>,
+    /// Most connections followed at once; beyond it the least recently active are dropped
+    /// (and counted).
+    pub max_connections: usize,
+}
+
+/// What the agent follows of one connection.
+#[derive(Debug, Clone, Default)]
+struct Conn {
+    tuple: Tuple,
+    last_seen_ns: u64,
+    /// Keepalive probes sent and not (yet) answered, as of the last record.
+    unanswered: u8,
+    probes: u32,
+    acks: u32,
+    fin_sent_ns: u64,
+    fin_recv_ns: u64,
+    rst_recv: bool,
+    /// Reason of an RST this side sent while the socket was still open.
+    rst_sent: Option<u32>,
+    error: i32,
+}
+
+/// A close waiting [`CLOSE_GRACE_NS`] for a trailing RST.
+#[derive(Debug, Clone)]
+struct Pending {
+    ts_ns: u64,
+    tuple: Tuple,
+    info: CloseInfo,
+    conn: Option<Conn>,
+}
+
+/// Counters kept by the correlator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorrelatorStats {
+    pub evicted: u64,
+    pub replaced: u64,
+}
+
+pub struct Correlator {
+    settings: Settings,
+    conns: HashMap<u64, Conn>,
+    pending: HashMap<u64, Pending>,
+    pub stats: CorrelatorStats,
+}
+
+struct Outcome {
+    cause: Cause,
+    closed_by: Side,
+    time_wait: bool,
+}
+
+impl Correlator {
+    pub fn new(settings: Settings) -> Self {
+        Correlator { settings, conns: HashMap::new(), pending: HashMap::new(), stats: Default::default() }
+    }
+
+    /// Connections currently followed (for metrics and tests).
+    pub fn tracked(&self) -> usize {
+        self.conns.len() + self.pending.len()
+    }
+
+    /// Feeds one kernel record; appends the resulting events to `out`.
+    pub fn handle(&mut self, raw: &RawEvent, out: &mut Vec<Event>) {
+        // Closes whose grace period ended before this record are reported first, so the
+        // log stays close to time order.
+        self.tick(raw.header().ts_ns, out);
+        match raw {
+            RawEvent::Timer(r) => self.on_timer(r, out),
+            RawEvent::State(r) => self.on_state(r, out),
+            RawEvent::Close(r) => self.on_close(r, out),
+            RawEvent::ResetSent(r) => self.on_reset_sent(r, out),
+            RawEvent::ResetRecv(r) => self.on_reset_recv(r, out),
+            RawEvent::Error(r) => self.on_error(r),
+            RawEvent::Destroy(h) => self.on_destroy(h, out),
+        }
+    }
+
+    /// Reports closes whose grace period is over at kernel time `now_ns`.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Event>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut due: Vec<(u64, u64)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ns.saturating_sub(p.ts_ns) >= CLOSE_GRACE_NS)
+            .map(|(&sk, p)| (p.ts_ns, sk))
+            .collect();
+        due.sort_unstable();
+        for (_, sk) in due {
+            if let Some(p) = self.pending.remove(&sk) {
+                self.finish(p, None, out);
+            }
+        }
+    }
+
+    /// Reports every close still waiting (at exit).
+    pub fn flush(&mut self, out: &mut Vec<Event>) {
+        self.tick(u64::MAX, out);
+    }
+
+    fn event(&self, ts_ns: u64, tuple: Option<&Tuple>, body: Body) -> Event {
+        Event { ts: self.settings.clock.wall(ts_ns), conn: tuple.map(Endpoints::from_tuple), body }
+    }
+
+    fn reason_name(&self, reason: u32) -> String {
+        if reason == REASON_UNKNOWN {
+            return "unknown".into();
+        }
+        self.settings.reset_reasons.get(&reason).cloned().unwrap_or_else(|| format!("reason_{reason}"))
+    }
+
+    /// The entry of `sk`, created (or replaced, if `sk` now carries other addresses).
+    fn conn(&mut self, sk: u64, tuple: &Tuple, ts_ns: u64) -> &mut Conn {
+        let stale = self.conns.get(&sk).is_some_and(|c| c.tuple != *tuple);
+        if stale {
+            self.conns.remove(&sk);
+            self.stats.replaced += 1;
+        }
+        if !self.conns.contains_key(&sk) && self.conns.len() >= self.settings.max_connections {
+            self.evict();
+        }
+        let c = self.conns.entry(sk).or_insert_with(|| Conn { tuple: *tuple, ..Conn::default() });
+        c.last_seen_ns = ts_ns;
+        c
+    }
+
+    /// Drops the least recently active eighth of the table (amortised O(1) per insert).
+    fn evict(&mut self) {
+        let mut ages: Vec<(u64, u64)> = self.conns.iter().map(|(&sk, c)| (c.last_seen_ns, sk)).collect();
+        let n = (ages.len() / 8).max(1);
+        ages.select_nth_unstable(n - 1);
+        for &(_, sk) in &ages[..n] {
+            self.conns.remove(&sk);
+        }
+        self.stats.evicted += n as u64;
+    }
+
+    /// The entry of `sk` if it exists for these addresses.
+    fn known(&mut self, sk: u64, tuple: &Tuple) -> Option<&mut Conn> {
+        self.conns.get_mut(&sk).filter(|c| c.tuple == *tuple)
+    }
+
+    fn on_timer(&mut self, r: &TimerRecord, out: &mut Vec<Event>) {
+        let ts = r.header.ts_ns;
+        let clock = self.settings.clock;
+        let idle_j = (r.jiffies as u32).wrapping_sub(r.rcv_tstamp);
+        let idle_ms = clock.jiffies_to_ms(idle_j);
+        let mut events = Vec::new();
+        let conn = self.conn(r.header.sk, &r.tuple, ts);
+        if r.probes_before == 0 && conn.unanswered > 0 {
+            // The peer was heard (icsk_probes_out went back to 0) at rcv_tstamp.
+            let heard_ns = ts.saturating_sub(idle_ms * 1_000_000);
+            events.push((heard_ns, Body::KeepaliveAck { probes_unanswered: conn.unanswered }));
+            conn.acks += 1;
+            conn.unanswered = 0;
+        } else if r.probes_before > conn.unanswered {
+            // First sight of a socket already probing: its earlier probes predate us.
+            conn.unanswered = r.probes_before;
+        }
+        let died = r.flags & timer_flag::DIED != 0;
+        let keepopen = r.flags & timer_flag::KEEPOPEN != 0;
+        let fin_wait2_orphan =
+            r.state_before == tcp_state::FIN_WAIT2 && r.flags & timer_flag::ORPHAN != 0;
+        let probe_sent = !died && r.probes_after == r.probes_before.wrapping_add(1);
+        if probe_sent {
+            conn.probes += 1;
+            conn.unanswered = r.probes_after;
+            events.push((
+                ts,
+                Body::KeepaliveProbe {
+                    probe: r.probes_after,
+                    max_probes: r.keepalive_probes,
+                    idle_ms,
+                    interval_ms: clock.jiffies_to_ms(r.keepalive_intvl),
+                },
+            ));
+        }
+        for (t, body) in events {
+            out.push(self.event(t, Some(&r.tuple), body));
+        }
+        if !died {
+            return;
+        }
+        let mut info = r.close;
+        let error = if r.flags & timer_flag::ERROR_REPORTED != 0 { r.error } else { info.sk_err };
+        if info.sk_err == 0 {
+            info.sk_err = error;
+        }
+        let keepalive_kill = keepopen && !fin_wait2_orphan;
+        if keepalive_kill {
+            out.push(self.event(
+                ts,
+                Some(&r.tuple),
+                Body::KeepaliveTimeout {
+                    probes: r.probes_before,
+                    max_probes: r.keepalive_probes,
+                    idle_ms,
+                    error: errno_name(error),
+                    user_timeout_ms: (r.user_timeout_ms != 0).then_some(r.user_timeout_ms),
+                },
+            ));
+        }
+        if r.flags & timer_flag::RST_SENT != 0 {
+            info.flags |= close_flag::RST_SENT;
+            info.reset_reason = r.reset_reason;
+            out.push(self.event(
+                ts,
+                Some(&r.tuple),
+                Body::ResetSent {
+                    reason: self.reason_name(r.reset_reason),
+                    state: Some(state_name(r.state_before)),
+                },
+            ));
+        }
+        let conn = self.conns.remove(&r.header.sk);
+        let forced = keepalive_kill.then_some(Cause::KeepaliveTimeout);
+        self.finish(Pending { ts_ns: ts, tuple: r.tuple, info, conn }, forced, out);
+    }
+
+    fn on_state(&mut self, r: &StateRecord, out: &mut Vec<Event>) {
+        let ts = r.header.ts_ns;
+        let conn = self.conn(r.header.sk, &r.tuple, ts);
+        let body = match r.new_state {
+            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
+                conn.fin_sent_ns = ts;
+                Body::FinSent { state: state_name(r.new_state) }
+            }
+            tcp_state::CLOSE_WAIT | tcp_state::CLOSING => {
+                conn.fin_recv_ns = ts;
+                Body::FinReceived { state: state_name(r.new_state) }
+            }
+            _ => return,
+        };
+        out.push(self.event(ts, Some(&r.tuple), body));
+    }
+
+    fn on_close(&mut self, r: &CloseRecord, out: &mut Vec<Event>) {
+        let sk = r.header.sk;
+        // A close already waiting for this socket (should not happen): report it first.
+        if let Some(p) = self.pending.remove(&sk) {
+            self.finish(p, None, out);
+        }
+        let conn = self.conns.remove(&sk).filter(|c| c.tuple == r.tuple);
+        let p = Pending { ts_ns: r.header.ts_ns, tuple: r.tuple, info: r.close, conn };
+        let failed = r.close.sk_err != 0
+            || r.close.flags & (close_flag::RST_SENT | close_flag::RST_RECV) != 0
+            || p.conn.as_ref().is_some_and(|c| c.rst_recv || c.rst_sent.is_some());
+        let rst_may_follow = matches!(
+            r.close.old_state,
+            tcp_state::ESTABLISHED
+                | tcp_state::CLOSE_WAIT
+                | tcp_state::FIN_WAIT1
+                | tcp_state::FIN_WAIT2
+                | tcp_state::SYN_RECV
+                | tcp_state::CLOSING
+                | tcp_state::LAST_ACK
+        );
+        if !failed && rst_may_follow {
+            self.pending.insert(sk, p);
+        } else {
+            self.finish(p, None, out);
+        }
+    }
+
+    fn on_reset_sent(&mut self, r: &ResetSentRecord, out: &mut Vec<Event>) {
+        let sk = r.header.sk;
+        let ts = r.header.ts_ns;
+        let state = (r.no_socket == 0).then(|| state_name(r.state));
+        out.push(self.event(ts, Some(&r.tuple), Body::ResetSent { reason: self.reason_name(r.reason), state }));
+        if r.no_socket != 0 {
+            return;
+        }
+        if r.state != tcp_state::CLOSE {
+            if let Some(c) = self.known(sk, &r.tuple) {
+                c.rst_sent = Some(r.reason);
+            }
+            return;
+        }
+        // The kernel closed the socket, then reset the peer (close() with unread data,
+        // SO_LINGER 0, disconnect()).
+        let mut p = match self.pending.remove(&sk) {
+            Some(p) => p,
+            None => Pending {
+                ts_ns: ts,
+                tuple: r.tuple,
+                info: CloseInfo { reset_reason: REASON_UNKNOWN, ..CloseInfo::default() },
+                conn: self.conns.remove(&sk).filter(|c| c.tuple == r.tuple),
+            },
+        };
+        p.info.flags |= close_flag::RST_SENT;
+        p.info.reset_reason = r.reason;
+        self.finish(p, None, out);
+    }
+
+    fn on_reset_recv(&mut self, r: &ResetRecvRecord, out: &mut Vec<Event>) {
+        let kernel_says = r.probes_out > 0 && r.keepopen != 0 && r.packets_out == 0;
+        let mut during = kernel_says;
+        if let Some(c) = self.known(r.header.sk, &r.tuple) {
+            during |= c.unanswered > 0;
+            c.rst_recv = true;
+        }
+        out.push(self.event(
+            r.header.ts_ns,
+            Some(&r.tuple),
+            Body::ResetReceived { during_keepalive: during, state: state_name(r.state) },
+        ));
+    }
+
+    fn on_error(&mut self, r: &ErrorRecord) {
+        let sk = r.header.sk;
+        if let Some(p) = self.pending.get_mut(&sk) {
+            if p.info.sk_err == 0 {
+                p.info.sk_err = r.error;
+            }
+        } else if let Some(c) = self.known(sk, &r.tuple) {
+            c.error = r.error;
+        }
+    }
+
+    fn on_destroy(&mut self, h: &Header, out: &mut Vec<Event>) {
+        // The socket is gone: no RST can follow its close any more.
+        if let Some(p) = self.pending.remove(&h.sk) {
+            self.finish(p, None, out);
+        }
+        self.conns.remove(&h.sk);
+    }
+
+    fn classify(info: &CloseInfo, conn: Option<&Conn>, forced: Option<Cause>) -> Outcome {
+        let local = |cause| Outcome { cause, closed_by: Side::Local, time_wait: false };
+        if let Some(cause) = forced {
+            return local(cause);
+        }
+        let rst_recv = info.flags & close_flag::RST_RECV != 0 || conn.is_some_and(|c| c.rst_recv);
+        let rst_sent = info.flags & close_flag::RST_SENT != 0 || conn.is_some_and(|c| c.rst_sent.is_some());
+        let handshake = matches!(info.old_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
+        if rst_recv {
+            return Outcome { cause: Cause::ResetReceived, closed_by: Side::Remote, time_wait: false };
+        }
+        // ETIMEDOUT, or a soft error (ICMP unreachable) recorded during retransmissions:
+        // tcp_write_err() reports sk_err_soft instead of ETIMEDOUT when there is one.
+        // Hard ICMP errors kill a socket only during the handshake.
+        if info.sk_err == ETIMEDOUT || (info.sk_err != 0 && !rst_sent && !handshake) {
+            return local(Cause::RetransmitTimeout);
+        }
+        if rst_sent {
+            return local(Cause::ResetSent);
+        }
+        let fin_sent = info.fin_sent_ns.max(conn.map_or(0, |c| c.fin_sent_ns));
+        let fin_recv = info.fin_recv_ns.max(conn.map_or(0, |c| c.fin_recv_ns));
+        let fin_state = matches!(
+            info.old_state,
+            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK
+        );
+        if fin_sent == 0 && fin_recv == 0 && !fin_state {
+            return local(Cause::Other);
+        }
+        let closed_by = match (fin_sent, fin_recv) {
+            (s, r) if s != 0 && r != 0 => if s <= r { Side::Local } else { Side::Remote },
+            (_, r) if r != 0 => Side::Remote,
+            (s, _) if s != 0 => Side::Local,
+            _ if info.old_state == tcp_state::LAST_ACK => Side::Remote,
+            _ => Side::Local,
+        };
+        // The side that sends the first FIN ends in TIME_WAIT (or the FIN_WAIT2 timewait
+        // substate of an orphan): its full socket leaves from FIN_WAIT1/2 or CLOSING.
+        let time_wait = closed_by == Side::Local
+            && matches!(info.old_state, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING);
+        Outcome { cause: Cause::Fin, closed_by, time_wait }
+    }
+
+    /// Reports a connection's end: the FINs the kernel aggregated (if not reported live),
+    /// an answer to outstanding probes seen only now, and `connection_closed`.
+    fn finish(&mut self, p: Pending, forced: Option<Cause>, out: &mut Vec<Event>) {
+        let Pending { ts_ns, tuple, info, conn } = p;
+        let clock = self.settings.clock;
+        let outcome = Self::classify(&info, conn.as_ref(), forced);
+        let (mut probes, mut acks) = (0, 0);
+        if let Some(c) = &conn {
+            probes = c.probes;
+            acks = c.acks;
+            if c.unanswered > 0 && info.probes_out == 0 && outcome.cause == Cause::Fin {
+                let idle_ms = clock.jiffies_to_ms(info.jiffies.wrapping_sub(info.rcv_tstamp));
+                out.push(self.event(
+                    ts_ns.saturating_sub(idle_ms * 1_000_000),
+                    Some(&tuple),
+                    Body::KeepaliveAck { probes_unanswered: c.unanswered },
+                ));
+                acks += 1;
+            }
+        }
+        // FINs aggregated in the kernel for sockets whose FINs were not sent live.
+        let live_sent = conn.as_ref().is_some_and(|c| c.fin_sent_ns != 0);
+        let live_recv = conn.as_ref().is_some_and(|c| c.fin_recv_ns != 0);
+        let mut fins = Vec::new();
+        let sent_first = info.fin_sent_ns != 0 && (info.fin_recv_ns == 0 || info.fin_sent_ns <= info.fin_recv_ns);
+        if info.fin_sent_ns != 0 && !live_sent {
+            let state = if sent_first { tcp_state::FIN_WAIT1 } else { tcp_state::LAST_ACK };
+            fins.push((info.fin_sent_ns, Body::FinSent { state: state_name(state) }));
+        }
+        if info.fin_recv_ns != 0 && !live_recv {
+            let state = if sent_first { tcp_state::CLOSING } else { tcp_state::CLOSE_WAIT };
+            fins.push((info.fin_recv_ns, Body::FinReceived { state: state_name(state) }));
+        }
+        fins.sort_by_key(|(t, _)| *t);
+        for (t, body) in fins {
+            out.push(self.event(t, Some(&tuple), body));
+        }
+        let error = if info.sk_err != 0 { info.sk_err } else { conn.as_ref().map_or(0, |c| c.error) };
+        let lifetime_ms = (info.birth_ns != 0).then(|| ts_ns.saturating_sub(info.birth_ns) / 1_000_000);
+        out.push(self.event(
+            ts_ns,
+            Some(&tuple),
+            Body::ConnectionClosed {
+                cause: outcome.cause,
+                error: errno_name(error),
+                closed_by: outcome.closed_by,
+                time_wait: outcome.time_wait,
+                lifetime_ms,
+                keepalive_probes: probes,
+                keepalive_acks: acks,
+                last_state: (info.old_state != 0).then(|| state_name(info.old_state)),
+            },
+        ));
+    }
+}

@@ -1,0 +1,278 @@
+//! What kaprobe learns about the running kernel at start-up: struct offsets and tracepoint
+//! prototypes from BTF, the address of `tcp_keepalive_timer` from /proc/kallsyms, the
+//! names of `enum sk_rst_reason`, and the tick rate (HZ) needed to turn jiffies into time.
+use std::{
+    collections::HashMap,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use kaprobe_common::{Config, config_flag};
+use thiserror::Error;
+
+use crate::btf::{Btf, BtfError};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error(
+        "no kernel BTF at {0}: kaprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf(PathBuf),
+    #[error("cannot read kernel BTF at {0}: {1}")]
+    BtfUnreadable(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Btf(#[from] BtfError),
+    #[error("kernel field `{field}` is {got} bytes, kaprobe expects {want}")]
+    FieldSize { field: String, got: u32, want: u32 },
+    #[error("cannot read /proc/kallsyms: {0}")]
+    KallsymsUnreadable(std::io::Error),
+    #[error("`tcp_keepalive_timer` is not in /proc/kallsyms")]
+    NoKeepaliveTimer,
+    #[error(
+        "/proc/kallsyms hides addresses (shows 0 for tcp_keepalive_timer): run as root or grant CAP_SYSLOG"
+    )]
+    KallsymsHidden,
+    #[error("cannot tell the kernel's tick rate (HZ): {0}")]
+    NoHz(String),
+}
+
+/// One tracepoint kaprobe hooks, as the running kernel declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracepointProto {
+    pub name: &'static str,
+    /// Argument types (without the leading `void *` context).
+    pub args: Vec<String>,
+}
+
+/// Everything learned about the kernel.
+#[derive(Debug, Clone)]
+pub struct KernelFacts {
+    pub release: String,
+    pub config: Config,
+    pub hz: u32,
+    /// Where `hz` came from (for `agent_start`).
+    pub hz_source: String,
+    /// `enum sk_rst_reason` values → lowercase names without the `SK_RST_REASON_` prefix.
+    pub reset_reasons: HashMap<u32, String>,
+    pub tracepoints: Vec<TracepointProto>,
+}
+
+impl KernelFacts {
+    pub fn has_reset_reason(&self) -> bool {
+        self.config.flags & config_flag::RESET_HAS_REASON != 0
+    }
+}
+
+/// The tracepoints kaprobe attaches, all required.
+pub const TRACEPOINTS: [&str; 7] = [
+    "timer_expire_entry",
+    "timer_expire_exit",
+    "inet_sock_set_state",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "inet_sk_error_report",
+    "tcp_destroy_sock",
+];
+
+/// Loads the running kernel's BTF.
+pub fn load_btf(path: &Path) -> Result<Btf, KernelError> {
+    match Btf::from_file(path) {
+        Ok(parsed) => Ok(parsed?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KernelError::NoBtf(path.into())),
+        Err(e) => Err(KernelError::BtfUnreadable(path.into(), e)),
+    }
+}
+
+/// Offset of `path` in `strukt`; `path` may list alternatives separated by `|` (a field
+/// that moved between kernels), tried in order.
+fn field(btf: &Btf, strukt: &str, path: &str, want: u32) -> Result<u32, KernelError> {
+    let mut alternatives = path.split('|');
+    let first = alternatives.next().unwrap_or(path);
+    let f = match btf.field(strukt, first) {
+        Ok(f) => f,
+        Err(e) => alternatives.find_map(|alt| btf.field(strukt, alt).ok()).ok_or(e)?,
+    };
+    if f.size != want {
+        return Err(KernelError::FieldSize { field: format!("{strukt}.{path}"), got: f.size, want });
+    }
+    Ok(f.offset)
+}
+
+/// Fills the offsets and flags of [`Config`] from BTF. `keepalive_timer_fn` is left 0.
+pub fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), KernelError> {
+    let mut c = Config::default();
+    macro_rules! set {
+        ($($dst:ident = $strukt:literal, $path:literal, $size:expr;)*) => {
+            $( c.$dst = field(btf, $strukt, $path, $size)?; )*
+        };
+    }
+    set! {
+        timer_function = "timer_list", "function", 8;
+        timer_expires = "timer_list", "expires", 8;
+        sk_timer = "sock", "sk_timer", size_of_timer_list(btf)?;
+        // sk_flags moved into sock_common as skc_flags in 6.18.
+        sk_flags = "sock", "sk_flags|__sk_common.skc_flags", 8;
+        sk_err = "sock", "sk_err", 4;
+        sk_protocol = "sock", "sk_protocol", 2;
+        skc_daddr = "sock", "__sk_common.skc_daddr", 4;
+        skc_rcv_saddr = "sock", "__sk_common.skc_rcv_saddr", 4;
+        skc_dport = "sock", "__sk_common.skc_dport", 2;
+        skc_num = "sock", "__sk_common.skc_num", 2;
+        inet_sport = "tcp_sock", "inet_conn.icsk_inet.inet_sport", 2;
+        skc_family = "sock", "__sk_common.skc_family", 2;
+        skc_state = "sock", "__sk_common.skc_state", 1;
+        skc_v6_daddr = "sock", "__sk_common.skc_v6_daddr", 16;
+        skc_v6_rcv_saddr = "sock", "__sk_common.skc_v6_rcv_saddr", 16;
+        skc_net = "sock", "__sk_common.skc_net.net", 8;
+        net_ns_inum = "net", "ns.inum", 4;
+        net_keepalive_time = "net", "ipv4.sysctl_tcp_keepalive_time", 4;
+        net_keepalive_intvl = "net", "ipv4.sysctl_tcp_keepalive_intvl", 4;
+        net_keepalive_probes = "net", "ipv4.sysctl_tcp_keepalive_probes", 1;
+        icsk_probes_out = "tcp_sock", "inet_conn.icsk_probes_out", 1;
+        icsk_user_timeout = "tcp_sock", "inet_conn.icsk_user_timeout", 4;
+        tp_keepalive_time = "tcp_sock", "keepalive_time", 4;
+        tp_keepalive_intvl = "tcp_sock", "keepalive_intvl", 4;
+        tp_keepalive_probes = "tcp_sock", "keepalive_probes", 1;
+        tp_rcv_tstamp = "tcp_sock", "rcv_tstamp", 4;
+        tp_packets_out = "tcp_sock", "packets_out", 4;
+        tp_write_seq = "tcp_sock", "write_seq", 4;
+        tp_snd_una = "tcp_sock", "snd_una", 4;
+        skb_head = "sk_buff", "head", 8;
+        skb_network_header = "sk_buff", "network_header", 2;
+        skb_transport_header = "sk_buff", "transport_header", 2;
+        skb_dev = "sk_buff", "dev", 8;
+        dev_nd_net = "net_device", "nd_net.net", 8;
+    }
+    c.sock_flag_keepopen = enum_u32(btf, "sock_flags", "SOCK_KEEPOPEN")?;
+    c.sock_flag_dead = enum_u32(btf, "sock_flags", "SOCK_DEAD")?;
+
+    let mut protos = Vec::new();
+    for name in TRACEPOINTS {
+        let args = btf.tracepoint_args(name)?;
+        protos.push(TracepointProto { name, args });
+    }
+    let send_reset = protos.iter().find(|p| p.name == "tcp_send_reset").map(|p| p.args.len());
+    if send_reset.is_some_and(|n| n >= 3) {
+        c.flags |= config_flag::RESET_HAS_REASON;
+    }
+    Ok((c, protos))
+}
+
+fn size_of_timer_list(btf: &Btf) -> Result<u32, KernelError> {
+    // sk_timer is a whole `struct timer_list`; its size is whatever this kernel says.
+    Ok(btf.field("sock", "sk_timer")?.size)
+}
+
+fn enum_u32(btf: &Btf, name: &str, variant: &str) -> Result<u32, KernelError> {
+    Ok(btf.enum_value(name, variant)? as u32)
+}
+
+/// `enum sk_rst_reason` as value → `no_socket`, `tcp_keepalive_timeout`, ... (empty on
+/// kernels without the enum, before 6.10).
+pub fn reset_reason_names(btf: &Btf) -> HashMap<u32, String> {
+    btf.enum_values("sk_rst_reason")
+        .map(|values| {
+            values
+                .into_iter()
+                .filter(|(n, _)| n != "SK_RST_REASON_MAX")
+                .map(|(n, v)| {
+                    let short = n.strip_prefix("SK_RST_REASON_").unwrap_or(&n).to_ascii_lowercase();
+                    (v as u32, short)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Finds `symbol`'s address in kallsyms-formatted text (`ffffffff81234560 t name [module]`).
+pub fn kallsyms_lookup(text: &str, symbol: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut it = line.split_ascii_whitespace();
+        let addr = it.next()?;
+        let _kind = it.next()?;
+        let name = it.next()?;
+        (name == symbol).then(|| u64::from_str_radix(addr, 16).ok()).flatten()
+    })
+}
+
+/// Address of `tcp_keepalive_timer` from /proc/kallsyms.
+pub fn keepalive_timer_address() -> Result<u64, KernelError> {
+    let text = std::fs::read_to_string("/proc/kallsyms").map_err(KernelError::KallsymsUnreadable)?;
+    match kallsyms_lookup(&text, "tcp_keepalive_timer") {
+        None => Err(KernelError::NoKeepaliveTimer),
+        Some(0) => Err(KernelError::KallsymsHidden),
+        Some(addr) => Ok(addr),
+    }
+}
+
+/// `CONFIG_HZ=` in kernel config text.
+pub fn hz_from_config(text: &str) -> Option<u32> {
+    text.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
+}
+
+/// The kernel's HZ: from /proc/config.gz or /boot/config-<release>, else measured from the
+/// jiffies counter that /proc/schedstat shows (`timestamp`) over 100 ms.
+pub fn kernel_hz(release: &str) -> Result<(u32, String), KernelError> {
+    if let Ok(gz) = std::fs::read("/proc/config.gz") {
+        let mut text = String::new();
+        if flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).is_ok() {
+            if let Some(hz) = hz_from_config(&text) {
+                return Ok((hz, "/proc/config.gz".into()));
+            }
+        }
+    }
+    let boot = format!("/boot/config-{release}");
+    if let Ok(text) = std::fs::read_to_string(&boot) {
+        if let Some(hz) = hz_from_config(&text) {
+            return Ok((hz, boot));
+        }
+    }
+    measure_hz().map(|hz| (hz, "measured from /proc/schedstat".into()))
+}
+
+fn schedstat_jiffies() -> Result<u64, KernelError> {
+    let text = std::fs::read_to_string("/proc/schedstat")
+        .map_err(|e| KernelError::NoHz(format!("no kernel config and /proc/schedstat: {e}")))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("timestamp ")?.trim().parse().ok())
+        .ok_or_else(|| KernelError::NoHz("/proc/schedstat has no timestamp line".into()))
+}
+
+fn measure_hz() -> Result<u32, KernelError> {
+    let t0 = std::time::Instant::now();
+    let j0 = schedstat_jiffies()?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let j1 = schedstat_jiffies()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let raw = (j1.saturating_sub(j0)) as f64 / secs;
+    // Kernels are built with one of these.
+    [100u32, 250, 300, 1000]
+        .into_iter()
+        .min_by(|a, b| (*a as f64 - raw).abs().total_cmp(&(*b as f64 - raw).abs()))
+        .filter(|hz| (*hz as f64 - raw).abs() / (*hz as f64) < 0.2)
+        .ok_or_else(|| KernelError::NoHz(format!("measured {raw:.0} ticks/s")))
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Everything at once, for `watch`.
+pub fn probe(btf: &Btf) -> Result<KernelFacts, KernelError> {
+    let release = kernel_release();
+    let (mut config, tracepoints) = config_from_btf(btf)?;
+    config.keepalive_timer_fn = keepalive_timer_address()?;
+    let (hz, hz_source) = kernel_hz(&release)?;
+    Ok(KernelFacts {
+        release,
+        config,
+        hz,
+        hz_source,
+        reset_reasons: reset_reason_names(btf),
+        tracepoints,
+    })
+}

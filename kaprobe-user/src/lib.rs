@@ -1,0 +1,15 @@
+//! kaprobe's agent, as a library so that tests and benchmarks can reuse its parts:
+//! kernel discovery ([`kernel`], [`btf`]), loading ([`loader`]), decoding ([`decode`]),
+//! correlation ([`correlate`]), the event model ([`model`]) and output ([`output`]).
+pub mod btf;
+pub mod cli;
+pub mod correlate;
+pub mod decode;
+pub mod error;
+pub mod kernel;
+pub mod loader;
+pub mod logging;
+pub mod model;
+pub mod output;
+pub mod privileges;
+pub mod watch;

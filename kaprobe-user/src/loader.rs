@@ -1,0 +1,160 @@
+//! Loading the embedded eBPF object and attaching its programs.
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, RawTracePoint},
+};
+use kaprobe_common::{CONFIG_GLOBAL, map_name, stat};
+use thiserror::Error;
+
+use crate::{kernel::KernelFacts, model::HookInfo};
+
+/// The eBPF object, built by `cargo xtask build` (or this crate's build script) and
+/// embedded so that the binary is the only file to deploy.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kaprobe.bpf.o"));
+
+/// Each hook: the tracepoint, the `tp_btf` program, the `raw_tp` fallback.
+pub const HOOKS: [(&str, &str, &str); 7] = [
+    ("timer_expire_entry", "kp_timer_entry", "kr_timer_entry"),
+    ("timer_expire_exit", "kp_timer_exit", "kr_timer_exit"),
+    ("inet_sock_set_state", "kp_set_state", "kr_set_state"),
+    ("tcp_send_reset", "kp_send_reset", "kr_send_reset"),
+    ("tcp_receive_reset", "kp_recv_reset", "kr_recv_reset"),
+    ("inet_sk_error_report", "kp_sk_error", "kr_sk_error"),
+    ("tcp_destroy_sock", "kp_destroy", "kr_destroy"),
+];
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "this kaprobe binary was built without its eBPF object: build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("cannot load kernel BTF for the loader: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("cannot attach to tracepoint {tracepoint}: tp_btf: {btf}; raw tracepoint: {raw}")]
+    Attach { tracepoint: &'static str, btf: String, raw: String },
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+}
+
+/// Sizes the user chose.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub ring_bytes: u32,
+    pub max_connections: u32,
+}
+
+/// The loaded programs; dropping it detaches and unloads everything.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookInfo>,
+}
+
+fn describe(e: &aya::programs::ProgramError) -> String {
+    // Keep the verifier log out of the one-line error, but show its last line.
+    let text = e.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = src {
+        detail = s.to_string();
+        src = s.source();
+    }
+    let detail = detail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+    if detail.is_empty() { text } else { format!("{text}: {detail}") }
+}
+
+/// Loads the object with `facts.config`, and attaches every hook (tp_btf, else raw_tp).
+pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let btf = aya::Btf::from_sys_fs()?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global(CONFIG_GLOBAL, &facts.config, true)
+        .map_max_entries(map_name::EVENTS, opts.ring_bytes)
+        .map_max_entries(map_name::CONNS, opts.max_connections)
+        .load(EBPF_OBJECT)?;
+    let mut hooks = Vec::new();
+    for (tracepoint, btf_prog, raw_prog) in HOOKS {
+        let btf_err = match attach_btf(&mut ebpf, btf_prog, tracepoint, &btf) {
+            Ok(()) => {
+                hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "tp_btf".into() });
+                continue;
+            }
+            Err(e) => e,
+        };
+        log::warn!("tp_btf {tracepoint} unavailable ({btf_err}); falling back to a raw tracepoint");
+        match attach_raw(&mut ebpf, raw_prog, tracepoint) {
+            Ok(()) => hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "raw_tracepoint".into() }),
+            Err(raw) => return Err(LoadError::Attach { tracepoint, btf: btf_err, raw }),
+        }
+    }
+    Ok(Loaded { ebpf, hooks })
+}
+
+fn attach_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &aya::Btf) -> Result<(), String> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing from the object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| describe(&e))?;
+    p.load(tracepoint, btf).map_err(|e| describe(&e))?;
+    p.attach().map_err(|e| describe(&e))?;
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> Result<(), String> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing from the object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| describe(&e))?;
+    p.load().map_err(|e| describe(&e))?;
+    p.attach(tracepoint).map_err(|e| describe(&e))?;
+    Ok(())
+}
+
+impl Loaded {
+    /// The ring buffer, taken out of the object (call once).
+    pub fn ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(map_name::EVENTS)
+            .ok_or(LoadError::Map(map_name::EVENTS, aya::maps::MapError::InvalidName { name: map_name::EVENTS.into() }))?;
+        RingBuf::try_from(map).map_err(|e| LoadError::Map(map_name::EVENTS, e))
+    }
+
+    /// The per-CPU loss counters, taken out of the object (call once).
+    pub fn stats(&mut self) -> Result<KernelStats, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(map_name::STATS)
+            .ok_or(LoadError::Map(map_name::STATS, aya::maps::MapError::InvalidName { name: map_name::STATS.into() }))?;
+        Ok(KernelStats { map: PerCpuArray::try_from(map).map_err(|e| LoadError::Map(map_name::STATS, e))? })
+    }
+}
+
+/// Reads the kernel side's per-CPU counters.
+pub struct KernelStats {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl KernelStats {
+    fn sum(&self, index: u32) -> u64 {
+        self.map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Records dropped because the ring buffer was full.
+    pub fn ringbuf_full(&self) -> u64 {
+        self.sum(stat::RINGBUF_FULL)
+    }
+
+    /// Sockets the kernel could not track because `CONNS` was full.
+    pub fn conn_table_full(&self) -> u64 {
+        self.sum(stat::CONN_TABLE_FULL)
+    }
+}

@@ -1,0 +1,408 @@
+//! The event log: what kaprobe reports, as one serde model used by every output format.
+//! This is a public contract, documented in docs/events.md.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use kaprobe_common::{AF_INET, AF_INET6, Tuple, tcp_state};
+use serde::{Serialize, Serializer};
+
+/// Wall-clock time, nanoseconds since the Unix epoch; serialised as RFC 3339 UTC with
+/// microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn rfc3339(&self) -> String {
+        humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(self.0)).to_string()
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(self.0)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// Both ends of a connection, from the traced socket's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Endpoints {
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub family: Family,
+    pub netns: u32,
+}
+
+impl Endpoints {
+    /// From the kernel's tuple. An IPv6 socket talking IPv4 (v4-mapped addresses on both
+    /// ends) is reported as `ipv4` with plain IPv4 addresses: that is what is on the wire.
+    pub fn from_tuple(t: &Tuple) -> Endpoints {
+        let (saddr, daddr, family) = if t.family == AF_INET6 {
+            let s = Ipv6Addr::from(t.saddr);
+            let d = Ipv6Addr::from(t.daddr);
+            match (s.to_ipv4_mapped(), d.to_ipv4_mapped()) {
+                (Some(s4), Some(d4)) => (IpAddr::V4(s4), IpAddr::V4(d4), Family::Ipv4),
+                _ => (IpAddr::V6(s), IpAddr::V6(d), Family::Ipv6),
+            }
+        } else {
+            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            (v4(&t.saddr), v4(&t.daddr), Family::Ipv4)
+        };
+        debug_assert!(t.family == AF_INET || t.family == AF_INET6 || t.family == 0);
+        Endpoints { saddr, sport: t.sport, daddr, dport: t.dport, family, netns: t.netns }
+    }
+}
+
+/// Why a connection ended, as the kernel decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Keepalive probes went unanswered (or TCP_USER_TIMEOUT ran out while probing).
+    KeepaliveTimeout,
+    /// The peer sent an RST.
+    ResetReceived,
+    /// This side sent an RST (abort, close with unread data, SO_LINGER 0, `ss -K`, ...).
+    ResetSent,
+    /// Retransmissions went unanswered (data in flight; TCP_USER_TIMEOUT or tcp_retries2),
+    /// or the SYN was never answered.
+    RetransmitTimeout,
+    /// Orderly FIN exchange.
+    Fin,
+    Other,
+}
+
+impl Cause {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Cause::KeepaliveTimeout => "keepalive_timeout",
+            Cause::ResetReceived => "reset_received",
+            Cause::ResetSent => "reset_sent",
+            Cause::RetransmitTimeout => "retransmit_timeout",
+            Cause::Fin => "fin",
+            Cause::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Local,
+    Remote,
+}
+
+/// One hook as attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookInfo {
+    pub tracepoint: String,
+    /// `tp_btf`, `raw_tracepoint` or `tracepoint`.
+    pub attach: String,
+}
+
+/// Optional kernel facts, so a user on an old kernel sees what is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelFeatures {
+    /// `tcp_send_reset` has its `reason` argument (6.10+).
+    pub reset_reason: bool,
+    pub hz: u32,
+    pub hz_source: String,
+}
+
+/// Totals for the exit summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub keepalive_probes: u64,
+    pub keepalive_acks: u64,
+    pub keepalive_timeouts: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub fins_sent: u64,
+    pub fins_received: u64,
+    pub connections_closed: u64,
+    /// Closes by cause, in a fixed order.
+    pub closed_by_cause: std::collections::BTreeMap<&'static str, u64>,
+    /// Records the kernel could not deliver (ring buffer full).
+    pub events_lost: u64,
+    /// Sockets the kernel could not track (its connection table was full).
+    pub untracked_sockets: u64,
+    /// Connections the agent stopped following because its table was full.
+    pub evicted_connections: u64,
+    /// Records that failed to decode.
+    pub bad_records: u64,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    AgentStart {
+        version: &'static str,
+        kernel: String,
+        mode: &'static str,
+        hooks: Vec<HookInfo>,
+        features: KernelFeatures,
+        ring_buffer_bytes: u32,
+        max_connections: u32,
+    },
+    AgentStop {
+        duration_ms: u64,
+        totals: Totals,
+    },
+    KeepaliveProbe {
+        probe: u8,
+        max_probes: u8,
+        idle_ms: u64,
+        interval_ms: u64,
+    },
+    KeepaliveAck {
+        probes_unanswered: u8,
+    },
+    KeepaliveTimeout {
+        probes: u8,
+        max_probes: u8,
+        idle_ms: u64,
+        error: Option<&'static str>,
+        user_timeout_ms: Option<u32>,
+    },
+    ResetSent {
+        reason: String,
+        state: Option<&'static str>,
+    },
+    ResetReceived {
+        during_keepalive: bool,
+        state: &'static str,
+    },
+    FinSent {
+        state: &'static str,
+    },
+    FinReceived {
+        state: &'static str,
+    },
+    ConnectionClosed {
+        cause: Cause,
+        error: Option<&'static str>,
+        closed_by: Side,
+        time_wait: bool,
+        lifetime_ms: Option<u64>,
+        keepalive_probes: u32,
+        keepalive_acks: u32,
+        last_state: Option<&'static str>,
+    },
+    EventsLost {
+        /// What was lost since the previous report.
+        count: u64,
+        /// `ring_buffer` (records dropped) or `kernel_conn_table` (sockets not tracked).
+        source: &'static str,
+        total: u64,
+    },
+}
+
+impl Body {
+    /// The `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Body::AgentStart { .. } => "agent_start",
+            Body::AgentStop { .. } => "agent_stop",
+            Body::KeepaliveProbe { .. } => "keepalive_probe",
+            Body::KeepaliveAck { .. } => "keepalive_ack",
+            Body::KeepaliveTimeout { .. } => "keepalive_timeout",
+            Body::ResetSent { .. } => "reset_sent",
+            Body::ResetReceived { .. } => "reset_received",
+            Body::FinSent { .. } => "fin_sent",
+            Body::FinReceived { .. } => "fin_received",
+            Body::ConnectionClosed { .. } => "connection_closed",
+            Body::EventsLost { .. } => "events_lost",
+        }
+    }
+}
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub ts: Timestamp,
+    pub conn: Option<Endpoints>,
+    pub body: Body,
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            ts: &'a Timestamp,
+            event: &'static str,
+            #[serde(flatten)]
+            conn: &'a Option<Endpoints>,
+            #[serde(flatten)]
+            body: &'a Body,
+        }
+        Line { ts: &self.ts, event: self.body.name(), conn: &self.conn, body: &self.body }
+            .serialize(s)
+    }
+}
+
+/// Lowercase TCP state name.
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "established",
+        tcp_state::SYN_SENT => "syn_sent",
+        tcp_state::SYN_RECV => "syn_recv",
+        tcp_state::FIN_WAIT1 => "fin_wait1",
+        tcp_state::FIN_WAIT2 => "fin_wait2",
+        tcp_state::TIME_WAIT => "time_wait",
+        tcp_state::CLOSE => "close",
+        tcp_state::CLOSE_WAIT => "close_wait",
+        tcp_state::LAST_ACK => "last_ack",
+        tcp_state::LISTEN => "listen",
+        tcp_state::CLOSING => "closing",
+        tcp_state::NEW_SYN_RECV => "new_syn_recv",
+        _ => "unknown",
+    }
+}
+
+/// errno name (Linux numbering, from include/uapi/asm-generic/errno*.h).
+pub fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        3 => "ESRCH",
+        4 => "EINTR",
+        5 => "EIO",
+        6 => "ENXIO",
+        7 => "E2BIG",
+        8 => "ENOEXEC",
+        9 => "EBADF",
+        10 => "ECHILD",
+        11 => "EAGAIN",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        14 => "EFAULT",
+        15 => "ENOTBLK",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        18 => "EXDEV",
+        19 => "ENODEV",
+        20 => "ENOTDIR",
+        21 => "EISDIR",
+        22 => "EINVAL",
+        23 => "ENFILE",
+        24 => "EMFILE",
+        25 => "ENOTTY",
+        26 => "ETXTBSY",
+        27 => "EFBIG",
+        28 => "ENOSPC",
+        29 => "ESPIPE",
+        30 => "EROFS",
+        31 => "EMLINK",
+        32 => "EPIPE",
+        33 => "EDOM",
+        34 => "ERANGE",
+        35 => "EDEADLK",
+        36 => "ENAMETOOLONG",
+        37 => "ENOLCK",
+        38 => "ENOSYS",
+        39 => "ENOTEMPTY",
+        40 => "ELOOP",
+        42 => "ENOMSG",
+        43 => "EIDRM",
+        44 => "ECHRNG",
+        45 => "EL2NSYNC",
+        46 => "EL3HLT",
+        47 => "EL3RST",
+        48 => "ELNRNG",
+        49 => "EUNATCH",
+        50 => "ENOCSI",
+        51 => "EL2HLT",
+        52 => "EBADE",
+        53 => "EBADR",
+        54 => "EXFULL",
+        55 => "ENOANO",
+        56 => "EBADRQC",
+        57 => "EBADSLT",
+        59 => "EBFONT",
+        60 => "ENOSTR",
+        61 => "ENODATA",
+        62 => "ETIME",
+        63 => "ENOSR",
+        64 => "ENONET",
+        65 => "ENOPKG",
+        66 => "EREMOTE",
+        67 => "ENOLINK",
+        68 => "EADV",
+        69 => "ESRMNT",
+        70 => "ECOMM",
+        71 => "EPROTO",
+        72 => "EMULTIHOP",
+        73 => "EDOTDOT",
+        74 => "EBADMSG",
+        75 => "EOVERFLOW",
+        76 => "ENOTUNIQ",
+        77 => "EBADFD",
+        78 => "EREMCHG",
+        79 => "ELIBACC",
+        80 => "ELIBBAD",
+        81 => "ELIBSCN",
+        82 => "ELIBMAX",
+        83 => "ELIBEXEC",
+        84 => "EILSEQ",
+        85 => "ERESTART",
+        86 => "ESTRPIPE",
+        87 => "EUSERS",
+        88 => "ENOTSOCK",
+        89 => "EDESTADDRREQ",
+        90 => "EMSGSIZE",
+        91 => "EPROTOTYPE",
+        92 => "ENOPROTOOPT",
+        93 => "EPROTONOSUPPORT",
+        94 => "ESOCKTNOSUPPORT",
+        95 => "EOPNOTSUPP",
+        96 => "EPFNOSUPPORT",
+        97 => "EAFNOSUPPORT",
+        98 => "EADDRINUSE",
+        99 => "EADDRNOTAVAIL",
+        100 => "ENETDOWN",
+        101 => "ENETUNREACH",
+        102 => "ENETRESET",
+        103 => "ECONNABORTED",
+        104 => "ECONNRESET",
+        105 => "ENOBUFS",
+        106 => "EISCONN",
+        107 => "ENOTCONN",
+        108 => "ESHUTDOWN",
+        109 => "ETOOMANYREFS",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        112 => "EHOSTDOWN",
+        113 => "EHOSTUNREACH",
+        114 => "EALREADY",
+        115 => "EINPROGRESS",
+        116 => "ESTALE",
+        117 => "EUCLEAN",
+        118 => "ENOTNAM",
+        119 => "ENAVAIL",
+        120 => "EISNAM",
+        121 => "EREMOTEIO",
+        122 => "EDQUOT",
+        123 => "ENOMEDIUM",
+        124 => "EMEDIUMTYPE",
+        125 => "ECANCELED",
+        126 => "ENOKEY",
+        127 => "EKEYEXPIRED",
+        128 => "EKEYREVOKED",
+        129 => "EKEYREJECTED",
+        130 => "EOWNERDEAD",
+        131 => "ENOTRECOVERABLE",
+        132 => "ERFKILL",
+        133 => "EHWPOISON",
+        _ => return None,
+    })
+}

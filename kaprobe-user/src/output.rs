@@ -1,0 +1,261 @@
+//! Output: filters, JSON Lines and the human format, and the running totals of what was
+//! written (for the exit summary).
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+    net::IpAddr,
+    str::FromStr,
+};
+
+use clap::ValueEnum;
+
+use crate::model::{Body, Cause, Endpoints, Event, Side, Totals};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One aligned line per event.
+    Human,
+    /// JSON Lines (one object per line), see docs/events.md.
+    Json,
+}
+
+/// An address block, `10.0.0.0/8` or `fd00::/8` (a bare address means a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| format!("`{s}`: prefix length must be 0..={max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        fn bits(ip: &IpAddr) -> (u128, u32) {
+            match ip {
+                IpAddr::V4(a) => (u32::from(*a) as u128, 32),
+                IpAddr::V6(a) => (u128::from(*a), 128),
+            }
+        }
+        let (net, width) = bits(&self.addr);
+        let (host, host_width) = bits(ip);
+        if width != host_width {
+            return false;
+        }
+        let shift = width - self.prefix as u32;
+        if shift >= width {
+            return true;
+        }
+        (net >> shift) == (host >> shift)
+    }
+}
+
+/// `--port` and `--addr`: an event passes when each given filter matches either end.
+/// Events without a connection (agent_start, events_lost, ...) always pass.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub ports: Vec<u16>,
+    pub nets: Vec<Cidr>,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &Event) -> bool {
+        let Some(c) = &e.conn else { return true };
+        let port_ok = self.ports.is_empty() || self.ports.iter().any(|&p| p == c.sport || p == c.dport);
+        let addr_ok = self.nets.is_empty() || self.nets.iter().any(|n| n.contains(&c.saddr) || n.contains(&c.daddr));
+        port_ok && addr_ok
+    }
+}
+
+/// Adds an event to the totals.
+pub fn count(t: &mut Totals, e: &Event) {
+    match &e.body {
+        Body::KeepaliveProbe { .. } => t.keepalive_probes += 1,
+        Body::KeepaliveAck { .. } => t.keepalive_acks += 1,
+        Body::KeepaliveTimeout { .. } => t.keepalive_timeouts += 1,
+        Body::ResetSent { .. } => t.resets_sent += 1,
+        Body::ResetReceived { .. } => t.resets_received += 1,
+        Body::FinSent { .. } => t.fins_sent += 1,
+        Body::FinReceived { .. } => t.fins_received += 1,
+        Body::ConnectionClosed { cause, .. } => {
+            t.connections_closed += 1;
+            *t.closed_by_cause.entry(cause.as_str()).or_default() += 1;
+        }
+        Body::AgentStart { .. } | Body::AgentStop { .. } | Body::EventsLost { .. } => {}
+    }
+}
+
+/// Writes events in one format.
+pub struct Output {
+    out: Box<dyn Write + Send>,
+    format: Format,
+    line: String,
+}
+
+impl Output {
+    pub fn new(out: Box<dyn Write + Send>, format: Format) -> Self {
+        Output { out, format, line: String::with_capacity(512) }
+    }
+
+    pub fn write(&mut self, e: &Event) -> io::Result<()> {
+        self.line.clear();
+        match self.format {
+            Format::Json => {
+                // Serialising our own model cannot fail (no maps with non-string keys).
+                let json = serde_json::to_string(e).map_err(io::Error::other)?;
+                self.line.push_str(&json);
+            }
+            Format::Human => human(&mut self.line, e),
+        }
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn endpoints(c: &Endpoints) -> String {
+    let one = |a: &IpAddr, p: u16| match a {
+        IpAddr::V4(a) => format!("{a}:{p}"),
+        IpAddr::V6(a) => format!("[{a}]:{p}"),
+    };
+    format!("{} > {}", one(&c.saddr, c.sport), one(&c.daddr, c.dport))
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+fn cause_text(c: Cause) -> &'static str {
+    match c {
+        Cause::KeepaliveTimeout => "keepalive timeout",
+        Cause::ResetReceived => "reset by peer",
+        Cause::ResetSent => "reset by this side",
+        Cause::RetransmitTimeout => "retransmission timeout",
+        Cause::Fin => "FIN",
+        Cause::Other => "other",
+    }
+}
+
+/// The human line of an event: time, event, endpoints, what happened in words.
+pub fn human(line: &mut String, e: &Event) {
+    let ts = e.ts.rfc3339();
+    let time = ts.get(11..26).unwrap_or(&ts);
+    let conn = e.conn.as_ref().map(endpoints).unwrap_or_default();
+    let _ = write!(line, "{time}  {:<18} {conn:<47} ", e.body.name());
+    let _ = match &e.body {
+        Body::AgentStart { version, kernel, mode, hooks, features, .. } => {
+            let kinds: Vec<&str> = hooks.iter().map(|h| h.attach.as_str()).collect();
+            let mut kinds_u = kinds.clone();
+            kinds_u.dedup();
+            write!(
+                line,
+                "kaprobe {version} on Linux {kernel}: {} hooks ({}), HZ {}, reset reasons {}, mode {mode}",
+                hooks.len(),
+                kinds_u.join("+"),
+                features.hz,
+                if features.reset_reason { "available" } else { "unavailable (kernel < 6.10)" }
+            )
+        }
+        Body::AgentStop { duration_ms, totals } => {
+            let causes: Vec<String> = totals.closed_by_cause.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            write!(
+                line,
+                "after {}: keepalive {} probes, {} acks, {} timeouts; resets {} sent, {} received; \
+                 FINs {} sent, {} received; {} closed ({}); lost {} records, {} untracked sockets",
+                secs(*duration_ms),
+                totals.keepalive_probes,
+                totals.keepalive_acks,
+                totals.keepalive_timeouts,
+                totals.resets_sent,
+                totals.resets_received,
+                totals.fins_sent,
+                totals.fins_received,
+                totals.connections_closed,
+                if causes.is_empty() { "none".to_owned() } else { causes.join(", ") },
+                totals.events_lost,
+                totals.untracked_sockets,
+            )
+        }
+        Body::KeepaliveProbe { probe, max_probes, idle_ms, interval_ms } => write!(
+            line,
+            "probe {probe}/{max_probes} sent after {} without hearing the peer (interval {})",
+            secs(*idle_ms),
+            secs(*interval_ms)
+        ),
+        Body::KeepaliveAck { probes_unanswered } => {
+            write!(line, "peer answered ({probes_unanswered} probe(s) were outstanding)")
+        }
+        Body::KeepaliveTimeout { probes, max_probes, idle_ms, error, user_timeout_ms } => {
+            let ut = user_timeout_ms.map(|ms| format!(", TCP_USER_TIMEOUT {ms} ms")).unwrap_or_default();
+            write!(
+                line,
+                "keepalive timeout: {probes}/{max_probes} probes unanswered after {} idle{ut} ({})",
+                secs(*idle_ms),
+                error.unwrap_or("no error")
+            )
+        }
+        Body::ResetSent { reason, state } => match state {
+            Some(s) => write!(line, "RST sent ({reason}) from {s}"),
+            None => write!(line, "RST sent ({reason}) answering a segment with no socket"),
+        },
+        Body::ResetReceived { during_keepalive, state } => write!(
+            line,
+            "RST received in {state}{}",
+            if *during_keepalive { " while a keepalive probe was outstanding" } else { "" }
+        ),
+        Body::FinSent { state } => write!(line, "FIN sent (now {state})"),
+        Body::FinReceived { state } => write!(line, "FIN received (now {state})"),
+        Body::ConnectionClosed {
+            cause,
+            error,
+            closed_by,
+            time_wait,
+            lifetime_ms,
+            keepalive_probes,
+            keepalive_acks,
+            ..
+        } => {
+            let by = if *closed_by == Side::Local { "this side" } else { "the peer" };
+            let life = lifetime_ms.map(|ms| format!(" after {}", secs(ms))).unwrap_or_default();
+            let err = error.map(|e| format!(" ({e})")).unwrap_or_default();
+            let tw = if *time_wait { ", this side holds TIME_WAIT" } else { "" };
+            write!(
+                line,
+                "closed{life}: {}{err}, ended by {by}; keepalive {keepalive_probes} probes, {keepalive_acks} acks{tw}",
+                cause_text(*cause)
+            )
+        }
+        Body::EventsLost { count, source, total } => match *source {
+            "ring_buffer" => write!(line, "LOST {count} records: ring buffer full ({total} in total)"),
+            _ => write!(line, "{count} sockets not tracked: kernel connection table full ({total} in total)"),
+        },
+    };
+    if let Some(c) = &e.conn {
+        let _ = write!(line, " [netns {}]", c.netns);
+    }
+    while line.ends_with(' ') {
+        line.pop();
+    }
+}

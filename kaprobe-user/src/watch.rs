@@ -1,0 +1,300 @@
+//! `kaprobe watch`: load the programs, follow connections, write events until Ctrl-C (or
+//! SIGTERM, or `--duration`), then a summary (`agent_stop`).
+use std::{
+    fs::OpenOptions,
+    io::{self, BufWriter, IsTerminal, Write},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use kaprobe_common::config_flag;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cli::WatchArgs,
+    correlate::{Clock, Correlator, Settings},
+    decode::decode,
+    error::{Fatal, exit},
+    kernel::{self, KernelError, KernelFacts},
+    loader::{self, KernelStats, LoadOptions, Loaded},
+    model::{Body, Event, KernelFeatures, Totals},
+    output::{self, Filter, Format, Output},
+    privileges,
+};
+
+/// How often closes waiting for a trailing RST and the kernel's loss counters are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; both clocks always exist.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+fn kernel_fatal(e: KernelError) -> Fatal {
+    let code = match e {
+        KernelError::KallsymsHidden | KernelError::KallsymsUnreadable(_) => exit::PERMISSION,
+        _ => exit::UNSUPPORTED_KERNEL,
+    };
+    Fatal::new(code, e)
+}
+
+/// Everything between the ring buffer and the output.
+struct Agent {
+    correlator: Correlator,
+    filter: Filter,
+    output: Output,
+    totals: Totals,
+    scratch: Vec<Event>,
+    clock: Clock,
+    /// Set when the reader of stdout went away (`kaprobe watch | head`).
+    closed: bool,
+}
+
+impl Agent {
+    fn write(&mut self, e: &Event) -> Result<(), Fatal> {
+        if self.closed || !self.filter.matches(e) {
+            return Ok(());
+        }
+        output::count(&mut self.totals, e);
+        match self.output.write(e) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(err) => Err(Fatal::new(exit::OUTPUT, format!("cannot write events: {err}"))),
+        }
+    }
+
+    fn write_scratch(&mut self) -> Result<(), Fatal> {
+        let events = std::mem::take(&mut self.scratch);
+        for e in &events {
+            self.write(e)?;
+        }
+        self.scratch = events;
+        self.scratch.clear();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Fatal> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.output.flush() {
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(err) => Err(Fatal::new(exit::OUTPUT, format!("cannot write events: {err}"))),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Reads every record waiting in the ring buffer.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), Fatal> {
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(raw) => self.correlator.handle(&raw, &mut self.scratch),
+                Err(e) => {
+                    self.totals.bad_records += 1;
+                    log::debug!("undecodable record: {e}");
+                }
+            }
+            drop(item);
+            if self.scratch.len() >= 256 {
+                self.write_scratch()?;
+            }
+        }
+        self.write_scratch()?;
+        self.flush()
+    }
+
+    fn tick(&mut self, now_mono: u64) -> Result<(), Fatal> {
+        self.correlator.tick(now_mono, &mut self.scratch);
+        self.write_scratch()
+    }
+
+    /// Turns growth of the kernel's loss counters into `events_lost` events.
+    fn poll_losses(&mut self, stats: &KernelStats) -> Result<(), Fatal> {
+        let now = self.clock.wall(monotonic_ns());
+        let ring = stats.ringbuf_full();
+        if ring > self.totals.events_lost {
+            let count = ring - self.totals.events_lost;
+            self.totals.events_lost = ring;
+            log::warn!("{count} records lost: the ring buffer was full (raise --ring-size)");
+            self.write(&Event { ts: now, conn: None, body: Body::EventsLost { count, source: "ring_buffer", total: ring } })?;
+        }
+        let conns = stats.conn_table_full();
+        if conns > self.totals.untracked_sockets {
+            let count = conns - self.totals.untracked_sockets;
+            self.totals.untracked_sockets = conns;
+            log::warn!("{count} sockets not tracked: the kernel connection table was full (raise --max-connections)");
+            self.write(&Event {
+                ts: now,
+                conn: None,
+                body: Body::EventsLost { count, source: "kernel_conn_table", total: conns },
+            })?;
+        }
+        self.flush()
+    }
+}
+
+fn open_output(args: &WatchArgs) -> Result<(Box<dyn Write + Send>, Format), Fatal> {
+    match &args.output {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Fatal::new(exit::OUTPUT, format!("cannot open {}: {e}", path.display())))?;
+            Ok((Box::new(BufWriter::new(file)), args.format.unwrap_or(Format::Json)))
+        }
+        None => {
+            let stdout = io::stdout();
+            let default = if stdout.is_terminal() { Format::Human } else { Format::Json };
+            Ok((Box::new(BufWriter::with_capacity(64 * 1024, stdout)), args.format.unwrap_or(default)))
+        }
+    }
+}
+
+pub fn run(args: WatchArgs) -> Result<(), Fatal> {
+    let missing = privileges::missing_for_watch(privileges::effective_caps());
+    if !missing.is_empty() {
+        return Err(Fatal::new(
+            exit::PERMISSION,
+            format!("kaprobe watch must run as root or with CAP_BPF, CAP_PERFMON and CAP_SYSLOG; missing {}", missing.join(", ")),
+        ));
+    }
+    let (sink, format) = open_output(&args)?;
+    let btf = kernel::load_btf(Path::new(kernel::VMLINUX_BTF)).map_err(kernel_fatal)?;
+    let mut facts = kernel::probe(&btf).map_err(kernel_fatal)?;
+    if args.all {
+        facts.config.flags |= config_flag::ALL;
+    }
+    let started = Instant::now();
+    let loaded = loader::load(&facts, LoadOptions { ring_bytes: args.ring_size, max_connections: args.max_connections })
+        .map_err(|e| Fatal::new(exit::UNSUPPORTED_KERNEL, e))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::new(exit::RUNTIME, format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(event_loop(args, facts, loaded, Output::new(sink, format), started))
+}
+
+async fn event_loop(
+    args: WatchArgs,
+    facts: KernelFacts,
+    mut loaded: Loaded,
+    output: Output,
+    started: Instant,
+) -> Result<(), Fatal> {
+    let rt = |e: io::Error| Fatal::new(exit::RUNTIME, e);
+    let ring = loaded.ring().map_err(|e| Fatal::new(exit::RUNTIME, e))?;
+    let stats = loaded.stats().map_err(|e| Fatal::new(exit::RUNTIME, e))?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
+    // AsyncFd (which owns the ring buffer) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| rt(e.into()))?;
+    let mut ebpf_log = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+        // SAFETY: as above, the logger owns its map fd.
+        Ok(l) => Some(unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| rt(e.into()))?),
+        Err(e) => {
+            log::debug!("no eBPF log channel: {e}");
+            None
+        }
+    };
+    let mut sigint = signal(SignalKind::interrupt()).map_err(rt)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(rt)?;
+    let mut tick = tokio::time::interval(TICK);
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+
+    let clock = Clock {
+        realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+        hz: facts.hz,
+    };
+    let settings = Settings {
+        clock,
+        reset_reasons: facts.reset_reasons.clone(),
+        max_connections: args.max_connections as usize,
+    };
+    let mut agent = Agent {
+        correlator: Correlator::new(settings),
+        filter: Filter { ports: args.port.clone(), nets: args.addr.clone() },
+        output,
+        totals: Totals::default(),
+        scratch: Vec::with_capacity(512),
+        clock,
+        closed: false,
+    };
+    let start = Event {
+        ts: clock.wall(monotonic_ns()),
+        conn: None,
+        body: Body::AgentStart {
+            version: env!("CARGO_PKG_VERSION"),
+            kernel: facts.release.clone(),
+            mode: if args.all { "all" } else { "default" },
+            hooks: loaded.hooks.clone(),
+            features: KernelFeatures {
+                reset_reason: facts.has_reset_reason(),
+                hz: facts.hz,
+                hz_source: facts.hz_source.clone(),
+            },
+            ring_buffer_bytes: args.ring_size,
+            max_connections: args.max_connections,
+        },
+    };
+    agent.write(&start)?;
+    agent.flush()?;
+    log::info!("tracing started in {} ms", started.elapsed().as_millis());
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(rt)?;
+                agent.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            guard = async { ebpf_log.as_mut().expect("guarded").readable_mut().await }, if ebpf_log.is_some() => {
+                let mut guard = guard.map_err(rt)?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                agent.tick(monotonic_ns())?;
+                agent.poll_losses(&stats)?;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
+        }
+        if agent.closed {
+            return Ok(());
+        }
+    }
+    // Stop: what the kernel already sent, closes still waiting, losses, then the summary.
+    agent.drain(ring.get_mut())?;
+    agent.correlator.flush(&mut agent.scratch);
+    agent.write_scratch()?;
+    agent.poll_losses(&stats)?;
+    agent.totals.evicted_connections = agent.correlator.stats.evicted;
+    let stop = Event {
+        ts: clock.wall(monotonic_ns()),
+        conn: None,
+        body: Body::AgentStop { duration_ms: started.elapsed().as_millis() as u64, totals: agent.totals.clone() },
+    };
+    agent.write(&stop)?;
+    agent.flush()?;
+    drop(loaded);
+    Ok(())
+}

@@ -1,0 +1,431 @@
+//! Test harness for kaprobe's integration tests: real network namespaces, real sockets, the
+//! real `kaprobe` binary, and the kernel's own counters (`nstat`) as the reference.
+//!
+//! Every test makes its own namespaces (unique names, removed on drop), so tests run in
+//! parallel; each test reads only the events of its own namespaces (by inode number).
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, channel},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Skips (returns true, with a message) unless running as root.
+pub fn need_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: this test needs root (eBPF and network namespaces); run `cargo xtask test`");
+        return true;
+    }
+    false
+}
+
+/// A network namespace, deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("kpt-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        sh("ip", &["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Inode number of the namespace: what kaprobe reports as `netns`.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name)).expect("netns file").ino()
+    }
+
+    /// Runs `program args` inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    pub fn ip(&self, args: &[&str]) -> String {
+        self.exec("ip", args)
+    }
+
+    /// Adds nftables rules (one `nft -f` script).
+    pub fn nft(&self, script: &str) {
+        let path = std::env::temp_dir().join(format!("{}-{}.nft", self.name, NEXT.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&path, script).expect("write nft script");
+        self.exec("nft", &["-f", path.to_str().expect("utf-8 path")]);
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// The namespace's kernel counters (`nstat -az`), by name.
+    pub fn nstat(&self) -> HashMap<String, u64> {
+        let out = self.exec("nstat", &["-asz"]);
+        out.lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let name = it.next()?;
+                let value = it.next()?.parse().ok()?;
+                Some((name.to_owned(), value))
+            })
+            .collect()
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets made there belong to it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+
+    /// Like [`NetNs::run`], without waiting.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+}
+
+fn enter(path: &str) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd; it only changes this thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Two namespaces joined by a veth pair: client side `a` (10.x.y.1, fd00:x:y::1) and server
+/// side `b` (.2 / ::2). Each pair gets its own addresses.
+pub struct Link {
+    pub a: NetNs,
+    pub b: NetNs,
+    pub a4: IpAddr,
+    pub b4: IpAddr,
+    pub a6: IpAddr,
+    pub b6: IpAddr,
+}
+
+impl Link {
+    pub fn new(tag: &str) -> Link {
+        let a = NetNs::new(&format!("{tag}a"));
+        let b = NetNs::new(&format!("{tag}b"));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (x, y) = ((n / 250) % 250, n % 250);
+        let va = format!("kpa{}_{n}", std::process::id() % 10000);
+        let vb = format!("kpb{}_{n}", std::process::id() % 10000);
+        sh("ip", &["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name]);
+        let a4 = format!("10.{x}.{y}.1");
+        let b4 = format!("10.{x}.{y}.2");
+        let a6 = format!("fd00:{x}:{y}::1");
+        let b6 = format!("fd00:{x}:{y}::2");
+        a.ip(&["addr", "add", &format!("{a4}/24"), "dev", &va]);
+        b.ip(&["addr", "add", &format!("{b4}/24"), "dev", &vb]);
+        a.ip(&["addr", "add", &format!("{a6}/64"), "dev", &va, "nodad"]);
+        b.ip(&["addr", "add", &format!("{b6}/64"), "dev", &vb, "nodad"]);
+        a.ip(&["link", "set", &va, "up"]);
+        b.ip(&["link", "set", &vb, "up"]);
+        Link {
+            a,
+            b,
+            a4: a4.parse().expect("v4"),
+            b4: b4.parse().expect("v4"),
+            a6: a6.parse().expect("v6"),
+            b6: b6.parse().expect("v6"),
+        }
+    }
+
+    /// Drops everything `b` sends to `a` (the peer goes silent; its socket lives on).
+    pub fn silence_b(&self) {
+        self.b.nft(&format!(
+            "add table inet kaprobe_test\n\
+             add chain inet kaprobe_test out {{ type filter hook output priority 0; }}\n\
+             add rule inet kaprobe_test out ip daddr {} drop\n\
+             add rule inet kaprobe_test out ip6 daddr {} drop\n",
+            self.a4, self.a6
+        ));
+    }
+
+    /// Undoes [`Link::silence_b`].
+    pub fn unsilence_b(&self) {
+        self.b.exec("nft", &["delete", "table", "inet", "kaprobe_test"]);
+    }
+}
+
+/// Keepalive settings for a socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub idle_s: i32,
+    pub intvl_s: i32,
+    pub count: i32,
+}
+
+fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
+    // SAFETY: setsockopt with a pointer to a live i32 and its size.
+    let rc = unsafe {
+        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
+    };
+    assert_eq!(rc, 0, "setsockopt({level}, {name}): {}", std::io::Error::last_os_error());
+}
+
+pub fn set_keepalive(s: &TcpStream, ka: Keepalive) {
+    let fd = s.as_raw_fd();
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, ka.idle_s);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, ka.intvl_s);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ka.count);
+}
+
+pub fn set_user_timeout(s: &TcpStream, ms: i32) {
+    setsockopt_int(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
+}
+
+/// SO_LINGER {on, 0}: close() resets the connection.
+pub fn set_linger_zero(s: &TcpStream) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt with a pointer to a live linger and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// A listener in a namespace.
+pub fn listen(ns: &NetNs, addr: IpAddr) -> TcpListener {
+    ns.run(move || TcpListener::bind(SocketAddr::new(addr, 0)).expect("bind"))
+}
+
+/// A connection made from inside `ns`.
+pub fn connect(ns: &NetNs, to: SocketAddr) -> TcpStream {
+    ns.run(move || TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect"))
+}
+
+/// Blocks in `read` until the connection fails or ends; returns the errno (0 for EOF).
+pub fn read_until_error(mut s: &TcpStream) -> i32 {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return 0,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return e.raw_os_error().unwrap_or(-1),
+        }
+    }
+}
+
+/// A socket created with `socket(2)` directly (for IPv6 sockets talking v4-mapped).
+pub fn tcp6_socket() -> OwnedFd {
+    // SAFETY: plain socket(2) call; the fd is owned by the returned OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The `kaprobe watch` agent, run as the real binary, reading its JSON Lines.
+pub struct Agent {
+    child: Option<Child>,
+    lines: Receiver<Value>,
+    seen: Mutex<Vec<Value>>,
+    stderr: std::sync::Arc<Mutex<String>>,
+}
+
+pub fn kaprobe_bin() -> String {
+    std::env::var("KAPROBE_BIN").unwrap_or_else(|_| {
+        // target/debug/deps/<test> → target/debug/kaprobe
+        let exe = std::env::current_exe().expect("current exe");
+        exe.parent().and_then(|p| p.parent()).expect("target dir").join("kaprobe").display().to_string()
+    })
+}
+
+impl Agent {
+    /// Starts `kaprobe watch --format json <extra>` and waits for `agent_start`.
+    pub fn start(extra: &[&str]) -> Agent {
+        let mut child = Command::new(kaprobe_bin())
+            .args(["watch", "--format", "json"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", kaprobe_bin()));
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("kaprobe wrote a line that is not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let err_text = std::sync::Arc::new(Mutex::new(String::new()));
+        let sink = err_text.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("stderr lock").push_str(&(line + "\n"));
+            }
+        });
+        let agent = Agent { child: Some(child), lines: rx, seen: Mutex::new(Vec::new()), stderr: err_text };
+        let first = agent.next(Duration::from_secs(20)).unwrap_or_else(|| {
+            panic!("kaprobe did not start (no agent_start); stderr:\n{}", agent.stderr())
+        });
+        assert_eq!(first["event"], "agent_start", "first line must be agent_start: {first}");
+        agent
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    fn next(&self, timeout: Duration) -> Option<Value> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(v) => {
+                self.seen.lock().expect("seen lock").push(v.clone());
+                Some(v)
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Waits until an event satisfying `pred` arrives (or was already seen); returns it.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.lock().expect("seen lock").iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Some(v) if pred(&v) => return v,
+                Some(_) => {}
+                None => panic!(
+                    "timed out after {timeout:?} waiting for {what}; events seen:\n{}\nstderr:\n{}",
+                    self.dump(),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Waits until `n` events satisfying `pred` have arrived; returns them.
+    pub fn wait_count(&self, what: &str, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<Value> = self.seen.lock().expect("seen lock").iter().filter(|v| pred(v)).cloned().collect();
+            if found.len() >= n {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.next(left).is_none() {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} ({} of {n}); events seen:\n{}\nstderr:\n{}",
+                    found.len(),
+                    self.dump(),
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    fn dump(&self) -> String {
+        self.seen.lock().expect("seen lock").iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Stops the agent with SIGINT and returns every event it wrote, `agent_stop` last.
+    pub fn stop(mut self) -> Vec<Value> {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        while self.next(Duration::from_secs(10)).is_some() {}
+        let status = child.wait().expect("wait kaprobe");
+        assert!(status.success(), "kaprobe exited with {status}; stderr:\n{}", self.stderr());
+        let all = self.seen.lock().expect("seen lock").clone();
+        assert_eq!(
+            all.last().map(|v| v["event"].clone()),
+            Some(Value::from("agent_stop")),
+            "the last line must be agent_stop"
+        );
+        all
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Events of one kind in one namespace.
+pub fn events<'a>(all: &'a [Value], kind: &str, netns: u64) -> Vec<&'a Value> {
+    all.iter().filter(|v| v["event"] == kind && v["netns"] == netns).collect()
+}
+
+/// Events about one connection (by local port) in one namespace.
+pub fn conn_events<'a>(all: &'a [Value], netns: u64, sport: u16) -> Vec<&'a Value> {
+    all.iter().filter(|v| v["netns"] == netns && v["sport"] == sport).collect()
+}
+
+/// Events about one connection, by kind.
+pub fn conn_kind<'a>(all: &'a [Value], netns: u64, sport: u16, kind: &str) -> Vec<&'a Value> {
+    conn_events(all, netns, sport).into_iter().filter(|v| v["event"] == kind).collect()
+}
+
+/// Is `v` an event `kind` of the connection with local port `sport` in namespace `netns`?
+pub fn is(v: &Value, kind: &str, netns: u64, sport: u16) -> bool {
+    v["event"] == kind && v["netns"] == netns && v["sport"] == sport
+}
+
+pub const ETIMEDOUT: i32 = libc::ETIMEDOUT;
+pub const ECONNRESET: i32 = libc::ECONNRESET;

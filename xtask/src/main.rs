@@ -1,0 +1,36 @@
+//! `cargo xtask <command>`: build, run and test kaprobe, installing the eBPF toolchain
+//! first when it is missing. One module per command.
+mod build;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building kaprobe needs (Debian packages, bpf-linker) if it is missing.
+    Setup,
+    /// Build the eBPF object and the `kaprobe` binary (which embeds it).
+    Build(build::Options),
+    /// Build, then run `kaprobe` (as root) with the given arguments.
+    Run(run::Options),
+    /// Build, then run the whole test suite: unit and integration tests (as root).
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::ensure(),
+        Command::Build(o) => build::run(&o).map(|_| ()),
+        Command::Run(o) => run::run(o),
+        Command::Test(o) => test::run(o),
+    }
+}

@@ -1,0 +1,93 @@
+//! The eBPF toolchain that works on Debian 12 without network access for rustup:
+//! Debian's rustc (with a prebuilt `core` for bpfel-unknown-none) and bpf-linker 0.13
+//! built against Debian's LLVM 22. See DEVELOPERS.md.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages: the eBPF build, then the tools the integration tests drive.
+pub const BUILD_PACKAGES: &[&str] =
+    &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "procps", "python3"];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Where `cargo install` puts bpf-linker (kaprobe-user's build script looks there).
+pub fn tools_root() -> PathBuf {
+    workspace_root().join("target/tools")
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// Installs missing Debian packages.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| -> Result<bool> {
+        let mut cmd = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            cmd.arg("apt-get");
+        }
+        Ok(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").status().context("running apt-get")?.success())
+    };
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&missing);
+    if !apt(&args)? {
+        // Fresh machines often have stale package lists.
+        if !apt(&["update"])? || !apt(&args)? {
+            bail!("apt-get could not install {}", missing.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn bpf_linker_ok(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+}
+
+/// Everything needed to build: packages, then bpf-linker.
+pub fn ensure() -> Result<()> {
+    apt_install(BUILD_PACKAGES)?;
+    let root = tools_root();
+    let bin = root.join("bin/bpf-linker");
+    if !bpf_linker_ok(&bin) {
+        eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22", "--root"])
+            .arg(&root)
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .status()
+            .context("running cargo install bpf-linker")?;
+        if !status.success() || !bpf_linker_ok(&bin) {
+            bail!("could not install bpf-linker {BPF_LINKER_VERSION} into {}", root.display());
+        }
+    }
+    Ok(())
+}
