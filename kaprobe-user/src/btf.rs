@@ -362,3 +362,160 @@ impl Btf {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds raw BTF, one type at a time (ids from 1).
+    #[derive(Default)]
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Builder { types: Vec::new(), strings: vec![0] }
+        }
+        fn s(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn word(&mut self, w: u32) {
+            self.types.extend_from_slice(&w.to_le_bytes());
+        }
+        fn head(&mut self, name: &str, kind: u32, vlen: u32, kind_flag: bool, size_or_type: u32) {
+            let n = self.s(name);
+            self.word(n);
+            self.word((kind << 24) | vlen | ((kind_flag as u32) << 31));
+            self.word(size_or_type);
+        }
+        fn int(&mut self, name: &str, size: u32) {
+            self.head(name, k::INT, 0, false, size);
+            self.word(size * 8);
+        }
+        fn composite(&mut self, kind: u32, name: &str, size: u32, members: &[(&str, u32, u32)]) {
+            self.head(name, kind, members.len() as u32, false, size);
+            for &(m, ty, bit_off) in members {
+                let n = self.s(m);
+                self.word(n);
+                self.word(ty);
+                self.word(bit_off);
+            }
+        }
+        fn finish(self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&MAGIC.to_le_bytes());
+            out.push(1); // version
+            out.push(0); // flags
+            out.extend_from_slice(&24u32.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&(self.types.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(self.types.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(self.strings.len() as u32).to_le_bytes());
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// struct inner { u32 a; u32 b; };
+    /// struct outer { u64 x; union { struct inner in; u64 y; }; struct { u16 p; u8 q; }; u8 z; };
+    /// enum sock_flags { SOCK_DEAD = 0, SOCK_KEEPOPEN = 3 };
+    /// typedef void (*btf_trace_demo)(void *, const struct outer *, int);
+    fn sample() -> Vec<u8> {
+        let mut b = Builder::new();
+        b.int("u32", 4); // 1
+        b.int("u64", 8); // 2
+        b.int("u8", 1); // 3
+        b.composite(k::STRUCT, "inner", 8, &[("a", 1, 0), ("b", 1, 32)]); // 4
+        b.composite(k::UNION, "", 8, &[("in", 4, 0), ("y", 2, 0)]); // 5
+        b.int("u16", 2); // 6
+        b.composite(k::STRUCT, "", 4, &[("p", 6, 0), ("q", 3, 16)]); // 7
+        b.composite(k::STRUCT, "outer", 24, &[("x", 2, 0), ("", 5, 64), ("", 7, 128), ("z", 3, 160)]); // 8
+        b.head("sock_flags", k::ENUM, 2, false, 4); // 9
+        let (d, kk) = (b.s("SOCK_DEAD"), b.s("SOCK_KEEPOPEN"));
+        b.word(d);
+        b.word(0);
+        b.word(kk);
+        b.word(3);
+        b.head("", k::CONST, 0, false, 8); // 10: const struct outer
+        b.head("", k::PTR, 0, false, 10); // 11: const struct outer *
+        b.head("", k::PTR, 0, false, 0); // 12: void *
+        b.int("int", 4); // 13
+        b.head("", k::FUNC_PROTO, 3, false, 0); // 14
+        for ty in [12, 11, 13] {
+            b.word(0);
+            b.word(ty);
+        }
+        b.head("", k::PTR, 0, false, 14); // 15
+        b.head("btf_trace_demo", k::TYPEDEF, 0, false, 15); // 16
+        b.finish()
+    }
+
+    #[test]
+    fn fields_through_anonymous_members() {
+        let btf = Btf::parse(&sample()).expect("parse");
+        assert_eq!(btf.field("outer", "x"), Ok(Field { offset: 0, size: 8 }));
+        assert_eq!(btf.field("outer", "y"), Ok(Field { offset: 8, size: 8 }));
+        assert_eq!(btf.field("outer", "in.b"), Ok(Field { offset: 12, size: 4 }));
+        assert_eq!(btf.field("outer", "q"), Ok(Field { offset: 18, size: 1 }));
+        assert_eq!(btf.field("outer", "z"), Ok(Field { offset: 20, size: 1 }));
+        assert_eq!(btf.field("outer", "nope"), Err(BtfError::NoMember("outer".into(), "nope".into())));
+        assert_eq!(btf.field("missing", "x"), Err(BtfError::NoStruct("missing".into())));
+    }
+
+    #[test]
+    fn enums_and_tracepoint_prototypes() {
+        let btf = Btf::parse(&sample()).expect("parse");
+        assert_eq!(btf.enum_value("sock_flags", "SOCK_KEEPOPEN"), Ok(3));
+        assert!(btf.enum_value("sock_flags", "SOCK_LINGER").is_err());
+        assert_eq!(btf.tracepoint_args("demo"), Ok(vec!["struct outer *".to_owned(), "int".to_owned()]));
+        assert_eq!(btf.tracepoint_args("absent"), Err(BtfError::NoTracepoint("absent".into())));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let good = sample();
+        for cut in 0..good.len() {
+            let _ = Btf::parse(&good[..cut]);
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut bytes = good.clone();
+            for _ in 0..4 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let i = (seed as usize) % bytes.len();
+                bytes[i] = (seed >> 32) as u8;
+            }
+            if let Ok(btf) = Btf::parse(&bytes) {
+                let _ = btf.field("outer", "in.b");
+                let _ = btf.tracepoint_args("demo");
+            }
+        }
+        assert!(matches!(Btf::parse(b"not btf at all"), Err(BtfError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_running_kernel_has_what_kaprobe_needs() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("SKIPPED: no /sys/kernel/btf/vmlinux on this machine");
+            return;
+        }
+        let btf = Btf::from_file(path).expect("read").expect("parse");
+        let (config, protos) = crate::kernel::config_from_btf(&btf).expect("all fields and tracepoints");
+        assert!(config.sk_timer > 0 && config.icsk_probes_out > config.sk_timer);
+        assert_eq!(protos.len(), crate::kernel::TRACEPOINTS.len());
+        let state = protos.iter().find(|p| p.name == "inet_sock_set_state").expect("set_state");
+        assert_eq!(state.args.len(), 3, "{state:?}");
+    }
+}

@@ -67,6 +67,8 @@ pub struct Settings {
 struct Conn {
     tuple: Tuple,
     last_seen_ns: u64,
+    /// When the last probe went out (an answer is never reported before it).
+    last_probe_ns: u64,
     /// Keepalive probes sent and not (yet) answered, as of the last record.
     unanswered: u8,
     probes: u32,
@@ -209,7 +211,7 @@ impl Correlator {
         let conn = self.conn(r.header.sk, &r.tuple, ts);
         if r.probes_before == 0 && conn.unanswered > 0 {
             // The peer was heard (icsk_probes_out went back to 0) at rcv_tstamp.
-            let heard_ns = ts.saturating_sub(idle_ms * 1_000_000);
+            let heard_ns = ts.saturating_sub(idle_ms * 1_000_000).max(conn.last_probe_ns);
             events.push((heard_ns, Body::KeepaliveAck { probes_unanswered: conn.unanswered }));
             conn.acks += 1;
             conn.unanswered = 0;
@@ -224,6 +226,7 @@ impl Correlator {
         let probe_sent = !died && r.probes_after == r.probes_before.wrapping_add(1);
         if probe_sent {
             conn.probes += 1;
+            conn.last_probe_ns = ts;
             conn.unanswered = r.probes_after;
             events.push((
                 ts,
@@ -441,7 +444,7 @@ impl Correlator {
             if c.unanswered > 0 && info.probes_out == 0 && outcome.cause == Cause::Fin {
                 let idle_ms = clock.jiffies_to_ms(info.jiffies.wrapping_sub(info.rcv_tstamp));
                 out.push(self.event(
-                    ts_ns.saturating_sub(idle_ms * 1_000_000),
+                    ts_ns.saturating_sub(idle_ms * 1_000_000).max(c.last_probe_ns),
                     Some(&tuple),
                     Body::KeepaliveAck { probes_unanswered: c.unanswered },
                 ));
@@ -483,3 +486,7 @@ impl Correlator {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "correlate_tests.rs"]
+mod tests;

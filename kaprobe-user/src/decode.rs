@@ -97,3 +97,61 @@ pub fn encode<T: Wire>(record: &T) -> Vec<u8> {
     // initialised and may be read as `u8`.
     unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
+
+#[cfg(test)]
+mod tests {
+    use kaprobe_common::{Tuple, tcp_state};
+
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let rec = StateRecord {
+            header: Header { kind: kind::STATE, cpu: 1, ts_ns: 42, sk: 7 },
+            tuple: Tuple { sport: 1, dport: 2, ..Tuple::default() },
+            old_state: tcp_state::ESTABLISHED,
+            new_state: tcp_state::CLOSE_WAIT,
+            _pad: [0; 6],
+        };
+        assert_eq!(decode(&encode(&rec)), Ok(RawEvent::State(rec)));
+        let h = Header { kind: kind::DESTROY, cpu: 0, ts_ns: 1, sk: 2 };
+        assert_eq!(decode(&encode(&h)), Ok(RawEvent::Destroy(h)));
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let rec = TimerRecord { header: Header { kind: kind::KA_TIMER, ..Header::default() }, ..TimerRecord::default() };
+        let bytes = encode(&rec);
+        assert_eq!(decode(&bytes[..10]), Err(DecodeError::NoHeader(10)));
+        assert_eq!(
+            decode(&bytes[..100]),
+            Err(DecodeError::Truncated { kind: kind::KA_TIMER, want: size_of::<TimerRecord>(), got: 100 })
+        );
+        let mut unknown = bytes.clone();
+        unknown[0] = 99;
+        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..400 {
+            for _ in 0..20 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect();
+                let mut b = bytes.clone();
+                if b.len() >= 4 {
+                    b[..4].copy_from_slice(&((seed % 9) as u32).to_ne_bytes());
+                }
+                let _ = decode(&bytes);
+                let _ = decode(&b);
+            }
+        }
+    }
+}

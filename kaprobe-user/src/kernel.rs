@@ -276,3 +276,22 @@ pub fn probe(btf: &Btf) -> Result<KernelFacts, KernelError> {
         tracepoints,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kallsyms() {
+        let text = "ffffffff81000000 T _stext\nffffffff81c6a2b0 t tcp_keepalive_timer\nffffffff81c6a2c0 t tcp_keepalive_timer.cold\n0000000000000000 t hidden [mod]\n";
+        assert_eq!(kallsyms_lookup(text, "tcp_keepalive_timer"), Some(0xffffffff81c6a2b0));
+        assert_eq!(kallsyms_lookup(text, "hidden"), Some(0));
+        assert_eq!(kallsyms_lookup(text, "absent"), None);
+    }
+
+    #[test]
+    fn hz_from_kernel_config() {
+        assert_eq!(hz_from_config("# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
+        assert_eq!(hz_from_config("CONFIG_HZ_1000=y\n"), None);
+    }
+}

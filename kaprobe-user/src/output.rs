@@ -259,3 +259,75 @@ pub fn human(line: &mut String, e: &Event) {
         line.pop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Family, Timestamp};
+
+    fn event(sport: u16, dport: u16, saddr: &str, daddr: &str) -> Event {
+        Event {
+            ts: Timestamp(1_764_000_000_123_456_789),
+            conn: Some(Endpoints {
+                saddr: saddr.parse().unwrap(),
+                sport,
+                daddr: daddr.parse().unwrap(),
+                dport,
+                family: Family::Ipv4,
+                netns: 1,
+            }),
+            body: Body::KeepaliveAck { probes_unanswered: 1 },
+        }
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let net: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains(&"10.1.2.3".parse().unwrap()));
+        assert!(!net.contains(&"11.0.0.1".parse().unwrap()));
+        assert!(!net.contains(&"::1".parse().unwrap()));
+        let host: Cidr = "fd00::1".parse().unwrap();
+        assert!(host.contains(&"fd00::1".parse().unwrap()));
+        assert!(!host.contains(&"fd00::2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(&"192.0.2.1".parse().unwrap()));
+        assert!("1.2.3/99".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("fd00::/129".parse::<Cidr>().is_err());
+        assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn filters_match_either_end() {
+        let e = event(5000, 80, "10.0.0.1", "192.0.2.7");
+        assert!(Filter::default().matches(&e));
+        assert!(Filter { ports: vec![80], nets: vec![] }.matches(&e));
+        assert!(Filter { ports: vec![5000], nets: vec![] }.matches(&e));
+        assert!(!Filter { ports: vec![443], nets: vec![] }.matches(&e));
+        assert!(Filter { ports: vec![], nets: vec!["192.0.2.0/24".parse().unwrap()] }.matches(&e));
+        assert!(!Filter { ports: vec![80], nets: vec!["198.51.100.0/24".parse().unwrap()] }.matches(&e));
+        let start = Event { conn: None, ..e };
+        assert!(Filter { ports: vec![1], nets: vec![] }.matches(&start), "agent events always pass");
+    }
+
+    #[test]
+    fn json_line_layout() {
+        let line = serde_json::to_string(&event(5000, 80, "10.0.0.1", "192.0.2.7")).unwrap();
+        assert_eq!(
+            line,
+            r#"{"ts":"2025-11-24T16:00:00.123456Z","event":"keepalive_ack","saddr":"10.0.0.1","sport":5000,"daddr":"192.0.2.7","dport":80,"family":"ipv4","netns":1,"probes_unanswered":1}"#
+        );
+    }
+
+    #[test]
+    fn human_line_spells_out_the_cause() {
+        let e = Event {
+            body: Body::KeepaliveTimeout { probes: 3, max_probes: 3, idle_ms: 4096, error: Some("ETIMEDOUT"), user_timeout_ms: None },
+            ..event(5000, 80, "10.0.0.1", "192.0.2.7")
+        };
+        let mut line = String::new();
+        human(&mut line, &e);
+        assert!(line.starts_with("16:00:00.123456  keepalive_timeout  10.0.0.1:5000 > 192.0.2.7:80"), "{line}");
+        assert!(line.contains("keepalive timeout: 3/3 probes unanswered after 4.1 s idle (ETIMEDOUT)"), "{line}");
+    }
+}
