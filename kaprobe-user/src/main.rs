@@ -1,9 +1,24 @@
 //! `kaprobe`: see `kaprobe --help`.
-use clap::Parser;
-use kaprobe_user::{cli::{Cli, Command}, logging, watch};
+use clap::{Parser, error::ErrorKind};
+use kaprobe_user::{
+    cli::{Cli, Command},
+    error::exit,
+    logging, watch,
+};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        Err(e) => {
+            // One line: clap's first line, without its usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!("kaprobe: {first} (see kaprobe --help)");
+            std::process::exit(exit::USAGE);
+        }
+    };
     logging::init(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Watch(args) => watch::run(args),

@@ -207,7 +207,7 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
     assert_eq!(rc, 0, "setsockopt({level}, {name}): {}", std::io::Error::last_os_error());
 }
 
-pub fn set_keepalive(s: &TcpStream, ka: Keepalive) {
+pub fn set_keepalive(s: &impl AsRawFd, ka: Keepalive) {
     let fd = s.as_raw_fd();
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, ka.idle_s);
@@ -215,7 +215,7 @@ pub fn set_keepalive(s: &TcpStream, ka: Keepalive) {
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ka.count);
 }
 
-pub fn set_user_timeout(s: &TcpStream, ms: i32) {
+pub fn set_user_timeout(s: &impl AsRawFd, ms: i32) {
     setsockopt_int(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 /// Debian packages: the eBPF build, then the tools the integration tests drive.
 pub const BUILD_PACKAGES: &[&str] =
     &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "procps", "python3"];
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "procps", "bpftool", "util-linux"];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 

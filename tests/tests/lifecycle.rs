@@ -1,0 +1,369 @@
+//! Connection deaths other than the core keepalive scenarios, `--all`, and filters, against
+//! the real kernel.
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd},
+    time::Duration,
+};
+
+use kaprobe_tests::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn connected(link: &Link, server_ip: IpAddr) -> (TcpStream, TcpStream) {
+    let listener = listen(&link.b, server_ip);
+    let client = connect(&link.a, listener.local_addr().expect("addr"));
+    let (server, _) = listener.accept().expect("accept");
+    (client, server)
+}
+
+fn port(s: &TcpStream) -> u16 {
+    s.local_addr().expect("addr").port()
+}
+
+fn the_one<'a>(all: &'a [Value], ns: u64, sport: u16, kind: &str) -> &'a Value {
+    let found = conn_kind(all, ns, sport, kind);
+    assert_eq!(found.len(), 1, "expected exactly one {kind} for port {sport}, got {found:?}");
+    found[0]
+}
+
+#[test]
+fn refused_connect_is_a_received_reset() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("rf");
+    let agent = Agent::start(&[]);
+    // A port nobody listens on: the peer's stack answers the SYN with an RST.
+    let to = SocketAddr::new(link.b4, 9);
+    let (errno, sport) = link.a.run(move || {
+        let s = socket2_v4();
+        // SAFETY: sockaddr_in built for this call; fd is valid.
+        let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
+        let errno = if rc == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) };
+        (errno, local_port(s.as_raw_fd()))
+    });
+    assert_eq!(errno, libc::ECONNREFUSED);
+    let ns = link.a.inode();
+    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    let all = agent.stop();
+    let rst = the_one(&all, ns, sport, "reset_received");
+    assert_eq!(rst["state"], "syn_sent");
+    assert_eq!(rst["during_keepalive"], false);
+    let closed = the_one(&all, ns, sport, "connection_closed");
+    assert_eq!(closed["cause"], "reset_received", "{closed}");
+    assert_eq!(closed["error"], "ECONNREFUSED", "{closed}");
+    assert_eq!(closed["last_state"], "syn_sent", "{closed}");
+    let nb = link.b.inode();
+    assert!(events(&all, "reset_sent", nb).iter().any(|v| v["reason"] == "no_socket" && v["sport"] == 9));
+}
+
+/// A plain IPv4 TCP socket (not connected).
+fn socket2_v4() -> std::os::fd::OwnedFd {
+    // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0);
+    // SAFETY: fresh descriptor owned by nothing else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// connect(2) to an IPv4 address.
+///
+/// # Safety
+/// `fd` must be a valid socket.
+unsafe fn connect_raw(fd: i32, to: SocketAddr) -> i32 {
+    let SocketAddr::V4(v4) = to else { panic!("v4 only") };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid sockaddr_in and its length, per the caller's contract on fd.
+    unsafe { libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32) }
+}
+
+fn local_port(fd: i32) -> u16 {
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname into a sockaddr_storage of the given length.
+    let rc = unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    assert_eq!(rc, 0);
+    // sin_port and sin6_port sit at the same offset.
+    // SAFETY: the storage holds a sockaddr_in or sockaddr_in6; both start with family, port.
+    let sin = unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+    u16::from_be(sin.sin_port)
+}
+
+#[test]
+fn close_with_unread_data_resets_the_peer() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("ab");
+    let agent = Agent::start(&[]);
+    let (client, mut server) = connected(&link, link.b4);
+    let (na, sport) = (link.a.inode(), port(&client));
+    server.write_all(b"unread").expect("write");
+    // Wait until the data sits in the client's receive queue, unread.
+    let mut probe = [0u8; 6];
+    assert_eq!(client.peek(&mut probe).expect("peek"), 6);
+    drop(client); // close() with unread data: RST (tcp_abort_on_close)
+    let mut buf = [0u8; 16];
+    let err = server.read(&mut buf).expect_err("the server sees a reset");
+    assert_eq!(err.raw_os_error(), Some(ECONNRESET));
+    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    let all = agent.stop();
+    let rst = the_one(&all, na, sport, "reset_sent");
+    assert_eq!(rst["reason"], "tcp_abort_on_close", "{rst}");
+    let closed = the_one(&all, na, sport, "connection_closed");
+    assert_eq!(closed["cause"], "reset_sent", "{closed}");
+    assert_eq!(closed["closed_by"], "local");
+    // The peer's side: reset received.
+    let nb = link.b.inode();
+    let peer = events(&all, "connection_closed", nb);
+    assert_eq!(peer.len(), 1, "{peer:?}");
+    assert_eq!(peer[0]["cause"], "reset_received");
+    assert_eq!(peer[0]["error"], "ECONNRESET");
+}
+
+#[test]
+fn linger_zero_close_is_a_reset_sent() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("lz");
+    let agent = Agent::start(&[]);
+    let (client, server) = connected(&link, link.b4);
+    let (na, sport) = (link.a.inode(), port(&client));
+    set_keepalive(&client, Keepalive { idle_s: 600, intvl_s: 10, count: 3 });
+    set_linger_zero(&client);
+    drop(client);
+    assert_eq!(read_until_error(&server), ECONNRESET);
+    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    let all = agent.stop();
+    the_one(&all, na, sport, "reset_sent");
+    let closed = the_one(&all, na, sport, "connection_closed");
+    assert_eq!(closed["cause"], "reset_sent", "{closed}");
+    assert!(closed["lifetime_ms"].is_u64(), "{closed}");
+}
+
+#[test]
+fn socket_destroyed_with_ss_k_is_a_reset_sent() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("sk");
+    let agent = Agent::start(&[]);
+    let (client, server) = connected(&link, link.b4);
+    let (na, sport) = (link.a.inode(), port(&client));
+    set_keepalive(&client, Keepalive { idle_s: 600, intvl_s: 10, count: 3 });
+    link.a.exec("ss", &["-K", "-t", "state", "established", "sport", "=", &format!(":{sport}")]);
+    assert_eq!(read_until_error(&client), libc::ECONNABORTED, "the application sees ECONNABORTED");
+    assert_eq!(read_until_error(&server), ECONNRESET);
+    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    let all = agent.stop();
+    let closed = the_one(&all, na, sport, "connection_closed");
+    assert_eq!(closed["cause"], "reset_sent", "{closed}");
+    assert_eq!(closed["error"], "ECONNABORTED", "{closed}");
+}
+
+#[test]
+fn user_timeout_ends_keepalive_before_max_probes() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("ut");
+    let agent = Agent::start(&[]);
+    let (client, _server) = connected(&link, link.b4);
+    let (na, sport) = (link.a.inode(), port(&client));
+    link.silence_b();
+    set_keepalive(&client, Keepalive { idle_s: 1, intvl_s: 1, count: 10 });
+    set_user_timeout(&client, 2500);
+    assert_eq!(read_until_error(&client), ETIMEDOUT);
+    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    let all = agent.stop();
+    let nstat = link.a.nstat();
+    let probes = conn_kind(&all, na, sport, "keepalive_probe").len() as u64;
+    assert_eq!(probes, nstat["TcpExtTCPKeepAlive"]);
+    let timeout = the_one(&all, na, sport, "keepalive_timeout");
+    assert_eq!(timeout["max_probes"], 10);
+    assert!(timeout["probes"].as_u64().is_some_and(|p| p >= 1 && p < 10), "{timeout}");
+    assert_eq!(timeout["user_timeout_ms"], 2500);
+    assert_eq!(the_one(&all, na, sport, "connection_closed")["cause"], "keepalive_timeout");
+}
+
+#[test]
+fn orphaned_fin_wait2_on_the_keepalive_timer_is_not_keepalive() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("fw");
+    // tcp_fin_timeout above 60 s: the kernel parks an orphaned FIN_WAIT2 socket on its
+    // keepalive timer for the excess (here 1 s) before moving it to TIME_WAIT.
+    link.a.exec("sysctl", &["-qw", "net.ipv4.tcp_fin_timeout=61"]);
+    let agent = Agent::start(&[]);
+    let (client, server) = connected(&link, link.b4);
+    let (na, sport) = (link.a.inode(), port(&client));
+    set_keepalive(&client, Keepalive { idle_s: 1, intvl_s: 1, count: 3 });
+    drop(client); // orphan; the server never closes, so the client waits in FIN_WAIT2
+    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    let all = agent.stop();
+    drop(server);
+    assert_eq!(link.a.nstat()["TcpExtTCPKeepAlive"], 0, "the kernel sent no keepalive probe");
+    assert!(conn_kind(&all, na, sport, "keepalive_probe").is_empty());
+    assert!(conn_kind(&all, na, sport, "keepalive_timeout").is_empty());
+    let closed = the_one(&all, na, sport, "connection_closed");
+    assert_eq!(closed["cause"], "fin", "{closed}");
+    assert_eq!(closed["time_wait"], true, "{closed}");
+    assert_eq!(closed["last_state"], "fin_wait2", "{closed}");
+}
+
+#[test]
+fn keepalive_inherited_from_the_listener_probes_on_the_server_side() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("ls");
+    let agent = Agent::start(&[]);
+    let b4 = link.b4;
+    let listener: TcpListener = link.b.run(move || {
+        let l = TcpListener::bind(SocketAddr::new(b4, 0)).expect("bind");
+        set_keepalive(&l, Keepalive { idle_s: 1, intvl_s: 1, count: 2 });
+        l
+    });
+    let client = connect(&link.a, listener.local_addr().expect("addr"));
+    let (server, _) = listener.accept().expect("accept");
+    let (nb, sport) = (link.b.inode(), port(&server));
+    // The client host goes silent: the server's keepalive gives up.
+    link.a.nft(&format!(
+        "add table inet t\nadd chain inet t o {{ type filter hook output priority 0; }}\nadd rule inet t o ip daddr {} drop\n",
+        link.b4
+    ));
+    assert_eq!(read_until_error(&server), ETIMEDOUT);
+    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", nb, sport));
+    let all = agent.stop();
+    drop(client);
+    let probes = conn_kind(&all, nb, sport, "keepalive_probe").len() as u64;
+    assert_eq!(probes, link.b.nstat()["TcpExtTCPKeepAlive"]);
+    assert_eq!(probes, 2);
+    let closed = the_one(&all, nb, sport, "connection_closed");
+    assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
+    assert!(closed["lifetime_ms"].is_u64(), "the accepted connection's birth is known: {closed}");
+}
+
+#[test]
+fn ipv6_socket_talking_ipv4_is_reported_as_ipv4() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("vm");
+    let agent = Agent::start(&[]);
+    let listener = listen(&link.b, link.b4);
+    let to = listener.local_addr().expect("addr");
+    let client = link.a.run(move || {
+        let fd = tcp6_socket();
+        let mapped = match to.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(_) => unreachable!(),
+        };
+        let sin6 = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as u16,
+            sin6_port: to.port().to_be(),
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr { s6_addr: mapped.octets() },
+            sin6_scope_id: 0,
+        };
+        // SAFETY: valid sockaddr_in6 and length on a valid socket.
+        let rc = unsafe {
+            libc::connect(fd.as_raw_fd(), (&sin6 as *const libc::sockaddr_in6).cast(), size_of::<libc::sockaddr_in6>() as u32)
+        };
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from(fd)
+    });
+    let (_server, _) = listener.accept().expect("accept");
+    let (na, sport) = (link.a.inode(), port(&client));
+    set_keepalive(&client, Keepalive { idle_s: 1, intvl_s: 1, count: 3 });
+    let probe = agent.wait_for("a keepalive probe", WAIT, |v| is(v, "keepalive_probe", na, sport));
+    agent.stop();
+    assert_eq!(probe["family"], "ipv4", "{probe}");
+    assert_eq!(probe["saddr"], link.a4.to_string());
+    assert_eq!(probe["daddr"], link.b4.to_string());
+}
+
+#[test]
+fn all_mode_reports_every_connection_and_default_mode_does_not() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("al");
+    let all_agent = Agent::start(&["--all"]);
+    let default_agent = Agent::start(&[]);
+    let (client, server) = connected(&link, link.b4);
+    let (na, nb, cport, sport) = (link.a.inode(), link.b.inode(), port(&client), port(&server));
+    (&client).write_all(b"request").expect("write");
+    drop(client); // the client closes first, without keepalive
+    assert_eq!(read_until_error(&server), 0);
+    drop(server);
+    all_agent.wait_for("the client's close", WAIT, |v| is(v, "connection_closed", na, cport));
+    all_agent.wait_for("the server's close", WAIT, |v| is(v, "connection_closed", nb, sport));
+    let all = all_agent.stop();
+    let default = default_agent.stop();
+
+    let c = the_one(&all, na, cport, "connection_closed");
+    assert_eq!((c["cause"].as_str(), c["closed_by"].as_str(), c["time_wait"].as_bool()), (Some("fin"), Some("local"), Some(true)), "{c}");
+    assert!(c["lifetime_ms"].is_u64(), "{c}");
+    assert_eq!(the_one(&all, na, cport, "fin_sent")["state"], "fin_wait1");
+    let s = the_one(&all, nb, sport, "connection_closed");
+    assert_eq!((s["cause"].as_str(), s["closed_by"].as_str(), s["time_wait"].as_bool()), (Some("fin"), Some("remote"), Some(false)), "{s}");
+    assert_eq!(the_one(&all, nb, sport, "fin_received")["state"], "close_wait");
+    assert_eq!(the_one(&all, nb, sport, "fin_sent")["state"], "last_ack");
+    // Without --all, a healthy connection without keepalive is not reported.
+    assert!(conn_events(&default, na, cport).is_empty(), "{:?}", conn_events(&default, na, cport));
+    assert!(conn_events(&default, nb, sport).is_empty());
+}
+
+#[test]
+fn port_and_address_filters_exclude_other_connections() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("flt");
+    let l1 = listen(&link.b, link.b4);
+    let l2 = listen(&link.b, link.b4);
+    let l6 = listen(&link.b, link.b6);
+    let p1 = l1.local_addr().expect("addr").port();
+    let by_port = Agent::start(&["--all", "--port", &p1.to_string()]);
+    let by_addr = Agent::start(&["--all", "--addr", &format!("{}/128", link.b6)]);
+    let na = link.a.inode();
+    let mut ports = Vec::new();
+    for l in [&l1, &l2, &l6] {
+        let c = connect(&link.a, l.local_addr().expect("addr"));
+        let s = l.accept().expect("accept").0;
+        ports.push(port(&c));
+        drop(c);
+        assert_eq!(read_until_error(&s), 0);
+    }
+    // Sentinels, made after everything else: once an agent reports its sentinel, it has
+    // read every earlier record (the ring buffer is ordered).
+    let mut sentinels = Vec::new();
+    for l in [&l1, &l6] {
+        let c = connect(&link.a, l.local_addr().expect("addr"));
+        let s = l.accept().expect("accept").0;
+        sentinels.push(port(&c));
+        drop(c);
+        assert_eq!(read_until_error(&s), 0);
+    }
+    by_port.wait_for("the port sentinel", WAIT, |v| is(v, "connection_closed", na, sentinels[0]));
+    by_addr.wait_for("the address sentinel", WAIT, |v| is(v, "connection_closed", na, sentinels[1]));
+    let a = by_port.stop();
+    let b = by_addr.stop();
+    assert!(!conn_events(&a, na, ports[0]).is_empty(), "--port shows its port");
+    assert!(conn_events(&a, na, ports[1]).is_empty() && conn_events(&a, na, ports[2]).is_empty(), "--port lets other ports through");
+    assert!(a.iter().filter(|v| v.get("sport").is_some()).all(|v| v["sport"] == p1 || v["dport"] == p1));
+    assert!(!conn_events(&b, na, ports[2]).is_empty(), "--addr shows its address");
+    assert!(conn_events(&b, na, ports[0]).is_empty() && conn_events(&b, na, ports[1]).is_empty(), "--addr lets other addresses through");
+    assert!(b.iter().filter(|v| v.get("saddr").is_some()).all(|v| v["saddr"] == link.b6.to_string() || v["daddr"] == link.b6.to_string()));
+}
