@@ -260,13 +260,16 @@ pub struct TimerRecord {
     pub reset_reason: u32,
     /// [`timer_flag`] bits.
     pub flags: u32,
+    /// `rcv_tstamp` read at exit: differs from `rcv_tstamp` when a segment from the peer
+    /// was processed between the timer releasing the socket and the exit hook.
+    pub rcv_tstamp_after: u32,
     pub state_before: u8,
     pub state_after: u8,
     pub probes_before: u8,
     pub probes_after: u8,
     /// Effective keepalive probe count.
     pub keepalive_probes: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
     /// Valid when `DIED` is set.
     pub close: CloseInfo,
 }
@@ -383,7 +386,7 @@ assert_size!(Config, 8 + 38 * 4);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
 assert_size!(CloseInfo, 48);
-assert_size!(TimerRecord, 24 + 48 + 16 + 36 + 12 + 48);
+assert_size!(TimerRecord, 24 + 48 + 16 + 40 + 8 + 48);
 assert_size!(StateRecord, 24 + 48 + 8);
 assert_size!(CloseRecord, 24 + 48 + 48);
 assert_size!(ResetSentRecord, 24 + 48 + 8);

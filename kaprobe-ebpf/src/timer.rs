@@ -95,15 +95,20 @@ pub fn on_exit(timer: u64) {
         rec.state_after = state(sk);
         rec.probes_after = read::<u8>(sk, conf!(icsk_probes_out));
         rec.expires_after = read::<u64>(timer, conf!(timer_expires));
+        rec.rcv_tstamp_after = read::<u32>(sk, conf!(tp_rcv_tstamp));
     } else {
         rec.state_after = tcp_state::CLOSE;
         rec.probes_after = rec.close.probes_out;
+        rec.rcv_tstamp_after = rec.rcv_tstamp;
     }
     // A firing that neither sent a probe nor found one outstanding changes nothing the
-    // agent reports (not idle long enough, socket busy, data in flight): skip it.
+    // agent reports (not idle long enough, socket busy, data in flight): skip it. (If the
+    // peer's answer slipped in between the timer releasing the socket and this hook,
+    // probes_out is back to 0 but rcv_tstamp moved: keep those.)
     let worth_it = rec.flags & timer_flag::DIED != 0
         || rec.probes_before != 0
-        || rec.probes_after != rec.probes_before;
+        || rec.probes_after != rec.probes_before
+        || rec.rcv_tstamp_after != rec.rcv_tstamp;
     if worth_it {
         emit::<TimerRecord>(rec);
     }

@@ -223,15 +223,15 @@ impl Correlator {
         let keepopen = r.flags & timer_flag::KEEPOPEN != 0;
         let fin_wait2_orphan =
             r.state_before == tcp_state::FIN_WAIT2 && r.flags & timer_flag::ORPHAN != 0;
-        let probe_sent = !died && r.probes_after == r.probes_before.wrapping_add(1);
+        let probe_sent = !died && (r.probes_after == r.probes_before.wrapping_add(1) || Self::answered_at_once(r));
         if probe_sent {
             conn.probes += 1;
             conn.last_probe_ns = ts;
-            conn.unanswered = r.probes_after;
+            conn.unanswered = r.probes_before.wrapping_add(1);
             events.push((
                 ts,
                 Body::KeepaliveProbe {
-                    probe: r.probes_after,
+                    probe: r.probes_before.wrapping_add(1),
                     max_probes: r.keepalive_probes,
                     idle_ms,
                     interval_ms: clock.jiffies_to_ms(r.keepalive_intvl),
@@ -278,6 +278,20 @@ impl Correlator {
         let conn = self.conns.remove(&r.header.sk);
         let forced = keepalive_kill.then_some(Cause::KeepaliveTimeout);
         self.finish(Pending { ts_ns: ts, tuple: r.tuple, info, conn }, forced, out);
+    }
+
+    /// A probe sent and answered before the exit hook could see `icsk_probes_out` grow:
+    /// the timer releases the socket before `timer_expire_exit`, and a receive on another
+    /// CPU may process the peer's ACK in between. Then `rcv_tstamp` moved during the
+    /// firing, and the timer was re-armed for exactly the keepalive interval (the re-arm
+    /// after a probe), on an idle socket.
+    fn answered_at_once(r: &TimerRecord) -> bool {
+        let rearm = (r.expires_after as u32).wrapping_sub(r.jiffies as u32);
+        r.probes_after <= r.probes_before
+            && r.rcv_tstamp_after != r.rcv_tstamp
+            && (rearm == r.keepalive_intvl || rearm == r.keepalive_intvl + 1)
+            && r.packets_out == 0
+            && r.unacked_bytes == 0
     }
 
     fn on_state(&mut self, r: &StateRecord, out: &mut Vec<Event>) {

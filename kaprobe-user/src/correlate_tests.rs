@@ -52,6 +52,8 @@ fn firing(sk: u64, sport: u16, t: u64, heard: u64, before: u8, after: u8) -> Raw
         state_after: tcp_state::ESTABLISHED,
         probes_before: before,
         probes_after: after,
+        rcv_tstamp_after: 1_000_000 + (heard * J as u64) as u32,
+        expires_after: 1_000_000 + t * J as u64 + if after > before { J as u64 } else { J as u64 / 2 },
         ..TimerRecord::default()
     })
 }
@@ -156,6 +158,27 @@ fn an_answer_is_never_reported_before_its_probe() {
     let out = run(&mut c, &[firing(SK, 5000, 2, 1, 0, 1), r]);
     assert_eq!(names(&out), ["keepalive_probe", "keepalive_ack", "keepalive_probe"]);
     assert!(out[1].ts >= out[0].ts);
+}
+
+#[test]
+fn a_probe_answered_before_the_exit_hook_is_still_a_probe() {
+    let mut c = correlator();
+    let mut raced = firing(SK, 5000, 2, 1, 0, 0);
+    if let RawEvent::Timer(t) = &mut raced {
+        t.rcv_tstamp_after = t.jiffies as u32; // the ACK arrived during the firing
+        t.expires_after = t.jiffies + J as u64; // re-armed for the interval
+    }
+    let out = run(&mut c, &[firing(SK, 5000, 1, 0, 0, 1), raced, firing(SK, 5000, 3, 2, 0, 1)]);
+    assert_eq!(names(&out), ["keepalive_probe", "keepalive_ack", "keepalive_probe", "keepalive_ack", "keepalive_probe"]);
+    // Same firing, but the socket was just not idle long enough (re-armed for the rest of
+    // the idle time) while data arrived: no probe.
+    let mut c = correlator();
+    let mut quiet = firing(SK, 5000, 2, 1, 0, 0);
+    if let RawEvent::Timer(t) = &mut quiet {
+        t.rcv_tstamp_after = t.jiffies as u32;
+        t.expires_after = t.jiffies + 7;
+    }
+    assert!(run(&mut c, &[quiet]).is_empty());
 }
 
 #[test]

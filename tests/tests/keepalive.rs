@@ -88,7 +88,12 @@ fn dead_peer(v6: bool) {
     let nstat = link.a.nstat();
     let probes = conn_kind(&all, ns, sport, "keepalive_probe").len() as u64;
     let acks = conn_kind(&all, ns, sport, "keepalive_ack").len() as u64;
-    assert_eq!(probes, nstat["TcpExtTCPKeepAlive"], "keepalive_probe events = TcpExtTCPKeepAlive");
+    assert_eq!(
+        probes,
+        nstat["TcpExtTCPKeepAlive"],
+        "keepalive_probe events = TcpExtTCPKeepAlive; events: {:#?}",
+        conn_events(&all, ns, sport)
+    );
     assert_eq!(nstat["TcpExtTCPAbortOnTimeout"], 1);
     assert_eq!(probes, acks + 3, "answered probes, then 3 unanswered");
     let timeout = the_one(&all, ns, sport, "keepalive_timeout");
