@@ -87,7 +87,8 @@ pub mod close_flag {
 pub mod stat {
     /// Records dropped because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
-    /// Sockets not tracked in the kernel because the connection table was full.
+    /// Sockets whose lifecycle data was dropped because their set of the `SOCKS` table was
+    /// full (the oldest entry of the set is evicted).
     pub const CONN_TABLE_FULL: u32 = 1;
     pub const COUNT: u32 = 2;
 }
@@ -96,7 +97,7 @@ pub mod stat {
 pub mod map_name {
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
-    pub const CONNS: &str = "CONNS";
+    pub const SOCKS: &str = "SOCKS";
 }
 
 /// Name of the read-only global holding [`Config`].
@@ -108,6 +109,8 @@ pub mod config_flag {
     pub const ALL: u32 = 1 << 0;
     /// `tcp_send_reset` has a `reason` argument (kernel ≥ 6.10).
     pub const RESET_HAS_REASON: u32 = 1 << 1;
+    /// Benchmarks only: every program returns at once (the cost floor of the hooks).
+    pub const EMPTY: u32 = 1 << 3;
 }
 
 /// Everything the programs need to know about the running kernel and the user's choices.
@@ -168,6 +171,11 @@ pub struct Config {
     pub skb_dev: u32,
     /// `struct net_device` → `nd_net`.
     pub dev_nd_net: u32,
+    /// Bytes waiting in the ring buffer above which a bulk record wakes the agent up (below,
+    /// the agent's periodic drain collects it).
+    pub wakeup_bytes: u32,
+    /// Number of 8-slot sets in `SOCKS`, minus one (a power of two, minus one).
+    pub sock_sets_mask: u32,
     pub _pad: u32,
 }
 
@@ -336,16 +344,33 @@ pub struct ErrorRecord {
     pub _pad: [u8; 3],
 }
 
-/// The kernel's per-socket aggregation (value of the `CONNS` map, keyed by socket address).
+/// The kernel's per-socket aggregation: one slot of the `SOCKS` table, claimed when the
+/// connection is born (SYN sent or received) or first becomes of interest, released at
+/// `TCP_CLOSE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnState {
+    /// Key of the socket owning the slot (its cookie, or its address for raw tracepoints);
+    /// 0 when free.
+    pub sk: u64,
+    /// ktime of the connection's first SYN (sent or received), 0 when not seen.
     pub birth_ns: u64,
     pub fin_sent_ns: u64,
     pub fin_recv_ns: u64,
     /// [`conn_flag`] bits.
     pub flags: u32,
     pub _pad: u32,
+}
+
+/// Slots per set of the `SOCKS` table.
+pub const SOCK_WAYS: usize = 8;
+
+/// One set of the `SOCKS` table (an 8-way set-associative array indexed by a hash of the
+/// socket address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockSet {
+    pub slots: [ConnState; SOCK_WAYS],
 }
 
 /// Flags in [`ConnState::flags`].
@@ -382,7 +407,7 @@ macro_rules! assert_size {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
     };
 }
-assert_size!(Config, 8 + 38 * 4);
+assert_size!(Config, 8 + 40 * 4);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
 assert_size!(CloseInfo, 48);
@@ -392,7 +417,8 @@ assert_size!(CloseRecord, 24 + 48 + 48);
 assert_size!(ResetSentRecord, 24 + 48 + 8);
 assert_size!(ResetRecvRecord, 24 + 48 + 8);
 assert_size!(ErrorRecord, 24 + 48 + 8);
-assert_size!(ConnState, 32);
+assert_size!(ConnState, 40);
+assert_size!(SockSet, 320);
 assert_size!(RecentReset, 24);
 
 #[cfg(feature = "user")]
@@ -402,6 +428,5 @@ mod pod {
     // every padding byte spelled out as a field (checked by the size assertions above),
     // so any bit pattern is a valid value.
     unsafe impl aya::Pod for Config {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for ConnState {}
+
 }

@@ -1,15 +1,90 @@
 //! Reading kernel structures at offsets the agent found in BTF.
-use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel};
-use kaprobe_common::{AF_INET, AF_INET6, Header, Tuple};
+use aya_ebpf::helpers::{
+    bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+};
+use kaprobe_common::{AF_INET, AF_INET6, Header, IPPROTO_TCP, Tuple};
 
 use crate::conf;
 
-/// Reads a `T` at `base + off` in kernel memory; zero when the read fails.
+/// How a program reads kernel memory.
+///
+/// BTF tracepoints receive their pointer arguments typed by the kernel's BTF: the verifier
+/// checks a load at `ptr + offset` against the struct's layout and the JIT emits a plain
+/// load ([`Btf`]). Raw tracepoints get untyped values, and pointers computed by hand (the
+/// socket behind a timer) are not BTF-typed either: those are read with
+/// `bpf_probe_read_kernel` ([`Probe`]), which costs a helper call (~50 ns here) but can never
+/// fault.
+pub trait Mem {
+    /// Reads a `T` at `base + off`; zero when the read fails.
+    fn read<T: Copy + Default>(base: u64, off: u32) -> T;
+    /// The `struct tcp_sock` of `sk` (same address), or 0 when `sk` is not a full TCP socket.
+    fn tcp_sock(sk: u64) -> u64;
+    /// A number identifying socket `sk` for the `SOCKS` table (never 0).
+    fn sock_key(sk: u64) -> u64;
+}
+
+/// `bpf_probe_read_kernel`: any address.
+pub struct Probe;
+
+/// Direct loads: only from a BTF-typed pointer (a `tp_btf` argument, or a pointer loaded
+/// through one), at offsets inside the pointed-to struct.
+pub struct Btf;
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+        // SAFETY: bpf_probe_read_kernel copies with fault handling: a bad address gives an
+        // error, never a crash.
+        unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn tcp_sock(sk: u64) -> u64 {
+        if sk != 0 && Probe::read::<u16>(sk, conf!(sk_protocol)) == IPPROTO_TCP { sk } else { 0 }
+    }
+
+    /// The socket's address (an untyped value here, so it can be hashed).
+    #[inline(always)]
+    fn sock_key(sk: u64) -> u64 {
+        sk
+    }
+}
+
+impl Mem for Btf {
+    #[inline(always)]
+    fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+        // SAFETY: `base` is a BTF-typed kernel pointer and `off` a field offset read from the
+        // same kernel's BTF; the verifier checks the access against the type and the JIT
+        // handles a fault on it.
+        unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
+    }
+
+    #[inline(always)]
+    fn tcp_sock(sk: u64) -> u64 {
+        if sk == 0 {
+            return 0;
+        }
+        // SAFETY: the helper checks the socket's family and protocol and returns NULL
+        // for anything but a full TCP socket.
+        unsafe { bpf_skc_to_tcp_sock(sk as *mut core::ffi::c_void) as u64 }
+    }
+
+    /// The socket cookie (unique for the boot, never reused): the verifier allows no
+    /// arithmetic on a typed pointer, so the address itself cannot be hashed here.
+    #[inline(always)]
+    fn sock_key(sk: u64) -> u64 {
+        // SAFETY: for tracing programs this helper is bpf_get_socket_ptr_cookie, which takes
+        // a BTF-typed socket pointer (checked by the verifier) and generates the cookie if
+        // the socket has none yet.
+        unsafe { bpf_get_socket_cookie(sk as *mut core::ffi::c_void) }
+    }
+}
+
+/// Reads with [`Probe`] (for the places where only that can work).
 #[inline(always)]
 pub fn read<T: Copy + Default>(base: u64, off: u32) -> T {
-    // SAFETY: bpf_probe_read_kernel copies with fault handling: a bad address gives an
-    // error, never a crash.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
+    Probe::read(base, off)
 }
 
 #[inline(always)]
@@ -36,14 +111,14 @@ pub fn header(kind: u32, sk: u64) -> Header {
 }
 
 #[inline(always)]
-pub fn state(sk: u64) -> u8 {
-    read::<u8>(sk, conf!(skc_state))
+pub fn state<M: Mem>(sk: u64) -> u8 {
+    M::read::<u8>(sk, conf!(skc_state))
 }
 
 /// `sk->sk_flags` (only valid on full sockets, not on request or timewait minisocks).
 #[inline(always)]
-pub fn sk_flags(sk: u64) -> u64 {
-    read::<u64>(sk, conf!(sk_flags))
+pub fn sk_flags<M: Mem>(sk: u64) -> u64 {
+    M::read::<u64>(sk, conf!(sk_flags))
 }
 
 #[inline(always)]
@@ -53,53 +128,61 @@ pub fn flag_set(flags: u64, bit: u32) -> bool {
 
 /// Inode number of the network namespace `net` (a `struct net *`).
 #[inline(always)]
-pub fn netns_inum(net: u64) -> u32 {
+pub fn netns_inum<M: Mem>(net: u64) -> u32 {
     if net == 0 {
         return 0;
     }
-    read::<u32>(net, conf!(net_ns_inum))
+    M::read::<u32>(net, conf!(net_ns_inum))
 }
 
 /// `sock_net(sk)`.
 #[inline(always)]
-pub fn sk_net(sk: u64) -> u64 {
-    read::<u64>(sk, conf!(skc_net))
+pub fn sk_net<M: Mem>(sk: u64) -> u64 {
+    M::read::<u64>(sk, conf!(skc_net))
 }
 
-/// Addresses, ports and namespace of a full socket.
+/// Addresses, ports and namespace of a full TCP socket (`tp` is its `tcp_sock`, see
+/// [`Mem::tcp_sock`]).
 #[inline(always)]
-pub fn tuple_of_sock(sk: u64) -> Tuple {
-    let mut t = tuple_of_sock_common(sk);
+pub fn tuple_of_sock<M: Mem>(sk: u64, tp: u64) -> Tuple {
+    let mut t = tuple_of_sock_common::<M>(sk);
     // skc_num is zeroed when the port is released (inet_put_port, on the way to
     // TCP_CLOSE); inet_sport keeps the port the connection used.
-    t.sport = u16::from_be(read::<u16>(sk, conf!(inet_sport)));
+    if tp != 0 {
+        t.sport = u16::from_be(M::read::<u16>(tp, conf!(inet_sport)));
+    }
     t
 }
 
 /// Addresses, ports and namespace from `struct sock_common`: valid for full sockets and for
 /// request and timewait minisocks alike.
 #[inline(always)]
-pub fn tuple_of_sock_common(sk: u64) -> Tuple {
+pub fn tuple_of_sock_common<M: Mem>(sk: u64) -> Tuple {
     let mut t = Tuple::default();
-    let family = read::<u16>(sk, conf!(skc_family));
+    let family = M::read::<u16>(sk, conf!(skc_family));
     t.family = family;
-    t.sport = read::<u16>(sk, conf!(skc_num));
-    t.dport = u16::from_be(read::<u16>(sk, conf!(skc_dport)));
+    t.sport = M::read::<u16>(sk, conf!(skc_num));
+    t.dport = u16::from_be(M::read::<u16>(sk, conf!(skc_dport)));
     if family == AF_INET {
-        let s = read::<[u8; 4]>(sk, conf!(skc_rcv_saddr));
-        let d = read::<[u8; 4]>(sk, conf!(skc_daddr));
+        let s = M::read::<u32>(sk, conf!(skc_rcv_saddr)).to_ne_bytes();
+        let d = M::read::<u32>(sk, conf!(skc_daddr)).to_ne_bytes();
         t.saddr[..4].copy_from_slice(&s);
         t.daddr[..4].copy_from_slice(&d);
     } else if family == AF_INET6 {
-        t.saddr = read::<[u8; 16]>(sk, conf!(skc_v6_rcv_saddr));
-        t.daddr = read::<[u8; 16]>(sk, conf!(skc_v6_daddr));
+        let s = [M::read::<u64>(sk, conf!(skc_v6_rcv_saddr)), M::read::<u64>(sk, conf!(skc_v6_rcv_saddr) + 8)];
+        let d = [M::read::<u64>(sk, conf!(skc_v6_daddr)), M::read::<u64>(sk, conf!(skc_v6_daddr) + 8)];
+        t.saddr[..8].copy_from_slice(&s[0].to_ne_bytes());
+        t.saddr[8..].copy_from_slice(&s[1].to_ne_bytes());
+        t.daddr[..8].copy_from_slice(&d[0].to_ne_bytes());
+        t.daddr[8..].copy_from_slice(&d[1].to_ne_bytes());
     }
-    t.netns = netns_inum(sk_net(sk));
+    t.netns = netns_inum::<M>(sk_net::<M>(sk));
     t
 }
 
 /// Addresses and ports of the segment in `skb`, seen from the receiving host: the local side
 /// is the packet's destination. Used for an RST that answers a segment with no socket.
+/// (The packet bytes are read with [`Probe`]: they are not a struct BTF describes.)
 #[inline(always)]
 pub fn tuple_of_incoming_skb(skb: u64) -> Tuple {
     let mut t = Tuple::default();
@@ -129,7 +212,8 @@ pub fn tuple_of_incoming_skb(skb: u64) -> Tuple {
     t.sport = u16::from_be_bytes([ports[2], ports[3]]);
     let dev = read::<u64>(skb, conf!(skb_dev));
     if dev != 0 {
-        t.netns = netns_inum(read::<u64>(dev, conf!(dev_nd_net)));
+        t.netns = netns_inum::<Probe>(read::<u64>(dev, conf!(dev_nd_net)));
     }
     t
 }
+

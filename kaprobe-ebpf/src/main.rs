@@ -60,6 +60,8 @@ static CONFIG: Config = Config {
     skb_transport_header: 0,
     skb_dev: 0,
     dev_nd_net: 0,
+    wakeup_bytes: 0,
+    sock_sets_mask: 0,
     _pad: 0,
 };
 

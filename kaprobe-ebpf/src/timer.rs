@@ -12,14 +12,19 @@ use kaprobe_common::{TimerRecord, kind, tcp_state, timer_flag};
 
 use crate::{
     conf,
-    kernel::{flag_set, header, jiffies, read, sk_flags, sk_net, state, tuple_of_sock},
+    kernel::{Mem, Probe, flag_set, header, jiffies, read, sk_flags, sk_net, state, tuple_of_sock},
     maps::{emit, timer_scratch},
 };
 
+/// `M` reads the `struct timer_list`; the socket behind it, found by subtraction, is not a
+/// BTF-typed pointer and is always read with [`Probe`].
 #[inline(always)]
-pub fn on_entry(timer: u64) {
+pub fn on_entry<M: Mem>(timer: u64) {
+    if timer == 0 {
+        return;
+    }
     // The hot part: every timer_list expiry in the system comes here.
-    let function = read::<u64>(timer, conf!(timer_function));
+    let function = M::read::<u64>(timer, conf!(timer_function));
     if function == 0 || function != conf!(keepalive_timer_fn) {
         return;
     }
@@ -28,10 +33,10 @@ pub fn on_entry(timer: u64) {
     };
     scratch.timer = 0;
     let sk = timer.wrapping_sub(conf!(sk_timer) as u64);
-    let skflags = sk_flags(sk);
+    let skflags = sk_flags::<Probe>(sk);
     let keepopen = flag_set(skflags, conf!(sock_flag_keepopen));
     let orphan = flag_set(skflags, conf!(sock_flag_dead));
-    let st = state(sk);
+    let st = state::<Probe>(sk);
     // Without SO_KEEPALIVE the timer does nothing, except for an orphaned FIN_WAIT2 socket,
     // whose end it decides (that is not keepalive, but the socket may die here).
     if !keepopen && st != tcp_state::FIN_WAIT2 {
@@ -40,7 +45,7 @@ pub fn on_entry(timer: u64) {
     let rec = &mut scratch.record;
     *rec = TimerRecord::default();
     rec.header = header(kind::KA_TIMER, sk);
-    rec.tuple = tuple_of_sock(sk);
+    rec.tuple = tuple_of_sock::<Probe>(sk, sk);
     rec.jiffies = jiffies();
     rec.rcv_tstamp = read::<u32>(sk, conf!(tp_rcv_tstamp));
     let mut flags = 0;
@@ -51,7 +56,7 @@ pub fn on_entry(timer: u64) {
         flags |= timer_flag::ORPHAN;
     }
     // keepalive_time_when() & co.: the socket's value, or the namespace's sysctl when 0.
-    let net = sk_net(sk);
+    let net = sk_net::<Probe>(sk);
     let mut time = read::<u32>(sk, conf!(tp_keepalive_time));
     if time == 0 {
         time = read::<u32>(net, conf!(net_keepalive_time));
@@ -81,7 +86,7 @@ pub fn on_entry(timer: u64) {
 }
 
 #[inline(always)]
-pub fn on_exit(timer: u64) {
+pub fn on_exit<M: Mem>(timer: u64) {
     let Some(scratch) = timer_scratch() else {
         return;
     };
@@ -92,9 +97,9 @@ pub fn on_exit(timer: u64) {
     let rec = &mut scratch.record;
     let sk = rec.header.sk;
     if rec.flags & timer_flag::DIED == 0 {
-        rec.state_after = state(sk);
+        rec.state_after = state::<Probe>(sk);
         rec.probes_after = read::<u8>(sk, conf!(icsk_probes_out));
-        rec.expires_after = read::<u64>(timer, conf!(timer_expires));
+        rec.expires_after = M::read::<u64>(timer, conf!(timer_expires));
         rec.rcv_tstamp_after = read::<u32>(sk, conf!(tp_rcv_tstamp));
     } else {
         rec.state_after = tcp_state::CLOSE;

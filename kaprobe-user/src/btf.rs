@@ -307,7 +307,7 @@ impl Btf {
             last = Some(m);
         }
         let m = last.ok_or_else(|| BtfError::NoMember(strukt.to_owned(), path.to_owned()))?;
-        if m.bitfield != 0 || bits % 8 != 0 {
+        if m.bitfield != 0 || !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield(format!("{strukt}.{path}")));
         }
         Ok(Field { offset: bits / 8, size: self.size_of(m.ty) })

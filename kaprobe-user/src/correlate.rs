@@ -15,7 +15,7 @@
 //! - an answer is seen as `icsk_probes_out` back to 0 (any ACK from the peer resets it);
 //! - an RST answering a probe ends the connection at once (`reset_received`);
 //! - ETIMEDOUT outside the keepalive timer is a retransmission timeout.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use kaprobe_common::{
     CloseInfo, CloseRecord, ErrorRecord, Header, REASON_UNKNOWN, ResetRecvRecord, ResetSentRecord,
@@ -101,6 +101,9 @@ pub struct Correlator {
     settings: Settings,
     conns: HashMap<u64, Conn>,
     pending: HashMap<u64, Pending>,
+    /// `(close time, socket)` of pending closes, in arrival order (records come in time
+    /// order, per CPU). Entries whose close was reported meanwhile are skipped lazily.
+    due: VecDeque<(u64, u64)>,
     pub stats: CorrelatorStats,
 }
 
@@ -112,7 +115,13 @@ struct Outcome {
 
 impl Correlator {
     pub fn new(settings: Settings) -> Self {
-        Correlator { settings, conns: HashMap::new(), pending: HashMap::new(), stats: Default::default() }
+        Correlator {
+            settings,
+            conns: HashMap::new(),
+            pending: HashMap::new(),
+            due: VecDeque::new(),
+            stats: Default::default(),
+        }
     }
 
     /// Connections currently followed (for metrics and tests).
@@ -138,26 +147,34 @@ impl Correlator {
 
     /// Reports closes whose grace period is over at kernel time `now_ns`.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Event>) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let mut due: Vec<(u64, u64)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now_ns.saturating_sub(p.ts_ns) >= CLOSE_GRACE_NS)
-            .map(|(&sk, p)| (p.ts_ns, sk))
-            .collect();
-        due.sort_unstable();
-        for (_, sk) in due {
-            if let Some(p) = self.pending.remove(&sk) {
-                self.finish(p, None, out);
+        // Records from different CPUs may arrive slightly out of time order; a close is
+        // never reported early, at worst a little late.
+        while let Some(&(ts, sk)) = self.due.front() {
+            if now_ns.saturating_sub(ts) < CLOSE_GRACE_NS {
+                break;
+            }
+            self.due.pop_front();
+            if self.pending.get(&sk).is_some_and(|p| p.ts_ns == ts) {
+                if let Some(p) = self.pending.remove(&sk) {
+                    self.finish(p, None, out);
+                }
             }
         }
     }
 
+    fn hold(&mut self, sk: u64, p: Pending) {
+        self.due.push_back((p.ts_ns, sk));
+        self.pending.insert(sk, p);
+    }
+
     /// Reports every close still waiting (at exit).
     pub fn flush(&mut self, out: &mut Vec<Event>) {
-        self.tick(u64::MAX, out);
+        let mut rest: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        rest.sort_by_key(|p| p.ts_ns);
+        self.due.clear();
+        for p in rest {
+            self.finish(p, None, out);
+        }
     }
 
     fn event(&self, ts_ns: u64, tuple: Option<&Tuple>, body: Body) -> Event {
@@ -204,6 +221,22 @@ impl Correlator {
 
     fn on_timer(&mut self, r: &TimerRecord, out: &mut Vec<Event>) {
         let ts = r.header.ts_ns;
+        log::debug!(
+            "keepalive timer sk={:#x} cpu={} port={} state={}->{} probes_out={}->{} rcv_tstamp={}->{} jiffies={} expires={} intvl={} flags={:#x}",
+            r.header.sk,
+            r.header.cpu,
+            r.tuple.sport,
+            r.state_before,
+            r.state_after,
+            r.probes_before,
+            r.probes_after,
+            r.rcv_tstamp,
+            r.rcv_tstamp_after,
+            r.jiffies,
+            r.expires_after,
+            r.keepalive_intvl,
+            r.flags
+        );
         let clock = self.settings.clock;
         let idle_j = (r.jiffies as u32).wrapping_sub(r.rcv_tstamp);
         let idle_ms = clock.jiffies_to_ms(idle_j);
@@ -333,7 +366,7 @@ impl Correlator {
                 | tcp_state::LAST_ACK
         );
         if !failed && rst_may_follow {
-            self.pending.insert(sk, p);
+            self.hold(sk, p);
         } else {
             self.finish(p, None, out);
         }

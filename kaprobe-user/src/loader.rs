@@ -66,6 +66,12 @@ fn describe(e: &aya::programs::ProgramError) -> String {
     if detail.is_empty() { text } else { format!("{text}: {detail}") }
 }
 
+/// Sets of the kernel's socket table for `max_connections`: twice as many slots as
+/// connections, 8 per set, a power of two (the programs mask the hash with it).
+pub fn sock_sets(max_connections: u32) -> u32 {
+    (max_connections as u64 * 2 / kaprobe_common::SOCK_WAYS as u64).next_power_of_two().clamp(1, 1 << 24) as u32
+}
+
 /// Loads the object with `facts.config`, and attaches every hook (tp_btf, else raw_tp).
 pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError> {
     if EBPF_OBJECT.is_empty() {
@@ -76,21 +82,37 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
         .btf(Some(&btf))
         .override_global(CONFIG_GLOBAL, &facts.config, true)
         .map_max_entries(map_name::EVENTS, opts.ring_bytes)
-        .map_max_entries(map_name::CONNS, opts.max_connections)
+        .map_max_entries(map_name::SOCKS, sock_sets(opts.max_connections))
         .load(EBPF_OBJECT)?;
+    // All hooks attach the same way (the programs identify sockets differently in the two
+    // kinds): BTF tracepoints, else raw tracepoints for all.
     let mut hooks = Vec::new();
-    for (tracepoint, btf_prog, raw_prog) in HOOKS {
-        let btf_err = match attach_btf(&mut ebpf, btf_prog, tracepoint, &btf) {
-            Ok(()) => {
-                hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "tp_btf".into() });
-                continue;
+    let mut btf_failure = None;
+    for (tracepoint, btf_prog, _) in HOOKS {
+        match attach_btf(&mut ebpf, btf_prog, tracepoint, &btf) {
+            Ok(()) => hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "tp_btf".into() }),
+            Err(e) => {
+                btf_failure = Some((tracepoint, e));
+                break;
             }
-            Err(e) => e,
-        };
-        log::warn!("tp_btf {tracepoint} unavailable ({btf_err}); falling back to a raw tracepoint");
-        match attach_raw(&mut ebpf, raw_prog, tracepoint) {
-            Ok(()) => hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "raw_tracepoint".into() }),
-            Err(raw) => return Err(LoadError::Attach { tracepoint, btf: btf_err, raw }),
+        }
+    }
+    if let Some((failed, btf_err)) = btf_failure {
+        log::warn!("tp_btf {failed} unavailable ({btf_err}); using raw tracepoints for every hook");
+        hooks.clear();
+        for (_, btf_prog, _) in HOOKS {
+            let prog: Option<&mut BtfTracePoint> = ebpf.program_mut(btf_prog).and_then(|p| p.try_into().ok());
+            if let Some(p) = prog {
+                let _ = p.unload();
+            }
+        }
+        for (tracepoint, _, raw_prog) in HOOKS {
+            attach_raw(&mut ebpf, raw_prog, tracepoint).map_err(|raw| LoadError::Attach {
+                tracepoint,
+                btf: if tracepoint == failed { btf_err.clone() } else { "not tried".into() },
+                raw,
+            })?;
+            hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "raw_tracepoint".into() });
         }
     }
     Ok(Loaded { ebpf, hooks })

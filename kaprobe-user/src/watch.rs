@@ -26,7 +26,8 @@ use crate::{
     privileges,
 };
 
-/// How often closes waiting for a trailing RST and the kernel's loss counters are checked.
+/// How often the ring buffer is drained without a wakeup (bulk records), closes waiting for
+/// a trailing RST are reported, and the kernel's loss counters are checked.
 const TICK: Duration = Duration::from_millis(100);
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
@@ -182,6 +183,12 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
     if args.all {
         facts.config.flags |= config_flag::ALL;
     }
+    facts.config.wakeup_bytes = args.ring_size / 16;
+    facts.config.sock_sets_mask = loader::sock_sets(args.max_connections) - 1;
+    if std::env::var_os("KAPROBE_BENCH_EMPTY_PROGRAMS").is_some() {
+        log::warn!("KAPROBE_BENCH_EMPTY_PROGRAMS: programs attached but do nothing (benchmark floor)");
+        facts.config.flags |= config_flag::EMPTY;
+    }
     let started = Instant::now();
     let loaded = loader::load(&facts, LoadOptions { ring_bytes: args.ring_size, max_connections: args.max_connections })
         .map_err(|e| Fatal::new(exit::UNSUPPORTED_KERNEL, e))?;
@@ -271,6 +278,8 @@ async fn event_loop(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                // Bulk records do not wake us up: collect them here.
+                agent.drain(ring.get_mut())?;
                 agent.tick(monotonic_ns())?;
                 agent.poll_losses(&stats)?;
             }

@@ -287,8 +287,10 @@ pub fn kaprobe_bin() -> String {
 impl Agent {
     /// Starts `kaprobe watch --format json <extra>` and waits for `agent_start`.
     pub fn start(extra: &[&str]) -> Agent {
+        let verbose: &[&str] = if std::env::var_os("KAPROBE_TEST_VERBOSE").is_some() { &["-vv"] } else { &[] };
         let mut child = Command::new(kaprobe_bin())
             .args(["watch", "--format", "json"])
+            .args(verbose)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -388,6 +390,10 @@ impl Agent {
         while self.next(Duration::from_secs(10)).is_some() {}
         let status = child.wait().expect("wait kaprobe");
         assert!(status.success(), "kaprobe exited with {status}; stderr:\n{}", self.stderr());
+        if std::env::var_os("KAPROBE_TEST_VERBOSE").is_some() {
+            // Shown by the test runner only when the test fails.
+            eprintln!("kaprobe stderr:\n{}", self.stderr());
+        }
         let all = self.seen.lock().expect("seen lock").clone();
         assert_eq!(
             all.last().map(|v| v["event"].clone()),
@@ -413,7 +419,7 @@ pub fn events<'a>(all: &'a [Value], kind: &str, netns: u64) -> Vec<&'a Value> {
 }
 
 /// Events about one connection (by local port) in one namespace.
-pub fn conn_events<'a>(all: &'a [Value], netns: u64, sport: u16) -> Vec<&'a Value> {
+pub fn conn_events(all: &[Value], netns: u64, sport: u16) -> Vec<&Value> {
     all.iter().filter(|v| v["netns"] == netns && v["sport"] == sport).collect()
 }
 

@@ -190,7 +190,7 @@ fn user_timeout_ends_keepalive_before_max_probes() {
     assert_eq!(probes, nstat["TcpExtTCPKeepAlive"]);
     let timeout = the_one(&all, na, sport, "keepalive_timeout");
     assert_eq!(timeout["max_probes"], 10);
-    assert!(timeout["probes"].as_u64().is_some_and(|p| p >= 1 && p < 10), "{timeout}");
+    assert!(timeout["probes"].as_u64().is_some_and(|p| (1..10).contains(&p)), "{timeout}");
     assert_eq!(timeout["user_timeout_ms"], 2500);
     assert_eq!(the_one(&all, na, sport, "connection_closed")["cause"], "keepalive_timeout");
 }

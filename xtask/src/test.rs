@@ -15,6 +15,9 @@ pub struct Options {
 
 pub fn run(o: Options) -> Result<()> {
     let bin = build::run(&build::Options { release: false })?;
+    if !build::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).status()?.success() {
+        bail!("clippy found problems");
+    }
     let filter: Vec<&str> = o.filter.as_deref().into_iter().collect();
     let mut unit = vec!["test", "--workspace", "--exclude", "kaprobe-tests"];
     unit.push("--");
