@@ -66,6 +66,10 @@ pub mod timer_flag {
     pub const INTVL_FROM_SYSCTL: u32 = 1 << 6;
     /// `keepalive_probes` came from the namespace's sysctl.
     pub const PROBES_FROM_SYSCTL: u32 = 1 << 7;
+    /// At entry the socket was idle for the keepalive time with no data in flight: this
+    /// firing sends a probe (or gives up), unless the socket is busy. Its re-arm delay
+    /// tells which (`keepalive_intvl` after a probe).
+    pub const PROBE_BRANCH: u32 = 1 << 8;
 }
 
 /// Flags in [`CloseInfo::flags`].
@@ -90,7 +94,14 @@ pub mod stat {
     /// Sockets whose lifecycle data was dropped because their set of the `SOCKS` table was
     /// full (the oldest entry of the set is evicted).
     pub const CONN_TABLE_FULL: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// `timer_expire_exit` of a keepalive timer with no matching entry on this CPU (the
+    /// firing's record is lost).
+    pub const TIMER_UNPAIRED: u32 = 2;
+    /// `timer_expire_entry` of a keepalive timer while this CPU's scratch still held another.
+    pub const TIMER_OVERLAP: u32 = 3;
+    /// Records written into the ring buffer (the agent compares with what it read).
+    pub const RECORDS_SENT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Map names, shared so the agent and the programs cannot drift apart.
@@ -161,6 +172,8 @@ pub struct Config {
     pub tp_keepalive_intvl: u32,
     pub tp_keepalive_probes: u32,
     pub tp_rcv_tstamp: u32,
+    /// `inet_connection_sock.icsk_ack.lrcvtime`.
+    pub icsk_lrcvtime: u32,
     pub tp_packets_out: u32,
     pub tp_write_seq: u32,
     pub tp_snd_una: u32,
@@ -176,7 +189,6 @@ pub struct Config {
     pub wakeup_bytes: u32,
     /// Number of 8-slot sets in `SOCKS`, minus one (a power of two, minus one).
     pub sock_sets_mask: u32,
-    pub _pad: u32,
 }
 
 /// Common header of every record.
@@ -268,9 +280,9 @@ pub struct TimerRecord {
     pub reset_reason: u32,
     /// [`timer_flag`] bits.
     pub flags: u32,
-    /// `rcv_tstamp` read at exit: differs from `rcv_tstamp` when a segment from the peer
-    /// was processed between the timer releasing the socket and the exit hook.
-    pub rcv_tstamp_after: u32,
+    /// `icsk_ack.lrcvtime` at entry: jiffies when data was last received (the kernel's idle
+    /// time is the smaller of the times since this and since `rcv_tstamp`).
+    pub lrcvtime: u32,
     pub state_before: u8,
     pub state_after: u8,
     pub probes_before: u8,
@@ -344,15 +356,12 @@ pub struct ErrorRecord {
     pub _pad: [u8; 3],
 }
 
-/// The kernel's per-socket aggregation: one slot of the `SOCKS` table, claimed when the
-/// connection is born (SYN sent or received) or first becomes of interest, released at
-/// `TCP_CLOSE`.
+/// The kernel's per-socket aggregation: the value of one slot of the `SOCKS` table, claimed
+/// when the connection is born (SYN sent or received) or first becomes of interest,
+/// released at `TCP_CLOSE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnState {
-    /// Key of the socket owning the slot (its cookie, or its address for raw tracepoints);
-    /// 0 when free.
-    pub sk: u64,
     /// ktime of the connection's first SYN (sent or received), 0 when not seen.
     pub birth_ns: u64,
     pub fin_sent_ns: u64,
@@ -366,10 +375,13 @@ pub struct ConnState {
 pub const SOCK_WAYS: usize = 8;
 
 /// One set of the `SOCKS` table (an 8-way set-associative array indexed by a hash of the
-/// socket address).
+/// socket key). The keys share one cache line, so finding a socket touches two lines.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockSet {
+    /// Key of the socket owning each slot (its cookie, or its address for raw
+    /// tracepoints); 0 when free.
+    pub keys: [u64; SOCK_WAYS],
     pub slots: [ConnState; SOCK_WAYS],
 }
 
@@ -417,8 +429,8 @@ assert_size!(CloseRecord, 24 + 48 + 48);
 assert_size!(ResetSentRecord, 24 + 48 + 8);
 assert_size!(ResetRecvRecord, 24 + 48 + 8);
 assert_size!(ErrorRecord, 24 + 48 + 8);
-assert_size!(ConnState, 40);
-assert_size!(SockSet, 320);
+assert_size!(ConnState, 32);
+assert_size!(SockSet, 64 + 8 * 32);
 assert_size!(RecentReset, 24);
 
 #[cfg(feature = "user")]

@@ -7,6 +7,7 @@
 //! fault the kernel.
 #![no_std]
 #![no_main]
+#![deny(warnings)]
 
 mod hooks;
 mod kernel;
@@ -52,6 +53,7 @@ static CONFIG: Config = Config {
     tp_keepalive_intvl: 0,
     tp_keepalive_probes: 0,
     tp_rcv_tstamp: 0,
+    icsk_lrcvtime: 0,
     tp_packets_out: 0,
     tp_write_seq: 0,
     tp_snd_una: 0,
@@ -62,7 +64,6 @@ static CONFIG: Config = Config {
     dev_nd_net: 0,
     wakeup_bytes: 0,
     sock_sets_mask: 0,
-    _pad: 0,
 };
 
 /// Reads one field of [`CONFIG`].

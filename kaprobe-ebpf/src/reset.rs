@@ -3,26 +3,26 @@
 //! keepalive timer of the same socket, where they are folded into the timer's record.
 use kaprobe_common::{
     ErrorRecord, REASON_UNKNOWN, ResetRecvRecord, ResetSentRecord, TimerRecord, close_flag,
-    config_flag, kind, tcp_state, timer_flag,
+    kind, tcp_state, timer_flag,
 };
 
 use crate::{
     conf,
     kernel::{Mem, flag_set, header, now_ns, sk_flags, state, tuple_of_incoming_skb, tuple_of_sock, tuple_of_sock_common},
-    maps::{emit, emit_bulk, recent_reset, take_conn, timer_scratch},
+    maps::{emit, emit_bulk, recent_reset, running_timer_of},
 };
 
 /// Is the keepalive timer of `sk` running on this CPU? Then the record in the scratch is
 /// handed to `f` and the caller sends nothing of its own.
 #[inline(always)]
 fn in_keepalive_timer(sk: u64, f: impl FnOnce(&mut TimerRecord)) -> bool {
-    if let Some(scratch) = timer_scratch() {
-        if scratch.timer != 0 && scratch.record.header.sk == sk {
+    match running_timer_of(sk) {
+        Some(scratch) => {
             f(&mut scratch.record);
-            return true;
+            true
         }
+        None => false,
     }
-    false
 }
 
 #[inline(always)]
@@ -108,15 +108,9 @@ pub fn on_destroy<M: Mem>(sk: u64) {
     if sk == 0 {
         return;
     }
-    let keepopen = flag_set(sk_flags::<M>(sk), conf!(sock_flag_keepopen));
-    let all = conf!(flags) & config_flag::ALL != 0;
-    if !keepopen && !all {
-        return;
-    }
-    // State left here means the socket's TCP_CLOSE was not seen: drop it, and tell the
-    // agent so it frees what it holds too.
-    let stale = take_conn(M::sock_key(sk)).is_some();
-    if keepopen || stale {
+    // The agent may hold state for a keepalive socket (from its timer): let it drop it. (A
+    // kernel-side slot left over from a missed TCP_CLOSE ages out of its set by eviction.)
+    if flag_set(sk_flags::<M>(sk), conf!(sock_flag_keepopen)) {
         emit_bulk(&header(kind::DESTROY, sk));
     }
 }

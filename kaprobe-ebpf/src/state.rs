@@ -14,7 +14,7 @@ use kaprobe_common::{
 use crate::{
     conf,
     kernel::{Mem, flag_set, header, jiffies, now_ns, sk_flags, tuple_of_sock},
-    maps::{claim_conn, emit, emit_bulk, recent_reset, take_conn, timer_scratch},
+    maps::{claim_conn, emit, emit_bulk, recent_reset, running_timer_of, take_conn},
 };
 
 /// How long an RST seen on this CPU may precede the `TCP_CLOSE` it caused.
@@ -54,7 +54,7 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     let now = now_ns();
     if born {
         // A new connection on this socket (a socket can connect() again after failing).
-        *conn = ConnState { sk: key, birth_ns: now, ..ConnState::default() };
+        *conn = ConnState { birth_ns: now, ..ConnState::default() };
     }
     if !report {
         return;
@@ -88,7 +88,7 @@ fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all
     let saved = take_conn(M::sock_key(sk));
     let sk_err = M::read::<i32>(sk, conf!(sk_err));
     // Closing inside the keepalive timer: the timer's record carries the close.
-    let scratch = timer_scratch().filter(|s| s.timer != 0 && s.record.header.sk == sk);
+    let scratch = running_timer_of(sk);
     // An RST this CPU just sent or processed for this socket.
     let mut rst_flags = 0;
     let mut rst_reason = REASON_UNKNOWN;

@@ -8,12 +8,12 @@
 //! inside the firing are folded into the same record by their own hooks (see
 //! [`crate::state`], [`crate::reset`]); at exit the record is completed with the state after
 //! the firing and sent once. A probe was sent exactly when `icsk_probes_out` grew by one.
-use kaprobe_common::{TimerRecord, kind, tcp_state, timer_flag};
+use kaprobe_common::{TimerRecord, kind, stat, tcp_state, timer_flag};
 
 use crate::{
     conf,
     kernel::{Mem, Probe, flag_set, header, jiffies, read, sk_flags, sk_net, state, tuple_of_sock},
-    maps::{emit, timer_scratch},
+    maps::{count, emit, timer_scratch},
 };
 
 /// `M` reads the `struct timer_list`; the socket behind it, found by subtraction, is not a
@@ -31,6 +31,9 @@ pub fn on_entry<M: Mem>(timer: u64) {
     let Some(scratch) = timer_scratch() else {
         return;
     };
+    if scratch.timer != 0 {
+        count(stat::TIMER_OVERLAP);
+    }
     scratch.timer = 0;
     let sk = timer.wrapping_sub(conf!(sk_timer) as u64);
     let skflags = sk_flags::<Probe>(sk);
@@ -81,6 +84,23 @@ pub fn on_entry<M: Mem>(timer: u64) {
         read::<u32>(sk, conf!(tp_write_seq)).wrapping_sub(read::<u32>(sk, conf!(tp_snd_una)));
     rec.state_before = st;
     rec.probes_before = read::<u8>(sk, conf!(icsk_probes_out));
+    rec.lrcvtime = read::<u32>(sk, conf!(icsk_lrcvtime));
+    // tcp_keepalive_timer()'s own test: idle (keepalive_time_elapsed(): since the last
+    // segment or data from the peer) for the keepalive time, nothing in flight. One jiffy of
+    // slack: the kernel may read jiffies a tick later than this hook.
+    let now = rec.jiffies as u32;
+    let idle = now.wrapping_sub(rec.rcv_tstamp).min(now.wrapping_sub(rec.lrcvtime));
+    let fin_wait2_orphan = st == tcp_state::FIN_WAIT2 && orphan;
+    if keepopen
+        && !fin_wait2_orphan
+        && st != tcp_state::CLOSE
+        && st != tcp_state::SYN_SENT
+        && rec.packets_out == 0
+        && rec.unacked_bytes == 0
+        && idle.saturating_add(1) >= time
+    {
+        flags |= timer_flag::PROBE_BRANCH;
+    }
     rec.flags = flags;
     scratch.timer = timer;
 }
@@ -91,6 +111,11 @@ pub fn on_exit<M: Mem>(timer: u64) {
         return;
     };
     if scratch.timer == 0 || scratch.timer != timer {
+        if M::read::<u64>(timer, conf!(timer_function)) == conf!(keepalive_timer_fn)
+            && flag_set(sk_flags::<Probe>(timer.wrapping_sub(conf!(sk_timer) as u64)), conf!(sock_flag_keepopen))
+        {
+            count(stat::TIMER_UNPAIRED);
+        }
         return;
     }
     scratch.timer = 0;
@@ -100,20 +125,15 @@ pub fn on_exit<M: Mem>(timer: u64) {
         rec.state_after = state::<Probe>(sk);
         rec.probes_after = read::<u8>(sk, conf!(icsk_probes_out));
         rec.expires_after = M::read::<u64>(timer, conf!(timer_expires));
-        rec.rcv_tstamp_after = read::<u32>(sk, conf!(tp_rcv_tstamp));
     } else {
         rec.state_after = tcp_state::CLOSE;
         rec.probes_after = rec.close.probes_out;
-        rec.rcv_tstamp_after = rec.rcv_tstamp;
     }
-    // A firing that neither sent a probe nor found one outstanding changes nothing the
-    // agent reports (not idle long enough, socket busy, data in flight): skip it. (If the
-    // peer's answer slipped in between the timer releasing the socket and this hook,
-    // probes_out is back to 0 but rcv_tstamp moved: keep those.)
-    let worth_it = rec.flags & timer_flag::DIED != 0
+    // A firing that could not send a probe and found none outstanding changes nothing the
+    // agent reports (not idle long enough, data in flight): skip it.
+    let worth_it = rec.flags & (timer_flag::DIED | timer_flag::PROBE_BRANCH) != 0
         || rec.probes_before != 0
-        || rec.probes_after != rec.probes_before
-        || rec.rcv_tstamp_after != rec.rcv_tstamp;
+        || rec.probes_after != rec.probes_before;
     if worth_it {
         emit::<TimerRecord>(rec);
     }

@@ -222,7 +222,7 @@ impl Correlator {
     fn on_timer(&mut self, r: &TimerRecord, out: &mut Vec<Event>) {
         let ts = r.header.ts_ns;
         log::debug!(
-            "keepalive timer sk={:#x} cpu={} port={} state={}->{} probes_out={}->{} rcv_tstamp={}->{} jiffies={} expires={} intvl={} flags={:#x}",
+            "keepalive timer sk={:#x} cpu={} port={} state={}->{} probes_out={}->{} rcv_tstamp={} lrcvtime={} jiffies={} expires={} intvl={} flags={:#x}",
             r.header.sk,
             r.header.cpu,
             r.tuple.sport,
@@ -231,16 +231,18 @@ impl Correlator {
             r.probes_before,
             r.probes_after,
             r.rcv_tstamp,
-            r.rcv_tstamp_after,
+            r.lrcvtime,
             r.jiffies,
             r.expires_after,
             r.keepalive_intvl,
             r.flags
         );
         let clock = self.settings.clock;
-        let idle_j = (r.jiffies as u32).wrapping_sub(r.rcv_tstamp);
+        let now_j = r.jiffies as u32;
+        let idle_j = now_j.wrapping_sub(r.rcv_tstamp).min(now_j.wrapping_sub(r.lrcvtime));
         let idle_ms = clock.jiffies_to_ms(idle_j);
         let mut events = Vec::new();
+        let by_rearm = self.probe_by_rearm(r);
         let conn = self.conn(r.header.sk, &r.tuple, ts);
         if r.probes_before == 0 && conn.unanswered > 0 {
             // The peer was heard (icsk_probes_out went back to 0) at rcv_tstamp.
@@ -256,7 +258,7 @@ impl Correlator {
         let keepopen = r.flags & timer_flag::KEEPOPEN != 0;
         let fin_wait2_orphan =
             r.state_before == tcp_state::FIN_WAIT2 && r.flags & timer_flag::ORPHAN != 0;
-        let probe_sent = !died && (r.probes_after == r.probes_before.wrapping_add(1) || Self::answered_at_once(r));
+        let probe_sent = !died && (r.probes_after == r.probes_before.wrapping_add(1) || by_rearm);
         if probe_sent {
             conn.probes += 1;
             conn.last_probe_ns = ts;
@@ -313,18 +315,21 @@ impl Correlator {
         self.finish(Pending { ts_ns: ts, tuple: r.tuple, info, conn }, forced, out);
     }
 
-    /// A probe sent and answered before the exit hook could see `icsk_probes_out` grow:
-    /// the timer releases the socket before `timer_expire_exit`, and a receive on another
-    /// CPU may process the peer's ACK in between. Then `rcv_tstamp` moved during the
-    /// firing, and the timer was re-armed for exactly the keepalive interval (the re-arm
-    /// after a probe), on an idle socket.
-    fn answered_at_once(r: &TimerRecord) -> bool {
+    /// Did the firing send a probe, judging by what the kernel did rather than by
+    /// `icsk_probes_out` (which the peer's ACK may reset before the exit hook reads it: the
+    /// timer releases the socket first)? The firing took the probe branch (idle, nothing in
+    /// flight) and re-armed the timer for exactly the keepalive interval, as
+    /// tcp_keepalive_timer() does after a probe, or for TCP_RESOURCE_PROBE_INTERVAL (HZ/2)
+    /// after a probe that local congestion held back (counted by the kernel all the same).
+    /// A busy socket is re-armed for HZ/20, an idle-not-long-enough one for the rest of its
+    /// idle time, which was ruled out at entry.
+    fn probe_by_rearm(&self, r: &TimerRecord) -> bool {
+        if r.flags & timer_flag::PROBE_BRANCH == 0 {
+            return false;
+        }
         let rearm = (r.expires_after as u32).wrapping_sub(r.jiffies as u32);
-        r.probes_after <= r.probes_before
-            && r.rcv_tstamp_after != r.rcv_tstamp
-            && (rearm == r.keepalive_intvl || rearm == r.keepalive_intvl + 1)
-            && r.packets_out == 0
-            && r.unacked_bytes == 0
+        let congested = self.settings.clock.hz / 2;
+        [r.keepalive_intvl, congested].iter().any(|&d| rearm == d || rearm == d + 1)
     }
 
     fn on_state(&mut self, r: &StateRecord, out: &mut Vec<Event>) {
@@ -346,6 +351,15 @@ impl Correlator {
 
     fn on_close(&mut self, r: &CloseRecord, out: &mut Vec<Event>) {
         let sk = r.header.sk;
+        log::debug!(
+            "close sk={sk:#x} cpu={} port={} old_state={} sk_err={} flags={:#x} probes_out={}",
+            r.header.cpu,
+            r.tuple.sport,
+            r.close.old_state,
+            r.close.sk_err,
+            r.close.flags,
+            r.close.probes_out
+        );
         // A close already waiting for this socket (should not happen): report it first.
         if let Some(p) = self.pending.remove(&sk) {
             self.finish(p, None, out);

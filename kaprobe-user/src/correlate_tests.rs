@@ -44,6 +44,7 @@ fn firing(sk: u64, sport: u16, t: u64, heard: u64, before: u8, after: u8) -> Raw
         tuple: tuple(sport),
         jiffies: 1_000_000 + t * J as u64,
         rcv_tstamp: 1_000_000 + (heard * J as u64) as u32,
+        lrcvtime: 1_000_000 + (heard * J as u64) as u32,
         keepalive_time: J,
         keepalive_intvl: J,
         keepalive_probes: 3,
@@ -52,8 +53,7 @@ fn firing(sk: u64, sport: u16, t: u64, heard: u64, before: u8, after: u8) -> Raw
         state_after: tcp_state::ESTABLISHED,
         probes_before: before,
         probes_after: after,
-        rcv_tstamp_after: 1_000_000 + (heard * J as u64) as u32,
-        expires_after: 1_000_000 + t * J as u64 + if after > before { J as u64 } else { J as u64 / 2 },
+        expires_after: 1_000_000 + t * J as u64 + if after > before { J as u64 } else { J as u64 / 20 },
         ..TimerRecord::default()
     })
 }
@@ -162,21 +162,37 @@ fn an_answer_is_never_reported_before_its_probe() {
 
 #[test]
 fn a_probe_answered_before_the_exit_hook_is_still_a_probe() {
+    // The probe branch was taken and the timer re-armed for the interval, but the peer's
+    // ACK reset icsk_probes_out before the exit hook read it.
     let mut c = correlator();
     let mut raced = firing(SK, 5000, 2, 1, 0, 0);
     if let RawEvent::Timer(t) = &mut raced {
-        t.rcv_tstamp_after = t.jiffies as u32; // the ACK arrived during the firing
-        t.expires_after = t.jiffies + J as u64; // re-armed for the interval
+        t.flags |= timer_flag::PROBE_BRANCH;
+        t.expires_after = t.jiffies + J as u64;
     }
     let out = run(&mut c, &[firing(SK, 5000, 1, 0, 0, 1), raced, firing(SK, 5000, 3, 2, 0, 1)]);
     assert_eq!(names(&out), ["keepalive_probe", "keepalive_ack", "keepalive_probe", "keepalive_ack", "keepalive_probe"]);
-    // Same firing, but the socket was just not idle long enough (re-armed for the rest of
-    // the idle time) while data arrived: no probe.
+    // A probe held back by local congestion (re-armed for HZ/2) is counted by the kernel too.
+    let mut c = correlator();
+    let mut congested = firing(SK, 5000, 2, 1, 0, 0);
+    if let RawEvent::Timer(t) = &mut congested {
+        t.flags |= timer_flag::PROBE_BRANCH;
+        t.expires_after = t.jiffies + HZ as u64 / 2;
+    }
+    assert_eq!(names(&run(&mut c, &[congested])), ["keepalive_probe"]);
+    // Same branch, but the socket was busy (re-armed for HZ/20): no probe.
+    let mut c = correlator();
+    let mut busy = firing(SK, 5000, 2, 1, 0, 0);
+    if let RawEvent::Timer(t) = &mut busy {
+        t.flags |= timer_flag::PROBE_BRANCH;
+        t.expires_after = t.jiffies + HZ as u64 / 20;
+    }
+    assert!(run(&mut c, &[busy]).is_empty());
+    // Not idle long enough (no probe branch), whatever the re-arm: no probe.
     let mut c = correlator();
     let mut quiet = firing(SK, 5000, 2, 1, 0, 0);
     if let RawEvent::Timer(t) = &mut quiet {
-        t.rcv_tstamp_after = t.jiffies as u32;
-        t.expires_after = t.jiffies + 7;
+        t.expires_after = t.jiffies + J as u64;
     }
     assert!(run(&mut c, &[quiet]).is_empty());
 }

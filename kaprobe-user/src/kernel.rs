@@ -57,6 +57,8 @@ pub struct KernelFacts {
     /// `enum sk_rst_reason` values → lowercase names without the `SK_RST_REASON_` prefix.
     pub reset_reasons: HashMap<u32, String>,
     pub tracepoints: Vec<TracepointProto>,
+    /// Where the kernel reports skipped program runs (absent before 5.12).
+    pub prog_info: Option<crate::progstats::InfoLayout>,
 }
 
 impl KernelFacts {
@@ -136,6 +138,7 @@ pub fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), Kern
         tp_keepalive_intvl = "tcp_sock", "keepalive_intvl", 4;
         tp_keepalive_probes = "tcp_sock", "keepalive_probes", 1;
         tp_rcv_tstamp = "tcp_sock", "rcv_tstamp", 4;
+        icsk_lrcvtime = "tcp_sock", "inet_conn.icsk_ack.lrcvtime", 4;
         tp_packets_out = "tcp_sock", "packets_out", 4;
         tp_write_seq = "tcp_sock", "write_seq", 4;
         tp_snd_una = "tcp_sock", "snd_una", 4;
@@ -274,6 +277,7 @@ pub fn probe(btf: &Btf) -> Result<KernelFacts, KernelError> {
         hz_source,
         reset_reasons: reset_reason_names(btf),
         tracepoints,
+        prog_info: crate::progstats::InfoLayout::from_btf(btf).ok(),
     })
 }
 

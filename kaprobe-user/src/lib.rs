@@ -12,4 +12,5 @@ pub mod logging;
 pub mod model;
 pub mod output;
 pub mod privileges;
+pub mod progstats;
 pub mod watch;

@@ -13,10 +13,11 @@ use crate::{kernel::KernelFacts, model::HookInfo};
 /// embedded so that the binary is the only file to deploy.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kaprobe.bpf.o"));
 
-/// Each hook: the tracepoint, the `tp_btf` program, the `raw_tp` fallback.
+/// Each hook: the tracepoint, the `tp_btf` program, the `raw_tp` fallback. In attach order:
+/// the timer's exit before its entry, so that no firing is entered without its exit.
 pub const HOOKS: [(&str, &str, &str); 7] = [
-    ("timer_expire_entry", "kp_timer_entry", "kr_timer_entry"),
     ("timer_expire_exit", "kp_timer_exit", "kr_timer_exit"),
+    ("timer_expire_entry", "kp_timer_entry", "kr_timer_entry"),
     ("inet_sock_set_state", "kp_set_state", "kr_set_state"),
     ("tcp_send_reset", "kp_send_reset", "kr_send_reset"),
     ("tcp_receive_reset", "kp_recv_reset", "kr_recv_reset"),
@@ -51,6 +52,8 @@ pub struct LoadOptions {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookInfo>,
+    /// Names of the attached programs.
+    pub programs: Vec<&'static str>,
 }
 
 fn describe(e: &aya::programs::ProgramError) -> String {
@@ -87,10 +90,14 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
     // All hooks attach the same way (the programs identify sockets differently in the two
     // kinds): BTF tracepoints, else raw tracepoints for all.
     let mut hooks = Vec::new();
+    let mut programs = Vec::new();
     let mut btf_failure = None;
     for (tracepoint, btf_prog, _) in HOOKS {
         match attach_btf(&mut ebpf, btf_prog, tracepoint, &btf) {
-            Ok(()) => hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "tp_btf".into() }),
+            Ok(()) => {
+                hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "tp_btf".into() });
+                programs.push(btf_prog);
+            }
             Err(e) => {
                 btf_failure = Some((tracepoint, e));
                 break;
@@ -100,6 +107,7 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
     if let Some((failed, btf_err)) = btf_failure {
         log::warn!("tp_btf {failed} unavailable ({btf_err}); using raw tracepoints for every hook");
         hooks.clear();
+        programs.clear();
         for (_, btf_prog, _) in HOOKS {
             let prog: Option<&mut BtfTracePoint> = ebpf.program_mut(btf_prog).and_then(|p| p.try_into().ok());
             if let Some(p) = prog {
@@ -113,9 +121,10 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
                 raw,
             })?;
             hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "raw_tracepoint".into() });
+            programs.push(raw_prog);
         }
     }
-    Ok(Loaded { ebpf, hooks })
+    Ok(Loaded { ebpf, hooks, programs })
 }
 
 fn attach_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &aya::Btf) -> Result<(), String> {
@@ -141,6 +150,16 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> Result<(), Strin
 }
 
 impl Loaded {
+    /// Runs of our programs the kernel skipped (recursion), summed.
+    pub fn recursion_misses(&self, layout: &crate::progstats::InfoLayout) -> u64 {
+        self.programs
+            .iter()
+            .filter_map(|name| self.ebpf.program(name))
+            .filter_map(|p| p.fd().ok())
+            .filter_map(|fd| layout.recursion_misses(std::os::fd::AsFd::as_fd(fd)).ok())
+            .sum()
+    }
+
     /// The ring buffer, taken out of the object (call once).
     pub fn ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self
@@ -175,8 +194,18 @@ impl KernelStats {
         self.sum(stat::RINGBUF_FULL)
     }
 
-    /// Sockets the kernel could not track because `CONNS` was full.
+    /// Sockets whose kernel-side record was evicted from a full set of `SOCKS`.
     pub fn conn_table_full(&self) -> u64 {
         self.sum(stat::CONN_TABLE_FULL)
+    }
+
+    /// Records the programs wrote into the ring buffer.
+    pub fn records_sent(&self) -> u64 {
+        self.sum(stat::RECORDS_SENT)
+    }
+
+    /// Keepalive timer firings whose entry and exit did not pair up on one CPU.
+    pub fn timer_unpaired(&self) -> (u64, u64) {
+        (self.sum(stat::TIMER_UNPAIRED), self.sum(stat::TIMER_OVERLAP))
     }
 }

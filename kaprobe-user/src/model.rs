@@ -139,6 +139,9 @@ pub struct Totals {
     pub evicted_connections: u64,
     /// Records that failed to decode.
     pub bad_records: u64,
+    /// Runs of kaprobe's programs the kernel skipped because the same program was already
+    /// running on that CPU (`recursion_misses`): their events are lost.
+    pub skipped_hook_runs: u64,
 }
 
 /// What happened.
@@ -201,7 +204,8 @@ pub enum Body {
     EventsLost {
         /// What was lost since the previous report.
         count: u64,
-        /// `ring_buffer` (records dropped) or `kernel_conn_table` (sockets not tracked).
+        /// `ring_buffer` (records dropped), `kernel_conn_table` (sockets' records evicted) or
+        /// `recursion` (hook runs the kernel skipped).
         source: &'static str,
         total: u64,
     },

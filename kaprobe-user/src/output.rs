@@ -249,6 +249,7 @@ pub fn human(line: &mut String, e: &Event) {
         }
         Body::EventsLost { count, source, total } => match *source {
             "ring_buffer" => write!(line, "LOST {count} records: ring buffer full ({total} in total)"),
+            "recursion" => write!(line, "LOST {count} hook runs: skipped by the kernel, program already running ({total} in total)"),
             _ => write!(line, "{count} sockets not tracked: kernel connection table full ({total} in total)"),
         },
     };

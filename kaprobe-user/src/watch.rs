@@ -60,6 +60,10 @@ struct Agent {
     clock: Clock,
     /// Set when the reader of stdout went away (`kaprobe watch | head`).
     closed: bool,
+    /// Last seen (unpaired exits, overlapping entries) of the keepalive timer hooks.
+    timer_pairing: (u64, u64),
+    /// Records read from the ring buffer.
+    records_read: u64,
 }
 
 impl Agent {
@@ -105,6 +109,7 @@ impl Agent {
     /// Reads every record waiting in the ring buffer.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), Fatal> {
         while let Some(item) = ring.next() {
+            self.records_read += 1;
             match decode(&item) {
                 Ok(raw) => self.correlator.handle(&raw, &mut self.scratch),
                 Err(e) => {
@@ -126,8 +131,25 @@ impl Agent {
         self.write_scratch()
     }
 
-    /// Turns growth of the kernel's loss counters into `events_lost` events.
-    fn poll_losses(&mut self, stats: &KernelStats) -> Result<(), Fatal> {
+    /// Turns growth of the kernel's loss counters into `events_lost` events. `skipped` is
+    /// the number of hook runs the kernel skipped (recursion), if known.
+    fn poll_losses(&mut self, stats: &KernelStats, skipped: Option<u64>) -> Result<(), Fatal> {
+        if let Some(skipped) = skipped.filter(|&n| n > self.totals.skipped_hook_runs) {
+            let count = skipped - self.totals.skipped_hook_runs;
+            self.totals.skipped_hook_runs = skipped;
+            log::warn!("{count} hook runs skipped by the kernel (a program was already running on that CPU)");
+            let now = self.clock.wall(monotonic_ns());
+            self.write(&Event { ts: now, conn: None, body: Body::EventsLost { count, source: "recursion", total: skipped } })?;
+        }
+        let pairing = stats.timer_unpaired();
+        if pairing != self.timer_pairing {
+            log::warn!(
+                "keepalive timer firings lost: {} exits without entry, {} overlapping entries",
+                pairing.0,
+                pairing.1
+            );
+            self.timer_pairing = pairing;
+        }
         let now = self.clock.wall(monotonic_ns());
         let ring = stats.ringbuf_full();
         if ring > self.totals.events_lost {
@@ -211,6 +233,8 @@ async fn event_loop(
     let stats = loaded.stats().map_err(|e| Fatal::new(exit::RUNTIME, e))?;
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // AsyncFd (which owns the ring buffer) is dropped.
+    let info_layout = facts.prog_info.as_ref();
+    let skipped = |loaded: &Loaded| info_layout.map(|l| loaded.recursion_misses(l));
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| rt(e.into()))?;
     let mut ebpf_log = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
@@ -243,6 +267,8 @@ async fn event_loop(
         scratch: Vec::with_capacity(512),
         clock,
         closed: false,
+        timer_pairing: (0, 0),
+        records_read: 0,
     };
     let start = Event {
         ts: clock.wall(monotonic_ns()),
@@ -281,7 +307,7 @@ async fn event_loop(
                 // Bulk records do not wake us up: collect them here.
                 agent.drain(ring.get_mut())?;
                 agent.tick(monotonic_ns())?;
-                agent.poll_losses(&stats)?;
+                agent.poll_losses(&stats, skipped(&loaded))?;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -295,7 +321,13 @@ async fn event_loop(
     agent.drain(ring.get_mut())?;
     agent.correlator.flush(&mut agent.scratch);
     agent.write_scratch()?;
-    agent.poll_losses(&stats)?;
+    agent.poll_losses(&stats, skipped(&loaded))?;
+    let sent = stats.records_sent();
+    if sent != agent.records_read {
+        log::warn!("the kernel wrote {sent} records, the agent read {}", agent.records_read);
+    } else {
+        log::info!("{sent} records written and read");
+    }
     agent.totals.evicted_connections = agent.correlator.stats.evicted;
     let stop = Event {
         ts: clock.wall(monotonic_ns()),

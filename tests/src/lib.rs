@@ -287,7 +287,7 @@ pub fn kaprobe_bin() -> String {
 impl Agent {
     /// Starts `kaprobe watch --format json <extra>` and waits for `agent_start`.
     pub fn start(extra: &[&str]) -> Agent {
-        let verbose: &[&str] = if std::env::var_os("KAPROBE_TEST_VERBOSE").is_some() { &["-vv"] } else { &[] };
+        let verbose: &[&str] = if std::env::var("KAPROBE_TEST_VERBOSE").is_ok_and(|v| v == "1") { &["-vv"] } else { &[] };
         let mut child = Command::new(kaprobe_bin())
             .args(["watch", "--format", "json"])
             .args(verbose)
@@ -350,9 +350,10 @@ impl Agent {
                 Some(v) if pred(&v) => return v,
                 Some(_) => {}
                 None => panic!(
-                    "timed out after {timeout:?} waiting for {what}; events seen:\n{}\nstderr:\n{}",
+                    "timed out after {timeout:?} waiting for {what}; events seen:\n{}\nstderr:\n{}\nagent: {}",
                     self.dump(),
-                    self.stderr()
+                    self.stderr(),
+                    self.diagnose()
                 ),
             }
         }
@@ -378,6 +379,22 @@ impl Agent {
         }
     }
 
+    /// The agent process's state, for timeout messages: alive or not, and where it waits.
+    fn diagnose(&self) -> String {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else { return "not running".into() };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("State: gone").to_owned();
+        let mut stacks = String::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+                stacks.push_str(&format!("\n task {:?} wchan={wchan}\n{stack}", t.file_name()));
+            }
+        }
+        format!("pid {pid} {state}{stacks}")
+    }
+
     fn dump(&self) -> String {
         self.seen.lock().expect("seen lock").iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
     }
@@ -390,10 +407,8 @@ impl Agent {
         while self.next(Duration::from_secs(10)).is_some() {}
         let status = child.wait().expect("wait kaprobe");
         assert!(status.success(), "kaprobe exited with {status}; stderr:\n{}", self.stderr());
-        if std::env::var_os("KAPROBE_TEST_VERBOSE").is_some() {
-            // Shown by the test runner only when the test fails.
-            eprintln!("kaprobe stderr:\n{}", self.stderr());
-        }
+        // Shown by the test runner only when the test fails.
+        eprintln!("kaprobe stderr:\n{}", self.stderr());
         let all = self.seen.lock().expect("seen lock").clone();
         assert_eq!(
             all.last().map(|v| v["event"].clone()),
@@ -435,3 +450,17 @@ pub fn is(v: &Value, kind: &str, netns: u64, sport: u16) -> bool {
 
 pub const ETIMEDOUT: i32 = libc::ETIMEDOUT;
 pub const ECONNRESET: i32 = libc::ECONNRESET;
+
+/// Asserts that the `keepalive_probe` events of a connection match the kernel's own count
+/// (`TcpExtTCPKeepAlive` of its namespace), showing the connection's events otherwise.
+pub fn assert_probes_match_nstat(all: &[Value], ns: &NetNs, sport: u16) -> u64 {
+    let probes = conn_kind(all, ns.inode(), sport, "keepalive_probe").len() as u64;
+    let counted = ns.nstat().get("TcpExtTCPKeepAlive").copied().unwrap_or(0);
+    assert_eq!(
+        probes,
+        counted,
+        "keepalive_probe events must equal TcpExtTCPKeepAlive; events of port {sport}:\n{}",
+        conn_events(all, ns.inode(), sport).iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+    );
+    probes
+}

@@ -185,9 +185,7 @@ fn user_timeout_ends_keepalive_before_max_probes() {
     assert_eq!(read_until_error(&client), ETIMEDOUT);
     agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
     let all = agent.stop();
-    let nstat = link.a.nstat();
-    let probes = conn_kind(&all, na, sport, "keepalive_probe").len() as u64;
-    assert_eq!(probes, nstat["TcpExtTCPKeepAlive"]);
+    assert_probes_match_nstat(&all, &link.a, sport);
     let timeout = the_one(&all, na, sport, "keepalive_timeout");
     assert_eq!(timeout["max_probes"], 10);
     assert!(timeout["probes"].as_u64().is_some_and(|p| (1..10).contains(&p)), "{timeout}");
@@ -246,8 +244,7 @@ fn keepalive_inherited_from_the_listener_probes_on_the_server_side() {
     agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", nb, sport));
     let all = agent.stop();
     drop(client);
-    let probes = conn_kind(&all, nb, sport, "keepalive_probe").len() as u64;
-    assert_eq!(probes, link.b.nstat()["TcpExtTCPKeepAlive"]);
+    let probes = assert_probes_match_nstat(&all, &link.b, sport);
     assert_eq!(probes, 2);
     let closed = the_one(&all, nb, sport, "connection_closed");
     assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
