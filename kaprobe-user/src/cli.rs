@@ -66,6 +66,10 @@ pub struct WatchArgs {
     /// Most connections followed at once, in the kernel and in the agent.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
     pub max_connections: u32,
+    /// How to attach the hooks: BTF tracepoints, falling back to raw tracepoints (auto), or
+    /// one kind only.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach: crate::loader::Attach,
     /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,

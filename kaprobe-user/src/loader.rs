@@ -41,11 +41,23 @@ pub enum LoadError {
     Map(&'static str, aya::maps::MapError),
 }
 
-/// Sizes the user chose.
+/// Which kind of tracepoint the hooks attach as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    /// BTF tracepoints, else raw tracepoints.
+    Auto,
+    /// BTF tracepoints only.
+    TpBtf,
+    /// Raw tracepoints only.
+    RawTracepoint,
+}
+
+/// Sizes and choices the user made.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
     pub ring_bytes: u32,
     pub max_connections: u32,
+    pub attach: Attach,
 }
 
 /// The loaded programs; dropping it detaches and unloads everything.
@@ -92,7 +104,10 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
     let mut hooks = Vec::new();
     let mut programs = Vec::new();
     let mut btf_failure = None;
-    for (tracepoint, btf_prog, _) in HOOKS {
+    if opts.attach == Attach::RawTracepoint {
+        btf_failure = Some((HOOKS[0].0, "not tried (--attach raw-tracepoint)".to_owned()));
+    }
+    for &(tracepoint, btf_prog, _) in HOOKS.iter().filter(|_| opts.attach != Attach::RawTracepoint) {
         match attach_btf(&mut ebpf, btf_prog, tracepoint, &btf) {
             Ok(()) => {
                 hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "tp_btf".into() });
@@ -105,7 +120,12 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
         }
     }
     if let Some((failed, btf_err)) = btf_failure {
-        log::warn!("tp_btf {failed} unavailable ({btf_err}); using raw tracepoints for every hook");
+        if opts.attach == Attach::TpBtf {
+            return Err(LoadError::Attach { tracepoint: failed, btf: btf_err, raw: "not tried (--attach tp-btf)".into() });
+        }
+        if opts.attach == Attach::Auto {
+            log::warn!("tp_btf {failed} unavailable ({btf_err}); using raw tracepoints for every hook");
+        }
         hooks.clear();
         programs.clear();
         for (_, btf_prog, _) in HOOKS {

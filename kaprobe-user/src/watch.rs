@@ -212,7 +212,10 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
         facts.config.flags |= config_flag::EMPTY;
     }
     let started = Instant::now();
-    let loaded = loader::load(&facts, LoadOptions { ring_bytes: args.ring_size, max_connections: args.max_connections })
+    let loaded = loader::load(
+        &facts,
+        LoadOptions { ring_bytes: args.ring_size, max_connections: args.max_connections, attach: args.attach },
+    )
         .map_err(|e| Fatal::new(exit::UNSUPPORTED_KERNEL, e))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -321,6 +321,10 @@ impl Agent {
             panic!("kaprobe did not start (no agent_start); stderr:\n{}", agent.stderr())
         });
         assert_eq!(first["event"], "agent_start", "first line must be agent_start: {first}");
+        if let Some(want) = extra.windows(2).find(|w| w[0] == "--attach").map(|w| w[1].replace('-', "_")) {
+            let kinds: Vec<&str> = first["hooks"].as_array().into_iter().flatten().filter_map(|h| h["attach"].as_str()).collect();
+            assert!(kinds.iter().all(|k| *k == want), "hooks attached as {kinds:?}, asked for {want}");
+        }
         agent
     }
 

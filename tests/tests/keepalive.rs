@@ -71,9 +71,9 @@ fn healthy_idle_connection_probes_are_answered() {
     assert!(closed["lifetime_ms"].as_u64().is_some_and(|ms| ms >= 4000), "{closed}");
 }
 
-fn dead_peer(v6: bool) {
+fn dead_peer(v6: bool, agent_args: &[&str]) {
     let link = Link::new(if v6 { "d6" } else { "d4" });
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(agent_args);
     let (client, _server) = connected(&link, v6);
     set_keepalive(&client, KA);
     let (ns, sport) = (link.a.inode(), port(&client));
@@ -116,7 +116,7 @@ fn dead_peer_times_out_v4() {
     if need_root() {
         return;
     }
-    dead_peer(false);
+    dead_peer(false, &[]);
 }
 
 #[test]
@@ -124,7 +124,16 @@ fn dead_peer_times_out_v6() {
     if need_root() {
         return;
     }
-    dead_peer(true);
+    dead_peer(true, &[]);
+}
+
+/// The fallback where BTF tracepoints cannot attach: same answers from raw tracepoints.
+#[test]
+fn dead_peer_times_out_with_raw_tracepoints() {
+    if need_root() {
+        return;
+    }
+    dead_peer(false, &["--attach", "raw-tracepoint"]);
 }
 
 #[test]
@@ -132,8 +141,20 @@ fn restarted_peer_answers_the_probe_with_rst() {
     if need_root() {
         return;
     }
+    restarted_peer(&[]);
+}
+
+#[test]
+fn restarted_peer_with_raw_tracepoints() {
+    if need_root() {
+        return;
+    }
+    restarted_peer(&["--attach", "raw-tracepoint"]);
+}
+
+fn restarted_peer(agent_args: &[&str]) {
     let link = Link::new("rs");
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(agent_args);
     let (client, server) = connected(&link, false);
     let (ns, sport) = (link.a.inode(), port(&client));
     let server_port = port(&server);

@@ -13,6 +13,12 @@ pub struct Options {
     pub release: bool,
 }
 
+impl Options {
+    pub fn release() -> Self {
+        Options { release: true }
+    }
+}
+
 /// A cargo command for this workspace that must embed the eBPF object.
 pub fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

@@ -8,15 +8,16 @@ use crate::{build, setup};
 
 #[derive(Args)]
 pub struct Options {
-    #[command(flatten)]
-    build: build::Options,
+    /// Run a debug build instead of an optimised one.
+    #[arg(long)]
+    debug: bool,
     /// Arguments for kaprobe (after `--`), e.g. `watch --format json`.
     #[arg(last = true)]
     args: Vec<String>,
 }
 
 pub fn run(o: Options) -> Result<()> {
-    let bin = build::run(&o.build)?;
+    let bin = build::run(&if o.debug { build::Options { release: false } } else { build::Options::release() })?;
     // kaprobe loads eBPF programs: it needs root.
     let mut cmd = if setup::is_root() {
         Command::new(&bin)
