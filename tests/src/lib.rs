@@ -468,3 +468,24 @@ pub fn assert_probes_match_nstat(all: &[Value], ns: &NetNs, sport: u16) -> u64 {
     );
     probes
 }
+
+/// A connection from `link.a` to a listener on `server_ip` in `link.b`: (client, accepted
+/// server socket).
+pub fn connected(link: &Link, server_ip: IpAddr) -> (TcpStream, TcpStream) {
+    let listener = listen(&link.b, server_ip);
+    let client = connect(&link.a, listener.local_addr().expect("addr"));
+    let (server, _) = listener.accept().expect("accept");
+    (client, server)
+}
+
+/// The local port of a socket.
+pub fn port(s: &TcpStream) -> u16 {
+    s.local_addr().expect("addr").port()
+}
+
+/// The one event of `kind` of a connection (panics, showing them, if there are not exactly one).
+pub fn the_one<'a>(all: &'a [Value], ns: u64, sport: u16, kind: &str) -> &'a Value {
+    let found = conn_kind(all, ns, sport, kind);
+    assert_eq!(found.len(), 1, "expected exactly one {kind} for port {sport}, got {found:?}");
+    found[0]
+}

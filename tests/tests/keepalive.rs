@@ -2,7 +2,7 @@
 //! compares kaprobe's events with the namespace's `nstat` counters and with the errno the
 //! application saw.
 use std::{
-    net::{IpAddr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -12,23 +12,8 @@ use serde_json::Value;
 const KA: Keepalive = Keepalive { idle_s: 1, intvl_s: 1, count: 3 };
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A connection from `link.a` to a listener in `link.b`: (client, accepted server socket).
-fn connected(link: &Link, v6: bool) -> (TcpStream, TcpStream) {
-    let server_ip: IpAddr = if v6 { link.b6 } else { link.b4 };
-    let listener = listen(&link.b, server_ip);
-    let client = connect(&link.a, listener.local_addr().expect("addr"));
-    let (server, _) = listener.accept().expect("accept");
-    (client, server)
-}
-
-fn port(s: &TcpStream) -> u16 {
-    s.local_addr().expect("addr").port()
-}
-
-fn the_one<'a>(all: &'a [Value], ns: u64, sport: u16, kind: &str) -> &'a Value {
-    let found = conn_kind(all, ns, sport, kind);
-    assert_eq!(found.len(), 1, "expected exactly one {kind} for port {sport}, got {found:?}");
-    found[0]
+fn connected_v(link: &Link, v6: bool) -> (TcpStream, TcpStream) {
+    connected(link, if v6 { link.b6 } else { link.b4 })
 }
 
 #[test]
@@ -38,7 +23,7 @@ fn healthy_idle_connection_probes_are_answered() {
     }
     let link = Link::new("ok");
     let agent = Agent::start(&[]);
-    let (client, server) = connected(&link, false);
+    let (client, server) = connected_v(&link, false);
     set_keepalive(&client, KA);
     let (ns, sport) = (link.a.inode(), port(&client));
     // An answer is seen when the next firing finds no probe outstanding: three acks mean
@@ -74,7 +59,7 @@ fn healthy_idle_connection_probes_are_answered() {
 fn dead_peer(v6: bool, agent_args: &[&str]) {
     let link = Link::new(if v6 { "d6" } else { "d4" });
     let agent = Agent::start(agent_args);
-    let (client, _server) = connected(&link, v6);
+    let (client, _server) = connected_v(&link, v6);
     set_keepalive(&client, KA);
     let (ns, sport) = (link.a.inode(), port(&client));
     agent.wait_for("a first answered probe", WAIT, |v| is(v, "keepalive_ack", ns, sport));
@@ -155,7 +140,7 @@ fn restarted_peer_with_raw_tracepoints() {
 fn restarted_peer(agent_args: &[&str]) {
     let link = Link::new("rs");
     let agent = Agent::start(agent_args);
-    let (client, server) = connected(&link, false);
+    let (client, server) = connected_v(&link, false);
     let (ns, sport) = (link.a.inode(), port(&client));
     let server_port = port(&server);
     // The peer's socket disappears without the client hearing of it: destroyed behind a
@@ -193,7 +178,7 @@ fn data_in_flight_ends_by_retransmission_not_keepalive() {
     }
     let link = Link::new("df");
     let agent = Agent::start(&[]);
-    let (client, _server) = connected(&link, false);
+    let (client, _server) = connected_v(&link, false);
     set_keepalive(&client, KA);
     set_user_timeout(&client, 3000);
     let (ns, sport) = (link.a.inode(), port(&client));
@@ -222,7 +207,7 @@ fn peer_closes_with_fin() {
     }
     let link = Link::new("fn");
     let agent = Agent::start(&[]);
-    let (client, server) = connected(&link, false);
+    let (client, server) = connected_v(&link, false);
     set_keepalive(&client, Keepalive { idle_s: 600, intvl_s: 10, count: 3 });
     let (ns, sport) = (link.a.inode(), port(&client));
     drop(server);
@@ -291,4 +276,42 @@ fn hundreds_of_connections_time_out_at_once() {
     assert!(all.iter().all(|v| v["event"] != "events_lost"), "no events lost at the default ring size");
     let stop = all.last().expect("agent_stop");
     assert_eq!(stop["totals"]["events_lost"], 0);
+}
+
+#[test]
+fn settings_from_the_namespace_sysctls() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("sy");
+    // The socket sets only SO_KEEPALIVE: idle, interval and count come from its namespace.
+    link.a.exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_time=1"]);
+    link.a.exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_intvl=2"]);
+    link.a.exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_probes=2"]);
+    let agent = Agent::start(&[]);
+    let (client, _server) = connected_v(&link, false);
+    let (ns, sport) = (link.a.inode(), port(&client));
+    link.silence_b();
+    let on: i32 = 1;
+    // SAFETY: setsockopt with a pointer to a live i32 and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&client),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&on as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(read_until_error(&client), ETIMEDOUT);
+    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    let all = agent.stop();
+    let probes = assert_probes_match_nstat(&all, &link.a, sport);
+    assert_eq!(probes, 2);
+    for p in conn_kind(&all, ns, sport, "keepalive_probe") {
+        assert_eq!((p["max_probes"].as_u64(), p["interval_ms"].as_u64()), (Some(2), Some(2000)), "{p}");
+    }
+    let timeout = the_one(&all, ns, sport, "keepalive_timeout");
+    assert_eq!(timeout["probes"], 2, "{timeout}");
 }

@@ -8,26 +8,8 @@ use std::{
 };
 
 use kaprobe_tests::*;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn connected(link: &Link, server_ip: IpAddr) -> (TcpStream, TcpStream) {
-    let listener = listen(&link.b, server_ip);
-    let client = connect(&link.a, listener.local_addr().expect("addr"));
-    let (server, _) = listener.accept().expect("accept");
-    (client, server)
-}
-
-fn port(s: &TcpStream) -> u16 {
-    s.local_addr().expect("addr").port()
-}
-
-fn the_one<'a>(all: &'a [Value], ns: u64, sport: u16, kind: &str) -> &'a Value {
-    let found = conn_kind(all, ns, sport, kind);
-    assert_eq!(found.len(), 1, "expected exactly one {kind} for port {sport}, got {found:?}");
-    found[0]
-}
 
 #[test]
 fn refused_connect_is_a_received_reset() {
