@@ -14,8 +14,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Per-socket aggregation (birth, FIN times), an 8-way set-associative table indexed by a
-/// hash of the socket address: claiming, finding and releasing a slot cost a few loads
+/// Per-socket aggregation (birth, FIN times), an 8-way set-associative table indexed by the
+/// socket's key (its cookie; its address for raw tracepoints): claiming, finding and releasing a slot cost a few loads
 /// and stores (array lookups are inlined), where a hash map insert plus delete cost about
 /// 0.5 µs per socket on the target machine (and socket storage ~1.1 µs to create). A full
 /// set evicts its oldest entry, counted in `stat::CONN_TABLE_FULL`. Its size is set by the
@@ -35,8 +35,11 @@ pub static RECENT_RESET: PerCpuArray<RecentReset> = PerCpuArray::with_max_entrie
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(counter) = STATS.get_ptr_mut(index) {
-        // SAFETY: the pointer comes from a successful per-CPU array lookup and is only
-        // touched by this CPU, with preemption disabled while the program runs.
+        // SAFETY: the pointer comes from a successful per-CPU array lookup: a valid, aligned
+        // u64 of this CPU's slot, touched only on this CPU. (A program in process context
+        // interrupted between the load and the store by a softirq counting the same index
+        // could lose that one count: Rust's bpfel target offers no atomic add, and the window
+        // is a few instructions.)
         unsafe { *counter += 1 };
     }
 }
