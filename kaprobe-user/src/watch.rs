@@ -325,12 +325,9 @@ async fn event_loop(
     agent.correlator.flush(&mut agent.scratch);
     agent.write_scratch()?;
     agent.poll_losses(&stats, skipped(&loaded))?;
-    let sent = stats.records_sent();
-    if sent != agent.records_read {
-        log::warn!("the kernel wrote {sent} records, the agent read {}", agent.records_read);
-    } else {
-        log::info!("{sent} records written and read");
-    }
+    // (Records written after the final drain, on a busy host, are not read: this is a
+    // diagnostic, not a loss count; losses are counted by the kernel itself.)
+    log::info!("records: {} written by the kernel, {} read", stats.records_sent(), agent.records_read);
     agent.totals.evicted_connections = agent.correlator.stats.evicted;
     let stop = Event {
         ts: clock.wall(monotonic_ns()),

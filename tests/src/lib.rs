@@ -207,9 +207,14 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
     assert_eq!(rc, 0, "setsockopt({level}, {name}): {}", std::io::Error::last_os_error());
 }
 
+/// SO_KEEPALIVE only: idle, interval and count come from the namespace's sysctls.
+pub fn enable_keepalive(s: &impl AsRawFd) {
+    setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+}
+
 pub fn set_keepalive(s: &impl AsRawFd, ka: Keepalive) {
     let fd = s.as_raw_fd();
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    enable_keepalive(s);
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, ka.idle_s);
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, ka.intvl_s);
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ka.count);

@@ -292,18 +292,7 @@ fn settings_from_the_namespace_sysctls() {
     let (client, _server) = connected_v(&link, false);
     let (ns, sport) = (link.a.inode(), port(&client));
     link.silence_b();
-    let on: i32 = 1;
-    // SAFETY: setsockopt with a pointer to a live i32 and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&client),
-            libc::SOL_SOCKET,
-            libc::SO_KEEPALIVE,
-            (&on as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    enable_keepalive(&client);
     assert_eq!(read_until_error(&client), ETIMEDOUT);
     agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
     let all = agent.stop();
