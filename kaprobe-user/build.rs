@@ -20,10 +20,20 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("workspace root").to_path_buf();
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("kaprobe.bpf.o");
-    for p in ["kaprobe-ebpf/src", "kaprobe-ebpf/Cargo.toml", "kaprobe-ebpf/Cargo.lock", "kaprobe-common/src"] {
+    for p in [
+        "kaprobe-ebpf/src",
+        "kaprobe-ebpf/Cargo.toml",
+        "kaprobe-ebpf/Cargo.lock",
+        "kaprobe-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
-    for v in ["KAPROBE_REQUIRE_EBPF", "KAPROBE_EBPF_TOOLCHAIN", "KAPROBE_BPF_RUSTC", "PATH"] {
+    for v in [
+        "KAPROBE_REQUIRE_EBPF",
+        "KAPROBE_EBPF_TOOLCHAIN",
+        "KAPROBE_BPF_RUSTC",
+        "PATH",
+    ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let required = env::var("KAPROBE_REQUIRE_EBPF").is_ok_and(|v| v == "1");
@@ -32,7 +42,9 @@ fn main() {
             std::fs::copy(&obj, &out).unwrap_or_else(|e| panic!("copy {}: {e}", obj.display()));
         }
         Err(why) if !required => {
-            println!("cargo:warning=kaprobe is built WITHOUT its eBPF object ({why}); run `cargo xtask build`");
+            println!(
+                "cargo:warning=kaprobe is built WITHOUT its eBPF object ({why}); run `cargo xtask build`"
+            );
             std::fs::write(&out, b"").expect("write placeholder");
         }
         Err(why) => panic!("cannot build the eBPF object: {why}"),
@@ -52,12 +64,18 @@ fn build(root: &Path) -> Result<PathBuf, String> {
     let debian_rustc = env::var("KAPROBE_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     let debian_ok = Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").is_dir()
         && Path::new(&debian_rustc).is_file();
-    let toolchain = env::var("KAPROBE_EBPF_TOOLCHAIN")
-        .unwrap_or_else(|_| if debian_ok { "debian".into() } else { "nightly".into() });
+    let toolchain = env::var("KAPROBE_EBPF_TOOLCHAIN").unwrap_or_else(|_| {
+        if debian_ok {
+            "debian".into()
+        } else {
+            "nightly".into()
+        }
+    });
     let target_dir = root.join("target/ebpf");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let path = env::join_paths(
-        std::iter::once(linker_dir).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+        std::iter::once(linker_dir)
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
     )
     .map_err(|e| e.to_string())?;
 
@@ -75,7 +93,13 @@ fn build(root: &Path) -> Result<PathBuf, String> {
         other => return Err(format!("unknown KAPROBE_EBPF_TOOLCHAIN `{other}`")),
     };
     cmd.current_dir(root.join("kaprobe-ebpf"))
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "--locked"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--locked",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("PATH", path);
@@ -86,15 +110,23 @@ fn build(root: &Path) -> Result<PathBuf, String> {
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy();
         let keep = k == "CARGO_HOME" || k == "CARGO_NET_OFFLINE";
-        if (k.starts_with("CARGO_") && !keep) || k.starts_with("RUSTC_WRAPPER") || k == "RUSTFLAGS"
-            || k == "RUSTC_WORKSPACE_WRAPPER" || k == "RUSTDOC" || (k == "RUSTC" && toolchain != "debian")
+        if (k.starts_with("CARGO_") && !keep)
+            || k.starts_with("RUSTC_WRAPPER")
+            || k == "RUSTFLAGS"
+            || k == "RUSTC_WORKSPACE_WRAPPER"
+            || k == "RUSTDOC"
+            || (k == "RUSTC" && toolchain != "debian")
         {
             cmd.env_remove(k.as_ref());
         }
     }
-    let status = cmd.status().map_err(|e| format!("cannot run cargo for the eBPF build: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run cargo for the eBPF build: {e}"))?;
     if !status.success() {
-        return Err(format!("the eBPF build ({toolchain} toolchain) failed: {status}"));
+        return Err(format!(
+            "the eBPF build ({toolchain} toolchain) failed: {status}"
+        ));
     }
     Ok(target_dir.join("bpfel-unknown-none/release/kaprobe"))
 }

@@ -101,7 +101,44 @@ pub mod stat {
     pub const TIMER_OVERLAP: u32 = 3;
     /// Records written into the ring buffer (the agent compares with what it read).
     pub const RECORDS_SENT: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Keepalive timer records lost (ring buffer full) whose firing ended the connection:
+    /// each is a keepalive timeout (or an orphan's end) the agent cannot report.
+    pub const LOST_TIMER_DEATHS: u32 = 5;
+    /// First of the per-kind counts of records lost because the ring buffer was full:
+    /// `LOST_BY_KIND + kind` for each [`super::kind`] (1..=7).
+    pub const LOST_BY_KIND: u32 = 8;
+    pub const COUNT: u32 = 16;
+}
+
+/// Every ring-buffer record starts with a [`Header`].
+pub trait Record {
+    fn header(&self) -> &Header;
+}
+
+macro_rules! records {
+    ($($t:ty),*) => {$(
+        impl Record for $t {
+            #[inline(always)]
+            fn header(&self) -> &Header {
+                &self.header
+            }
+        }
+    )*};
+}
+records!(
+    TimerRecord,
+    StateRecord,
+    CloseRecord,
+    ResetSentRecord,
+    ResetRecvRecord,
+    ErrorRecord
+);
+
+impl Record for Header {
+    #[inline(always)]
+    fn header(&self) -> &Header {
+        self
+    }
 }
 
 /// Map names, shared so the agent and the programs cannot drift apart.
@@ -440,5 +477,4 @@ mod pod {
     // every padding byte spelled out as a field (checked by the size assertions above),
     // so any bit pattern is a valid value.
     unsafe impl aya::Pod for Config {}
-
 }

@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
-use kaprobe_common::{ConnState, RecentReset, SOCK_WAYS, SockSet, TimerScratch, stat};
+use kaprobe_common::{ConnState, RecentReset, Record, SOCK_WAYS, SockSet, TimerScratch, stat};
 
 /// Every record goes through this one ring buffer. Its size is set by the agent
 /// (`--ring-size`) before load.
@@ -109,32 +109,36 @@ pub fn take_conn(key: u64) -> Option<ConnState> {
     None
 }
 
-/// Sends a record to the agent (waking it up if it waits), counting it when the ring
-/// buffer is full. For rare records: keepalive, resets, errors.
+/// Counts the fate of one record: sent, or lost (in total and by kind).
 #[inline(always)]
-pub fn emit<T: 'static>(record: &T) {
-    if EVENTS.output::<T>(record, 0).is_err() {
-        count(stat::RINGBUF_FULL);
-    } else {
+fn sent<T: Record>(record: &T, ok: bool) -> bool {
+    if ok {
         count(stat::RECORDS_SENT);
+    } else {
+        count(stat::RINGBUF_FULL);
+        count(stat::LOST_BY_KIND + record.header().kind);
     }
+    ok
+}
+
+/// Sends a record to the agent (waking it up if it waits), counting it when the ring
+/// buffer is full. For rare records: keepalive, resets, errors. False if it was lost.
+#[inline(always)]
+pub fn emit<T: Record + 'static>(record: &T) -> bool {
+    sent(record, EVENTS.output::<T>(record, 0).is_ok())
 }
 
 /// Sends a high-volume record (closes, FINs) without waking the agent, unless the ring
 /// buffer is filling up: under connection churn a wakeup per record would cost more than
 /// the record. The agent drains the ring every 100 ms anyway.
 #[inline(always)]
-pub fn emit_bulk<T: 'static>(record: &T) {
+pub fn emit_bulk<T: Record + 'static>(record: &T) -> bool {
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= crate::conf!(wakeup_bytes) as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    if EVENTS.output::<T>(record, flags).is_err() {
-        count(stat::RINGBUF_FULL);
-    } else {
-        count(stat::RECORDS_SENT);
-    }
+    sent(record, EVENTS.output::<T>(record, flags).is_ok())
 }
 
 /// The keepalive timer scratch of this CPU.

@@ -53,7 +53,7 @@ pub fn on_send_reset<M: Mem>(sk: u64, skb: u64, reason: u32) {
         }
         rec.state = st;
     }
-    emit(&rec);
+    let _ = emit(&rec);
 }
 
 #[inline(always)]
@@ -77,7 +77,7 @@ pub fn on_receive_reset<M: Mem>(sk: u64) {
         keepopen: flag_set(sk_flags::<M>(sk), conf!(sock_flag_keepopen)) as u8,
         _pad: 0,
     };
-    emit(&rec);
+    let _ = emit(&rec);
 }
 
 #[inline(always)]
@@ -100,7 +100,7 @@ pub fn on_error_report<M: Mem>(sk: u64) {
         state: state::<M>(sk),
         _pad: [0; 3],
     };
-    emit(&rec);
+    let _ = emit(&rec);
 }
 
 #[inline(always)]
@@ -111,6 +111,6 @@ pub fn on_destroy<M: Mem>(sk: u64) {
     // The agent may hold state for a keepalive socket (from its timer): let it drop it. (A
     // kernel-side slot left over from a missed TCP_CLOSE ages out of its set by eviction.)
     if flag_set(sk_flags::<M>(sk), conf!(sock_flag_keepopen)) {
-        emit_bulk(&header(kind::DESTROY, sk));
+        let _ = emit_bulk(&header(kind::DESTROY, sk));
     }
 }

@@ -76,7 +76,7 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
             new_state: new,
             _pad: [0; 6],
         };
-        emit_bulk(&rec);
+        let _ = emit_bulk(&rec);
     }
 }
 
@@ -137,5 +137,5 @@ fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all
     }
     let rec = CloseRecord { header: header(kind::CLOSE, sk), tuple: tuple_of_sock::<M>(sk, tp), close: info };
     // A failure is worth waking up for; an orderly close is bulk.
-    if failed { emit(&rec) } else { emit_bulk(&rec) }
+    let _ = if failed { emit(&rec) } else { emit_bulk(&rec) };
 }

@@ -134,7 +134,7 @@ pub fn on_exit<M: Mem>(timer: u64) {
     let worth_it = rec.flags & (timer_flag::DIED | timer_flag::PROBE_BRANCH) != 0
         || rec.probes_before != 0
         || rec.probes_after != rec.probes_before;
-    if worth_it {
-        emit::<TimerRecord>(rec);
+    if worth_it && !emit::<TimerRecord>(rec) && rec.flags & timer_flag::DIED != 0 {
+        count(stat::LOST_TIMER_DEATHS);
     }
 }

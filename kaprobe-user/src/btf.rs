@@ -63,14 +63,31 @@ struct Member {
 enum Type {
     /// Void (id 0) or a kind kaprobe never needs to look into.
     Other,
-    Int { size: u32 },
-    Ptr { ty: u32 },
-    Array { elem: u32, len: u32 },
-    Composite { size: u32, members: Vec<Member> },
-    Enum { size: u32, values: Vec<(u32, i64)> },
+    Int {
+        size: u32,
+    },
+    Ptr {
+        ty: u32,
+    },
+    Array {
+        elem: u32,
+        len: u32,
+    },
+    Composite {
+        size: u32,
+        members: Vec<Member>,
+    },
+    Enum {
+        size: u32,
+        values: Vec<(u32, i64)>,
+    },
     /// Typedef, const, volatile, restrict, type tag: a name or qualifier over `ty`.
-    Alias { ty: u32 },
-    FuncProto { params: Vec<(u32, u32)> },
+    Alias {
+        ty: u32,
+    },
+    FuncProto {
+        params: Vec<(u32, u32)>,
+    },
 }
 
 /// A field's place in a struct.
@@ -118,8 +135,12 @@ impl Btf {
         let type_len = u32_at(data, 12)? as usize;
         let str_off = u32_at(data, 16)? as usize;
         let str_len = u32_at(data, 20)? as usize;
-        let types_at = hdr_len.checked_add(type_off).ok_or(BtfError::Malformed("offset"))?;
-        let strs_at = hdr_len.checked_add(str_off).ok_or(BtfError::Malformed("offset"))?;
+        let types_at = hdr_len
+            .checked_add(type_off)
+            .ok_or(BtfError::Malformed("offset"))?;
+        let strs_at = hdr_len
+            .checked_add(str_off)
+            .ok_or(BtfError::Malformed("offset"))?;
         let tdata = data
             .get(types_at..types_at.saturating_add(type_len))
             .ok_or(BtfError::Malformed("type section out of bounds"))?;
@@ -158,11 +179,22 @@ impl Btf {
                         let ty = u32_at(tdata, at + 4)?;
                         let off = u32_at(tdata, at + 8)?;
                         at += 12;
-                        let (bit_offset, bitfield) =
-                            if kind_flag { (off & 0xff_ffff, off >> 24) } else { (off, 0) };
-                        members.push(Member { name, ty, bit_offset, bitfield });
+                        let (bit_offset, bitfield) = if kind_flag {
+                            (off & 0xff_ffff, off >> 24)
+                        } else {
+                            (off, 0)
+                        };
+                        members.push(Member {
+                            name,
+                            ty,
+                            bit_offset,
+                            bitfield,
+                        });
                     }
-                    Type::Composite { size: size_or_type, members }
+                    Type::Composite {
+                        size: size_or_type,
+                        members,
+                    }
                 }
                 k::ENUM => {
                     let mut values = Vec::with_capacity(vlen);
@@ -170,10 +202,17 @@ impl Btf {
                         let name = u32_at(tdata, at)?;
                         let raw = u32_at(tdata, at + 4)?;
                         at += 8;
-                        let v = if kind_flag { raw as i32 as i64 } else { raw as i64 };
+                        let v = if kind_flag {
+                            raw as i32 as i64
+                        } else {
+                            raw as i64
+                        };
                         values.push((name, v));
                     }
-                    Type::Enum { size: size_or_type, values }
+                    Type::Enum {
+                        size: size_or_type,
+                        values,
+                    }
                 }
                 k::ENUM64 => {
                     let mut values = Vec::with_capacity(vlen);
@@ -184,7 +223,10 @@ impl Btf {
                         at += 12;
                         values.push((name, ((hi << 32) | lo) as i64));
                     }
-                    Type::Enum { size: size_or_type, values }
+                    Type::Enum {
+                        size: size_or_type,
+                        values,
+                    }
                 }
                 k::FWD | k::FUNC | k::FLOAT => Type::Other,
                 k::TYPEDEF | k::VOLATILE | k::CONST | k::RESTRICT | k::TYPE_TAG => {
@@ -214,7 +256,12 @@ impl Btf {
         if at != tdata.len() {
             return Err(BtfError::Malformed("type section ends inside a type"));
         }
-        let mut btf = Btf { types, names, strings, by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            names,
+            strings,
+            by_name: HashMap::new(),
+        };
         for id in 1..btf.types.len() as u32 {
             let name = btf.name(id);
             if !name.is_empty() {
@@ -262,13 +309,20 @@ impl Btf {
     }
 
     fn find(&self, name: &str, pred: impl Fn(&Type) -> bool) -> Option<u32> {
-        self.by_name.get(name)?.iter().copied().find(|&id| pred(self.ty(id)))
+        self.by_name
+            .get(name)?
+            .iter()
+            .copied()
+            .find(|&id| pred(self.ty(id)))
     }
 
     fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
         // Skip empty forward-declared duplicates: take the struct with members.
-        self.find(name, |t| matches!(t, Type::Composite { members, .. } if !members.is_empty()))
-            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+        self.find(
+            name,
+            |t| matches!(t, Type::Composite { members, .. } if !members.is_empty()),
+        )
+        .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
     }
 
     /// Finds member `name` of composite `id`, looking through anonymous members. Returns the
@@ -310,7 +364,10 @@ impl Btf {
         if m.bitfield != 0 || !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield(format!("{strukt}.{path}")));
         }
-        Ok(Field { offset: bits / 8, size: self.size_of(m.ty) })
+        Ok(Field {
+            offset: bits / 8,
+            size: self.size_of(m.ty),
+        })
     }
 
     /// All `(name, value)` pairs of enum `name`.
@@ -321,7 +378,10 @@ impl Btf {
         let Type::Enum { values, .. } = self.ty(id) else {
             return Err(BtfError::NoEnum(name.to_owned()));
         };
-        Ok(values.iter().map(|&(n, v)| (self.str_at(n).to_owned(), v)).collect())
+        Ok(values
+            .iter()
+            .map(|&(n, v)| (self.str_at(n).to_owned(), v))
+            .collect())
     }
 
     /// The value of `variant` in enum `name`.
@@ -339,11 +399,21 @@ impl Btf {
     pub fn tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
         let tdname = format!("btf_trace_{name}");
         let no = || BtfError::NoTracepoint(name.to_owned());
-        let id = self.find(&tdname, |t| matches!(t, Type::Alias { .. })).ok_or_else(no)?;
-        let Type::Ptr { ty } = self.ty(self.resolve(id)) else { return Err(no()) };
+        let id = self
+            .find(&tdname, |t| matches!(t, Type::Alias { .. }))
+            .ok_or_else(no)?;
+        let Type::Ptr { ty } = self.ty(self.resolve(id)) else {
+            return Err(no());
+        };
         let proto = self.resolve(*ty);
-        let Type::FuncProto { params } = self.ty(proto) else { return Err(no()) };
-        Ok(params.iter().skip(1).map(|&(_, ty)| self.describe(ty)).collect())
+        let Type::FuncProto { params } = self.ty(proto) else {
+            return Err(no());
+        };
+        Ok(params
+            .iter()
+            .skip(1)
+            .map(|&(_, ty)| self.describe(ty))
+            .collect())
     }
 
     /// C-like text for a type: enough to tell arguments apart.
@@ -376,7 +446,10 @@ mod tests {
 
     impl Builder {
         fn new() -> Self {
-            Builder { types: Vec::new(), strings: vec![0] }
+            Builder {
+                types: Vec::new(),
+                strings: vec![0],
+            }
         }
         fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
@@ -438,7 +511,12 @@ mod tests {
         b.composite(k::UNION, "", 8, &[("in", 4, 0), ("y", 2, 0)]); // 5
         b.int("u16", 2); // 6
         b.composite(k::STRUCT, "", 4, &[("p", 6, 0), ("q", 3, 16)]); // 7
-        b.composite(k::STRUCT, "outer", 24, &[("x", 2, 0), ("", 5, 64), ("", 7, 128), ("z", 3, 160)]); // 8
+        b.composite(
+            k::STRUCT,
+            "outer",
+            24,
+            &[("x", 2, 0), ("", 5, 64), ("", 7, 128), ("z", 3, 160)],
+        ); // 8
         b.head("sock_flags", k::ENUM, 2, false, 4); // 9
         let (d, kk) = (b.s("SOCK_DEAD"), b.s("SOCK_KEEPOPEN"));
         b.word(d);
@@ -464,11 +542,35 @@ mod tests {
         let btf = Btf::parse(&sample()).expect("parse");
         assert_eq!(btf.field("outer", "x"), Ok(Field { offset: 0, size: 8 }));
         assert_eq!(btf.field("outer", "y"), Ok(Field { offset: 8, size: 8 }));
-        assert_eq!(btf.field("outer", "in.b"), Ok(Field { offset: 12, size: 4 }));
-        assert_eq!(btf.field("outer", "q"), Ok(Field { offset: 18, size: 1 }));
-        assert_eq!(btf.field("outer", "z"), Ok(Field { offset: 20, size: 1 }));
-        assert_eq!(btf.field("outer", "nope"), Err(BtfError::NoMember("outer".into(), "nope".into())));
-        assert_eq!(btf.field("missing", "x"), Err(BtfError::NoStruct("missing".into())));
+        assert_eq!(
+            btf.field("outer", "in.b"),
+            Ok(Field {
+                offset: 12,
+                size: 4
+            })
+        );
+        assert_eq!(
+            btf.field("outer", "q"),
+            Ok(Field {
+                offset: 18,
+                size: 1
+            })
+        );
+        assert_eq!(
+            btf.field("outer", "z"),
+            Ok(Field {
+                offset: 20,
+                size: 1
+            })
+        );
+        assert_eq!(
+            btf.field("outer", "nope"),
+            Err(BtfError::NoMember("outer".into(), "nope".into()))
+        );
+        assert_eq!(
+            btf.field("missing", "x"),
+            Err(BtfError::NoStruct("missing".into()))
+        );
     }
 
     #[test]
@@ -476,8 +578,14 @@ mod tests {
         let btf = Btf::parse(&sample()).expect("parse");
         assert_eq!(btf.enum_value("sock_flags", "SOCK_KEEPOPEN"), Ok(3));
         assert!(btf.enum_value("sock_flags", "SOCK_LINGER").is_err());
-        assert_eq!(btf.tracepoint_args("demo"), Ok(vec!["struct outer *".to_owned(), "int".to_owned()]));
-        assert_eq!(btf.tracepoint_args("absent"), Err(BtfError::NoTracepoint("absent".into())));
+        assert_eq!(
+            btf.tracepoint_args("demo"),
+            Ok(vec!["struct outer *".to_owned(), "int".to_owned()])
+        );
+        assert_eq!(
+            btf.tracepoint_args("absent"),
+            Err(BtfError::NoTracepoint("absent".into()))
+        );
     }
 
     #[test]
@@ -501,7 +609,10 @@ mod tests {
                 let _ = btf.tracepoint_args("demo");
             }
         }
-        assert!(matches!(Btf::parse(b"not btf at all"), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(b"not btf at all"),
+            Err(BtfError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -512,10 +623,14 @@ mod tests {
             return;
         }
         let btf = Btf::from_file(path).expect("read").expect("parse");
-        let (config, protos) = crate::kernel::config_from_btf(&btf).expect("all fields and tracepoints");
+        let (config, protos) =
+            crate::kernel::config_from_btf(&btf).expect("all fields and tracepoints");
         assert!(config.sk_timer > 0 && config.icsk_probes_out > config.sk_timer);
         assert_eq!(protos.len(), crate::kernel::TRACEPOINTS.len());
-        let state = protos.iter().find(|p| p.name == "inet_sock_set_state").expect("set_state");
+        let state = protos
+            .iter()
+            .find(|p| p.name == "inet_sock_set_state")
+            .expect("set_state");
         assert_eq!(state.args.len(), 3, "{state:?}");
     }
 }

@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::output::{Cidr, Format};
 
 #[derive(Debug, Parser)]
-#[command(name = "kaprobe", version, about = "Traces TCP keepalive and tells why connections die (eBPF)")]
+#[command(
+    name = "kaprobe",
+    version,
+    about = "Traces TCP keepalive and tells why connections die (eBPF)"
+)]
 pub struct Cli {
     /// More log output on stderr (-v: info, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -26,16 +30,36 @@ pub enum Command {
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let (num, mult) = match s.to_ascii_lowercase() {
-        ref t if t.ends_with("k") || t.ends_with("kib") => (t.trim_end_matches("ib").trim_end_matches('k').to_owned(), 1u64 << 10),
-        ref t if t.ends_with("m") || t.ends_with("mib") => (t.trim_end_matches("ib").trim_end_matches('m').to_owned(), 1u64 << 20),
+        ref t if t.ends_with("k") || t.ends_with("kib") => (
+            t.trim_end_matches("ib").trim_end_matches('k').to_owned(),
+            1u64 << 10,
+        ),
+        ref t if t.ends_with("m") || t.ends_with("mib") => (
+            t.trim_end_matches("ib").trim_end_matches('m').to_owned(),
+            1u64 << 20,
+        ),
         t => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 4M, 512K, 1048576)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4M, 512K, 1048576)"))?;
     let bytes = n.checked_mul(mult).ok_or("size too large")?;
     if !(4096..=(1 << 30)).contains(&bytes) || !bytes.is_power_of_two() {
-        return Err(format!("`{s}`: the ring buffer must be a power of two between 4K and 1G"));
+        return Err(format!(
+            "`{s}`: the ring buffer must be a power of two between 4K and 1G"
+        ));
     }
     Ok(bytes as u32)
+}
+
+/// `HOST:PORT`, `[V6]:PORT`, or a bare port (on 127.0.0.1).
+fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("`{s}` is not an address:port (e.g. 127.0.0.1:9464, [::1]:9464, 9464)")
+    })
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -70,6 +94,13 @@ pub struct WatchArgs {
     /// one kind only.
     #[arg(long, value_enum, default_value = "auto")]
     pub attach: crate::loader::Attach,
+    /// Serve Prometheus metrics on http://ADDR/metrics (a bare port listens on 127.0.0.1).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Break keepalive, reset and close counts down by remote port in the metrics
+    /// (at most 256 ports; the rest count as port 0).
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_remote_port: bool,
     /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,

@@ -178,14 +178,22 @@ impl Correlator {
     }
 
     fn event(&self, ts_ns: u64, tuple: Option<&Tuple>, body: Body) -> Event {
-        Event { ts: self.settings.clock.wall(ts_ns), conn: tuple.map(Endpoints::from_tuple), body }
+        Event {
+            ts: self.settings.clock.wall(ts_ns),
+            conn: tuple.map(Endpoints::from_tuple),
+            body,
+        }
     }
 
     fn reason_name(&self, reason: u32) -> String {
         if reason == REASON_UNKNOWN {
             return "unknown".into();
         }
-        self.settings.reset_reasons.get(&reason).cloned().unwrap_or_else(|| format!("reason_{reason}"))
+        self.settings
+            .reset_reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("reason_{reason}"))
     }
 
     /// The entry of `sk`, created (or replaced, if `sk` now carries other addresses).
@@ -198,14 +206,21 @@ impl Correlator {
         if !self.conns.contains_key(&sk) && self.conns.len() >= self.settings.max_connections {
             self.evict();
         }
-        let c = self.conns.entry(sk).or_insert_with(|| Conn { tuple: *tuple, ..Conn::default() });
+        let c = self.conns.entry(sk).or_insert_with(|| Conn {
+            tuple: *tuple,
+            ..Conn::default()
+        });
         c.last_seen_ns = ts_ns;
         c
     }
 
     /// Drops the least recently active eighth of the table (amortised O(1) per insert).
     fn evict(&mut self) {
-        let mut ages: Vec<(u64, u64)> = self.conns.iter().map(|(&sk, c)| (c.last_seen_ns, sk)).collect();
+        let mut ages: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .map(|(&sk, c)| (c.last_seen_ns, sk))
+            .collect();
         let n = (ages.len() / 8).max(1);
         ages.select_nth_unstable(n - 1);
         for &(_, sk) in &ages[..n] {
@@ -239,15 +254,24 @@ impl Correlator {
         );
         let clock = self.settings.clock;
         let now_j = r.jiffies as u32;
-        let idle_j = now_j.wrapping_sub(r.rcv_tstamp).min(now_j.wrapping_sub(r.lrcvtime));
+        let idle_j = now_j
+            .wrapping_sub(r.rcv_tstamp)
+            .min(now_j.wrapping_sub(r.lrcvtime));
         let idle_ms = clock.jiffies_to_ms(idle_j);
         let mut events = Vec::new();
         let by_rearm = self.probe_by_rearm(r);
         let conn = self.conn(r.header.sk, &r.tuple, ts);
         if r.probes_before == 0 && conn.unanswered > 0 {
             // The peer was heard (icsk_probes_out went back to 0) at rcv_tstamp.
-            let heard_ns = ts.saturating_sub(idle_ms * 1_000_000).max(conn.last_probe_ns);
-            events.push((heard_ns, Body::KeepaliveAck { probes_unanswered: conn.unanswered }));
+            let heard_ns = ts
+                .saturating_sub(idle_ms * 1_000_000)
+                .max(conn.last_probe_ns);
+            events.push((
+                heard_ns,
+                Body::KeepaliveAck {
+                    probes_unanswered: conn.unanswered,
+                },
+            ));
             conn.acks += 1;
             conn.unanswered = 0;
         } else if r.probes_before > conn.unanswered {
@@ -280,7 +304,11 @@ impl Correlator {
             return;
         }
         let mut info = r.close;
-        let error = if r.flags & timer_flag::ERROR_REPORTED != 0 { r.error } else { info.sk_err };
+        let error = if r.flags & timer_flag::ERROR_REPORTED != 0 {
+            r.error
+        } else {
+            info.sk_err
+        };
         if info.sk_err == 0 {
             info.sk_err = error;
         }
@@ -312,7 +340,16 @@ impl Correlator {
         }
         let conn = self.conns.remove(&r.header.sk);
         let forced = keepalive_kill.then_some(Cause::KeepaliveTimeout);
-        self.finish(Pending { ts_ns: ts, tuple: r.tuple, info, conn }, forced, out);
+        self.finish(
+            Pending {
+                ts_ns: ts,
+                tuple: r.tuple,
+                info,
+                conn,
+            },
+            forced,
+            out,
+        );
     }
 
     /// Did the firing send a probe, judging by what the kernel did rather than by
@@ -329,7 +366,9 @@ impl Correlator {
         }
         let rearm = (r.expires_after as u32).wrapping_sub(r.jiffies as u32);
         let congested = self.settings.clock.hz / 2;
-        [r.keepalive_intvl, congested].iter().any(|&d| rearm == d || rearm == d + 1)
+        [r.keepalive_intvl, congested]
+            .iter()
+            .any(|&d| rearm == d || rearm == d + 1)
     }
 
     fn on_state(&mut self, r: &StateRecord, out: &mut Vec<Event>) {
@@ -338,11 +377,15 @@ impl Correlator {
         let body = match r.new_state {
             tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
                 conn.fin_sent_ns = ts;
-                Body::FinSent { state: state_name(r.new_state) }
+                Body::FinSent {
+                    state: state_name(r.new_state),
+                }
             }
             tcp_state::CLOSE_WAIT | tcp_state::CLOSING => {
                 conn.fin_recv_ns = ts;
-                Body::FinReceived { state: state_name(r.new_state) }
+                Body::FinReceived {
+                    state: state_name(r.new_state),
+                }
             }
             _ => return,
         };
@@ -365,10 +408,17 @@ impl Correlator {
             self.finish(p, None, out);
         }
         let conn = self.conns.remove(&sk).filter(|c| c.tuple == r.tuple);
-        let p = Pending { ts_ns: r.header.ts_ns, tuple: r.tuple, info: r.close, conn };
+        let p = Pending {
+            ts_ns: r.header.ts_ns,
+            tuple: r.tuple,
+            info: r.close,
+            conn,
+        };
         let failed = r.close.sk_err != 0
             || r.close.flags & (close_flag::RST_SENT | close_flag::RST_RECV) != 0
-            || p.conn.as_ref().is_some_and(|c| c.rst_recv || c.rst_sent.is_some());
+            || p.conn
+                .as_ref()
+                .is_some_and(|c| c.rst_recv || c.rst_sent.is_some());
         let rst_may_follow = matches!(
             r.close.old_state,
             tcp_state::ESTABLISHED
@@ -390,7 +440,14 @@ impl Correlator {
         let sk = r.header.sk;
         let ts = r.header.ts_ns;
         let state = (r.no_socket == 0).then(|| state_name(r.state));
-        out.push(self.event(ts, Some(&r.tuple), Body::ResetSent { reason: self.reason_name(r.reason), state }));
+        out.push(self.event(
+            ts,
+            Some(&r.tuple),
+            Body::ResetSent {
+                reason: self.reason_name(r.reason),
+                state,
+            },
+        ));
         if r.no_socket != 0 {
             return;
         }
@@ -407,7 +464,10 @@ impl Correlator {
             None => Pending {
                 ts_ns: ts,
                 tuple: r.tuple,
-                info: CloseInfo { reset_reason: REASON_UNKNOWN, ..CloseInfo::default() },
+                info: CloseInfo {
+                    reset_reason: REASON_UNKNOWN,
+                    ..CloseInfo::default()
+                },
                 conn: self.conns.remove(&sk).filter(|c| c.tuple == r.tuple),
             },
         };
@@ -426,7 +486,10 @@ impl Correlator {
         out.push(self.event(
             r.header.ts_ns,
             Some(&r.tuple),
-            Body::ResetReceived { during_keepalive: during, state: state_name(r.state) },
+            Body::ResetReceived {
+                during_keepalive: during,
+                state: state_name(r.state),
+            },
         ));
     }
 
@@ -450,15 +513,24 @@ impl Correlator {
     }
 
     fn classify(info: &CloseInfo, conn: Option<&Conn>, forced: Option<Cause>) -> Outcome {
-        let local = |cause| Outcome { cause, closed_by: Side::Local, time_wait: false };
+        let local = |cause| Outcome {
+            cause,
+            closed_by: Side::Local,
+            time_wait: false,
+        };
         if let Some(cause) = forced {
             return local(cause);
         }
         let rst_recv = info.flags & close_flag::RST_RECV != 0 || conn.is_some_and(|c| c.rst_recv);
-        let rst_sent = info.flags & close_flag::RST_SENT != 0 || conn.is_some_and(|c| c.rst_sent.is_some());
+        let rst_sent =
+            info.flags & close_flag::RST_SENT != 0 || conn.is_some_and(|c| c.rst_sent.is_some());
         let handshake = matches!(info.old_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
         if rst_recv {
-            return Outcome { cause: Cause::ResetReceived, closed_by: Side::Remote, time_wait: false };
+            return Outcome {
+                cause: Cause::ResetReceived,
+                closed_by: Side::Remote,
+                time_wait: false,
+            };
         }
         // ETIMEDOUT, or a soft error (ICMP unreachable) recorded during retransmissions:
         // tcp_write_err() reports sk_err_soft instead of ETIMEDOUT when there is one.
@@ -479,7 +551,13 @@ impl Correlator {
             return local(Cause::Other);
         }
         let closed_by = match (fin_sent, fin_recv) {
-            (s, r) if s != 0 && r != 0 => if s <= r { Side::Local } else { Side::Remote },
+            (s, r) if s != 0 && r != 0 => {
+                if s <= r {
+                    Side::Local
+                } else {
+                    Side::Remote
+                }
+            }
             (_, r) if r != 0 => Side::Remote,
             (s, _) if s != 0 => Side::Local,
             _ if info.old_state == tcp_state::LAST_ACK => Side::Remote,
@@ -488,14 +566,26 @@ impl Correlator {
         // The side that sends the first FIN ends in TIME_WAIT (or the FIN_WAIT2 timewait
         // substate of an orphan): its full socket leaves from FIN_WAIT1/2 or CLOSING.
         let time_wait = closed_by == Side::Local
-            && matches!(info.old_state, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING);
-        Outcome { cause: Cause::Fin, closed_by, time_wait }
+            && matches!(
+                info.old_state,
+                tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING
+            );
+        Outcome {
+            cause: Cause::Fin,
+            closed_by,
+            time_wait,
+        }
     }
 
     /// Reports a connection's end: the FINs the kernel aggregated (if not reported live),
     /// an answer to outstanding probes seen only now, and `connection_closed`.
     fn finish(&mut self, p: Pending, forced: Option<Cause>, out: &mut Vec<Event>) {
-        let Pending { ts_ns, tuple, info, conn } = p;
+        let Pending {
+            ts_ns,
+            tuple,
+            info,
+            conn,
+        } = p;
         let clock = self.settings.clock;
         let outcome = Self::classify(&info, conn.as_ref(), forced);
         let (mut probes, mut acks) = (0, 0);
@@ -504,11 +594,17 @@ impl Correlator {
             acks = c.acks;
             if c.unanswered > 0 && info.probes_out == 0 && outcome.cause == Cause::Fin {
                 let idle_ms = clock.jiffies_to_ms(info.jiffies.wrapping_sub(info.rcv_tstamp));
-                out.push(self.event(
-                    ts_ns.saturating_sub(idle_ms * 1_000_000).max(c.last_probe_ns),
-                    Some(&tuple),
-                    Body::KeepaliveAck { probes_unanswered: c.unanswered },
-                ));
+                out.push(
+                    self.event(
+                        ts_ns
+                            .saturating_sub(idle_ms * 1_000_000)
+                            .max(c.last_probe_ns),
+                        Some(&tuple),
+                        Body::KeepaliveAck {
+                            probes_unanswered: c.unanswered,
+                        },
+                    ),
+                );
                 acks += 1;
             }
         }
@@ -516,21 +612,45 @@ impl Correlator {
         let live_sent = conn.as_ref().is_some_and(|c| c.fin_sent_ns != 0);
         let live_recv = conn.as_ref().is_some_and(|c| c.fin_recv_ns != 0);
         let mut fins = Vec::new();
-        let sent_first = info.fin_sent_ns != 0 && (info.fin_recv_ns == 0 || info.fin_sent_ns <= info.fin_recv_ns);
+        let sent_first = info.fin_sent_ns != 0
+            && (info.fin_recv_ns == 0 || info.fin_sent_ns <= info.fin_recv_ns);
         if info.fin_sent_ns != 0 && !live_sent {
-            let state = if sent_first { tcp_state::FIN_WAIT1 } else { tcp_state::LAST_ACK };
-            fins.push((info.fin_sent_ns, Body::FinSent { state: state_name(state) }));
+            let state = if sent_first {
+                tcp_state::FIN_WAIT1
+            } else {
+                tcp_state::LAST_ACK
+            };
+            fins.push((
+                info.fin_sent_ns,
+                Body::FinSent {
+                    state: state_name(state),
+                },
+            ));
         }
         if info.fin_recv_ns != 0 && !live_recv {
-            let state = if sent_first { tcp_state::CLOSING } else { tcp_state::CLOSE_WAIT };
-            fins.push((info.fin_recv_ns, Body::FinReceived { state: state_name(state) }));
+            let state = if sent_first {
+                tcp_state::CLOSING
+            } else {
+                tcp_state::CLOSE_WAIT
+            };
+            fins.push((
+                info.fin_recv_ns,
+                Body::FinReceived {
+                    state: state_name(state),
+                },
+            ));
         }
         fins.sort_by_key(|(t, _)| *t);
         for (t, body) in fins {
             out.push(self.event(t, Some(&tuple), body));
         }
-        let error = if info.sk_err != 0 { info.sk_err } else { conn.as_ref().map_or(0, |c| c.error) };
-        let lifetime_ms = (info.birth_ns != 0).then(|| ts_ns.saturating_sub(info.birth_ns) / 1_000_000);
+        let error = if info.sk_err != 0 {
+            info.sk_err
+        } else {
+            conn.as_ref().map_or(0, |c| c.error)
+        };
+        let lifetime_ms =
+            (info.birth_ns != 0).then(|| ts_ns.saturating_sub(info.birth_ns) / 1_000_000);
         out.push(self.event(
             ts_ns,
             Some(&tuple),

@@ -13,7 +13,13 @@ const SEC: u64 = 1_000_000_000;
 const J: u32 = HZ; // jiffies per second
 
 fn tuple(sport: u16) -> Tuple {
-    let mut t = Tuple { sport, dport: 9000, family: AF_INET, netns: 4026532246, ..Tuple::default() };
+    let mut t = Tuple {
+        sport,
+        dport: 9000,
+        family: AF_INET,
+        netns: 4026532246,
+        ..Tuple::default()
+    };
     t.saddr[..4].copy_from_slice(&[10, 77, 0, 1]);
     t.daddr[..4].copy_from_slice(&[10, 77, 0, 2]);
     t
@@ -26,14 +32,22 @@ fn correlator() -> Correlator {
     reasons.insert(14, "tcp_state".to_owned());
     reasons.insert(15, "tcp_keepalive_timeout".to_owned());
     Correlator::new(Settings {
-        clock: Clock { realtime_offset_ns: 1_700_000_000 * SEC as i128, hz: HZ },
+        clock: Clock {
+            realtime_offset_ns: 1_700_000_000 * SEC as i128,
+            hz: HZ,
+        },
         reset_reasons: reasons,
         max_connections: 1000,
     })
 }
 
 fn header(kind: u32, ts_ns: u64, sk: u64) -> Header {
-    Header { kind, cpu: 0, ts_ns, sk }
+    Header {
+        kind,
+        cpu: 0,
+        ts_ns,
+        sk,
+    }
 }
 
 /// One firing of the keepalive timer at second `t` of a socket last heard at second `heard`
@@ -53,17 +67,33 @@ fn firing(sk: u64, sport: u16, t: u64, heard: u64, before: u8, after: u8) -> Raw
         state_after: tcp_state::ESTABLISHED,
         probes_before: before,
         probes_after: after,
-        expires_after: 1_000_000 + t * J as u64 + if after > before { J as u64 } else { J as u64 / 20 },
+        expires_after: 1_000_000
+            + t * J as u64
+            + if after > before {
+                J as u64
+            } else {
+                J as u64 / 20
+            },
         ..TimerRecord::default()
     })
 }
 
 fn close_info(old_state: u8, sk_err: i32, flags: u32) -> CloseInfo {
-    CloseInfo { old_state, sk_err, flags, reset_reason: REASON_UNKNOWN, ..CloseInfo::default() }
+    CloseInfo {
+        old_state,
+        sk_err,
+        flags,
+        reset_reason: REASON_UNKNOWN,
+        ..CloseInfo::default()
+    }
 }
 
 fn close(sk: u64, sport: u16, t_ns: u64, info: CloseInfo) -> RawEvent {
-    RawEvent::Close(CloseRecord { header: header(kind::CLOSE, t_ns, sk), tuple: tuple(sport), close: info })
+    RawEvent::Close(CloseRecord {
+        header: header(kind::CLOSE, t_ns, sk),
+        tuple: tuple(sport),
+        close: info,
+    })
 }
 
 fn run(c: &mut Correlator, records: &[RawEvent]) -> Vec<Event> {
@@ -79,7 +109,9 @@ fn names(events: &[Event]) -> Vec<&'static str> {
 }
 
 fn closed(events: &[Event]) -> &Body {
-    let mut it = events.iter().filter(|e| e.body.name() == "connection_closed");
+    let mut it = events
+        .iter()
+        .filter(|e| e.body.name() == "connection_closed");
     let b = &it.next().expect("a connection_closed").body;
     assert!(it.next().is_none(), "one connection_closed only");
     b
@@ -96,11 +128,17 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
         firing(SK, 5000, 4, 3, 1, 2),
         firing(SK, 5000, 5, 3, 2, 3),
     ];
-    let RawEvent::Timer(mut death) = firing(SK, 5000, 6, 3, 3, 3) else { unreachable!() };
+    let RawEvent::Timer(mut death) = firing(SK, 5000, 6, 3, 3, 3) else {
+        unreachable!()
+    };
     death.flags |= timer_flag::DIED | timer_flag::RST_SENT | timer_flag::ERROR_REPORTED;
     death.reset_reason = 15;
     death.error = 110;
-    death.close = CloseInfo { birth_ns: SEC / 2, probes_out: 3, ..close_info(tcp_state::ESTABLISHED, 110, 0) };
+    death.close = CloseInfo {
+        birth_ns: SEC / 2,
+        probes_out: 3,
+        ..close_info(tcp_state::ESTABLISHED, 110, 0)
+    };
     records.push(RawEvent::Timer(death));
     let out = run(&mut c, &records);
     assert_eq!(
@@ -128,9 +166,21 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
     assert_eq!(probes, [1, 1, 1, 2, 3]);
     assert_eq!(
         out[7].body,
-        Body::KeepaliveTimeout { probes: 3, max_probes: 3, idle_ms: 3000, error: Some("ETIMEDOUT"), user_timeout_ms: None }
+        Body::KeepaliveTimeout {
+            probes: 3,
+            max_probes: 3,
+            idle_ms: 3000,
+            error: Some("ETIMEDOUT"),
+            user_timeout_ms: None
+        }
     );
-    assert_eq!(out[8].body, Body::ResetSent { reason: "tcp_keepalive_timeout".into(), state: Some("established") });
+    assert_eq!(
+        out[8].body,
+        Body::ResetSent {
+            reason: "tcp_keepalive_timeout".into(),
+            state: Some("established")
+        }
+    );
     assert_eq!(
         *closed(&out),
         Body::ConnectionClosed {
@@ -156,7 +206,10 @@ fn an_answer_is_never_reported_before_its_probe() {
         t.rcv_tstamp -= 1;
     }
     let out = run(&mut c, &[firing(SK, 5000, 2, 1, 0, 1), r]);
-    assert_eq!(names(&out), ["keepalive_probe", "keepalive_ack", "keepalive_probe"]);
+    assert_eq!(
+        names(&out),
+        ["keepalive_probe", "keepalive_ack", "keepalive_probe"]
+    );
     assert!(out[1].ts >= out[0].ts);
 }
 
@@ -170,8 +223,24 @@ fn a_probe_answered_before_the_exit_hook_is_still_a_probe() {
         t.flags |= timer_flag::PROBE_BRANCH;
         t.expires_after = t.jiffies + J as u64;
     }
-    let out = run(&mut c, &[firing(SK, 5000, 1, 0, 0, 1), raced, firing(SK, 5000, 3, 2, 0, 1)]);
-    assert_eq!(names(&out), ["keepalive_probe", "keepalive_ack", "keepalive_probe", "keepalive_ack", "keepalive_probe"]);
+    let out = run(
+        &mut c,
+        &[
+            firing(SK, 5000, 1, 0, 0, 1),
+            raced,
+            firing(SK, 5000, 3, 2, 0, 1),
+        ],
+    );
+    assert_eq!(
+        names(&out),
+        [
+            "keepalive_probe",
+            "keepalive_ack",
+            "keepalive_probe",
+            "keepalive_ack",
+            "keepalive_probe"
+        ]
+    );
     // A probe held back by local congestion (re-armed for HZ/2) is counted by the kernel too.
     let mut c = correlator();
     let mut congested = firing(SK, 5000, 2, 1, 0, 0);
@@ -201,34 +270,75 @@ fn a_probe_answered_before_the_exit_hook_is_still_a_probe() {
 fn firings_that_send_nothing_are_not_probes() {
     let mut c = correlator();
     // Busy socket re-armed for 50 ms, congestion, data in flight: probes_out unchanged.
-    let out = run(&mut c, &[firing(SK, 5000, 1, 0, 0, 1), firing(SK, 5000, 2, 0, 1, 1), firing(SK, 5000, 2, 0, 1, 1)]);
+    let out = run(
+        &mut c,
+        &[
+            firing(SK, 5000, 1, 0, 0, 1),
+            firing(SK, 5000, 2, 0, 1, 1),
+            firing(SK, 5000, 2, 0, 1, 1),
+        ],
+    );
     assert_eq!(names(&out), ["keepalive_probe"]);
 }
 
 #[test]
 fn orphaned_fin_wait2_death_in_the_keepalive_timer_is_not_a_keepalive_timeout() {
     let mut c = correlator();
-    let RawEvent::Timer(mut t) = firing(SK, 5000, 70, 0, 0, 0) else { unreachable!() };
+    let RawEvent::Timer(mut t) = firing(SK, 5000, 70, 0, 0, 0) else {
+        unreachable!()
+    };
     t.flags = timer_flag::ORPHAN | timer_flag::DIED;
     t.state_before = tcp_state::FIN_WAIT2;
-    t.close = CloseInfo { fin_sent_ns: SEC, ..close_info(tcp_state::FIN_WAIT2, 0, 0) };
+    t.close = CloseInfo {
+        fin_sent_ns: SEC,
+        ..close_info(tcp_state::FIN_WAIT2, 0, 0)
+    };
     let out = run(&mut c, &[RawEvent::Timer(t)]);
     assert_eq!(names(&out), ["fin_sent", "connection_closed"]);
-    let Body::ConnectionClosed { cause, closed_by, time_wait, .. } = closed(&out) else { unreachable!() };
-    assert_eq!((*cause, *closed_by, *time_wait), (Cause::Fin, Side::Local, true));
+    let Body::ConnectionClosed {
+        cause,
+        closed_by,
+        time_wait,
+        ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*cause, *closed_by, *time_wait),
+        (Cause::Fin, Side::Local, true)
+    );
 }
 
 #[test]
 fn user_timeout_ends_probing_before_max_probes() {
     let mut c = correlator();
-    let RawEvent::Timer(mut t) = firing(SK, 5000, 4, 0, 1, 1) else { unreachable!() };
+    let RawEvent::Timer(mut t) = firing(SK, 5000, 4, 0, 1, 1) else {
+        unreachable!()
+    };
     t.flags |= timer_flag::DIED | timer_flag::RST_SENT;
     t.reset_reason = 15;
     t.user_timeout_ms = 3000;
     t.close = close_info(tcp_state::ESTABLISHED, 110, 0);
     let out = run(&mut c, &[firing(SK, 5000, 3, 0, 0, 1), RawEvent::Timer(t)]);
-    assert_eq!(names(&out), ["keepalive_probe", "keepalive_timeout", "reset_sent", "connection_closed"]);
-    assert!(matches!(out[1].body, Body::KeepaliveTimeout { probes: 1, max_probes: 3, user_timeout_ms: Some(3000), .. }));
+    assert_eq!(
+        names(&out),
+        [
+            "keepalive_probe",
+            "keepalive_timeout",
+            "reset_sent",
+            "connection_closed"
+        ]
+    );
+    assert!(matches!(
+        out[1].body,
+        Body::KeepaliveTimeout {
+            probes: 1,
+            max_probes: 3,
+            user_timeout_ms: Some(3000),
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -248,13 +358,46 @@ fn restarted_peer_answers_a_probe_with_rst() {
         &[
             firing(SK, 5000, 1, 0, 0, 1),
             rst,
-            close(SK, 5000, SEC + 2000, CloseInfo { probes_out: 1, ..close_info(tcp_state::ESTABLISHED, 104, close_flag::RST_RECV | close_flag::TRACKED) }),
+            close(
+                SK,
+                5000,
+                SEC + 2000,
+                CloseInfo {
+                    probes_out: 1,
+                    ..close_info(
+                        tcp_state::ESTABLISHED,
+                        104,
+                        close_flag::RST_RECV | close_flag::TRACKED,
+                    )
+                },
+            ),
         ],
     );
-    assert_eq!(names(&out), ["keepalive_probe", "reset_received", "connection_closed"]);
-    assert_eq!(out[1].body, Body::ResetReceived { during_keepalive: true, state: "established" });
-    let Body::ConnectionClosed { cause, closed_by, error, keepalive_acks, .. } = closed(&out) else { unreachable!() };
-    assert_eq!((*cause, *closed_by, *error, *keepalive_acks), (Cause::ResetReceived, Side::Remote, Some("ECONNRESET"), 0));
+    assert_eq!(
+        names(&out),
+        ["keepalive_probe", "reset_received", "connection_closed"]
+    );
+    assert_eq!(
+        out[1].body,
+        Body::ResetReceived {
+            during_keepalive: true,
+            state: "established"
+        }
+    );
+    let Body::ConnectionClosed {
+        cause,
+        closed_by,
+        error,
+        keepalive_acks,
+        ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*cause, *closed_by, *error, *keepalive_acks),
+        (Cause::ResetReceived, Side::Remote, Some("ECONNRESET"), 0)
+    );
 }
 
 #[test]
@@ -269,30 +412,89 @@ fn reset_without_outstanding_probe_is_not_during_keepalive() {
         ..ResetRecvRecord::default()
     });
     let out = run(&mut c, &[rst]);
-    assert_eq!(out[0].body, Body::ResetReceived { during_keepalive: false, state: "established" });
+    assert_eq!(
+        out[0].body,
+        Body::ResetReceived {
+            during_keepalive: false,
+            state: "established"
+        }
+    );
 }
 
 #[test]
 fn etimedout_outside_the_keepalive_timer_is_a_retransmission_timeout() {
     // Ground truth scenario 3: data in flight, TCP_USER_TIMEOUT, no probes.
     let mut c = correlator();
-    let out = run(&mut c, &[close(SK, 5000, 3 * SEC, close_info(tcp_state::ESTABLISHED, 110, close_flag::TRACKED))]);
-    let Body::ConnectionClosed { cause, error, .. } = closed(&out) else { unreachable!() };
-    assert_eq!((*cause, *error), (Cause::RetransmitTimeout, Some("ETIMEDOUT")));
+    let out = run(
+        &mut c,
+        &[close(
+            SK,
+            5000,
+            3 * SEC,
+            close_info(tcp_state::ESTABLISHED, 110, close_flag::TRACKED),
+        )],
+    );
+    let Body::ConnectionClosed { cause, error, .. } = closed(&out) else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*cause, *error),
+        (Cause::RetransmitTimeout, Some("ETIMEDOUT"))
+    );
     // A soft ICMP error reported instead of ETIMEDOUT is still a retransmission timeout...
-    let out = run(&mut c, &[close(SK, 5000, 4 * SEC, close_info(tcp_state::ESTABLISHED, 113, 0))]);
-    assert!(matches!(closed(&out), Body::ConnectionClosed { cause: Cause::RetransmitTimeout, error: Some("EHOSTUNREACH"), .. }));
+    let out = run(
+        &mut c,
+        &[close(
+            SK,
+            5000,
+            4 * SEC,
+            close_info(tcp_state::ESTABLISHED, 113, 0),
+        )],
+    );
+    assert!(matches!(
+        closed(&out),
+        Body::ConnectionClosed {
+            cause: Cause::RetransmitTimeout,
+            error: Some("EHOSTUNREACH"),
+            ..
+        }
+    ));
     // ...but a hard ICMP error during the handshake is not.
-    let out = run(&mut c, &[close(SK, 5000, 5 * SEC, close_info(tcp_state::SYN_SENT, 113, 0))]);
-    assert!(matches!(closed(&out), Body::ConnectionClosed { cause: Cause::Other, .. }));
+    let out = run(
+        &mut c,
+        &[close(
+            SK,
+            5000,
+            5 * SEC,
+            close_info(tcp_state::SYN_SENT, 113, 0),
+        )],
+    );
+    assert!(matches!(
+        closed(&out),
+        Body::ConnectionClosed {
+            cause: Cause::Other,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn rst_sent_after_close_is_the_cause_of_that_close() {
     // close() with unread data: the kernel moves to CLOSE, then sends the RST.
     let mut c = correlator();
-    let mut out = run(&mut c, &[close(SK, 5000, SEC, close_info(tcp_state::ESTABLISHED, 0, close_flag::TRACKED))]);
-    assert!(out.is_empty(), "a graceful-looking close waits for a trailing RST");
+    let mut out = run(
+        &mut c,
+        &[close(
+            SK,
+            5000,
+            SEC,
+            close_info(tcp_state::ESTABLISHED, 0, close_flag::TRACKED),
+        )],
+    );
+    assert!(
+        out.is_empty(),
+        "a graceful-looking close waits for a trailing RST"
+    );
     let rst = RawEvent::ResetSent(ResetSentRecord {
         header: header(kind::RST_SENT, SEC + 5000, SK),
         tuple: tuple(5000),
@@ -302,7 +504,12 @@ fn rst_sent_after_close_is_the_cause_of_that_close() {
     });
     c.handle(&rst, &mut out);
     assert_eq!(names(&out), ["reset_sent", "connection_closed"]);
-    let Body::ConnectionClosed { cause, closed_by, .. } = closed(&out) else { unreachable!() };
+    let Body::ConnectionClosed {
+        cause, closed_by, ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
     assert_eq!((*cause, *closed_by), (Cause::ResetSent, Side::Local));
     c.tick(u64::MAX, &mut out);
     assert_eq!(out.len(), 2, "nothing left waiting");
@@ -320,13 +527,25 @@ fn rst_after_close_of_an_untracked_socket_still_closes_it() {
     });
     let out = run(&mut c, &[rst]);
     assert_eq!(names(&out), ["reset_sent", "connection_closed"]);
-    assert!(matches!(closed(&out), Body::ConnectionClosed { cause: Cause::ResetSent, lifetime_ms: None, last_state: None, .. }));
+    assert!(matches!(
+        closed(&out),
+        Body::ConnectionClosed {
+            cause: Cause::ResetSent,
+            lifetime_ms: None,
+            last_state: None,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn graceful_close_is_reported_after_the_grace_period() {
     let mut c = correlator();
-    let info = CloseInfo { birth_ns: SEC, fin_sent_ns: 2 * SEC, ..close_info(tcp_state::FIN_WAIT2, 0, close_flag::TRACKED) };
+    let info = CloseInfo {
+        birth_ns: SEC,
+        fin_sent_ns: 2 * SEC,
+        ..close_info(tcp_state::FIN_WAIT2, 0, close_flag::TRACKED)
+    };
     let mut out = run(&mut c, &[close(SK, 5000, 3 * SEC, info)]);
     assert!(out.is_empty());
     c.tick(3 * SEC + CLOSE_GRACE_NS - 1, &mut out);
@@ -334,17 +553,51 @@ fn graceful_close_is_reported_after_the_grace_period() {
     c.tick(3 * SEC + CLOSE_GRACE_NS, &mut out);
     assert_eq!(names(&out), ["fin_sent", "connection_closed"]);
     assert_eq!(out[0].body, Body::FinSent { state: "fin_wait1" });
-    let Body::ConnectionClosed { cause, closed_by, time_wait, lifetime_ms, .. } = closed(&out) else { unreachable!() };
-    assert_eq!((*cause, *closed_by, *time_wait, *lifetime_ms), (Cause::Fin, Side::Local, true, Some(2000)));
+    let Body::ConnectionClosed {
+        cause,
+        closed_by,
+        time_wait,
+        lifetime_ms,
+        ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*cause, *closed_by, *time_wait, *lifetime_ms),
+        (Cause::Fin, Side::Local, true, Some(2000))
+    );
 }
 
 #[test]
 fn destroy_ends_the_wait_for_a_trailing_rst() {
     let mut c = correlator();
-    let mut out = run(&mut c, &[close(SK, 5000, SEC, close_info(tcp_state::LAST_ACK, 0, close_flag::TRACKED))]);
-    c.handle(&RawEvent::Destroy(header(kind::DESTROY, SEC + 10, SK)), &mut out);
-    let Body::ConnectionClosed { cause, closed_by, time_wait, .. } = closed(&out) else { unreachable!() };
-    assert_eq!((*cause, *closed_by, *time_wait), (Cause::Fin, Side::Remote, false));
+    let mut out = run(
+        &mut c,
+        &[close(
+            SK,
+            5000,
+            SEC,
+            close_info(tcp_state::LAST_ACK, 0, close_flag::TRACKED),
+        )],
+    );
+    c.handle(
+        &RawEvent::Destroy(header(kind::DESTROY, SEC + 10, SK)),
+        &mut out,
+    );
+    let Body::ConnectionClosed {
+        cause,
+        closed_by,
+        time_wait,
+        ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*cause, *closed_by, *time_wait),
+        (Cause::Fin, Side::Remote, false)
+    );
 }
 
 #[test]
@@ -352,20 +605,50 @@ fn peer_closes_first_fins_live() {
     // Ground truth scenario 4, receiving side, keepalive on: FINs come as they happen.
     let mut c = correlator();
     let fin = |t, old, new| {
-        RawEvent::State(StateRecord { header: header(kind::STATE, t, SK), tuple: tuple(5000), old_state: old, new_state: new, _pad: [0; 6] })
+        RawEvent::State(StateRecord {
+            header: header(kind::STATE, t, SK),
+            tuple: tuple(5000),
+            old_state: old,
+            new_state: new,
+            _pad: [0; 6],
+        })
     };
     let mut out = run(
         &mut c,
         &[
             fin(SEC, tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
             fin(2 * SEC, tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK),
-            close(SK, 5000, 2 * SEC + 100, CloseInfo { fin_recv_ns: SEC, fin_sent_ns: 2 * SEC, ..close_info(tcp_state::LAST_ACK, 0, close_flag::TRACKED) }),
+            close(
+                SK,
+                5000,
+                2 * SEC + 100,
+                CloseInfo {
+                    fin_recv_ns: SEC,
+                    fin_sent_ns: 2 * SEC,
+                    ..close_info(tcp_state::LAST_ACK, 0, close_flag::TRACKED)
+                },
+            ),
         ],
     );
     c.flush(&mut out);
-    assert_eq!(names(&out), ["fin_received", "fin_sent", "connection_closed"], "FINs are not repeated at close");
-    let Body::ConnectionClosed { cause, closed_by, time_wait, .. } = closed(&out) else { unreachable!() };
-    assert_eq!((*cause, *closed_by, *time_wait), (Cause::Fin, Side::Remote, false));
+    assert_eq!(
+        names(&out),
+        ["fin_received", "fin_sent", "connection_closed"],
+        "FINs are not repeated at close"
+    );
+    let Body::ConnectionClosed {
+        cause,
+        closed_by,
+        time_wait,
+        ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*cause, *closed_by, *time_wait),
+        (Cause::Fin, Side::Remote, false)
+    );
 }
 
 #[test]
@@ -375,20 +658,45 @@ fn an_answer_seen_only_at_close_is_reported() {
         &mut c,
         &[
             firing(SK, 5000, 1, 0, 0, 1),
-            close(SK, 5000, 2 * SEC, CloseInfo { probes_out: 0, ..close_info(tcp_state::FIN_WAIT2, 0, close_flag::TRACKED) }),
+            close(
+                SK,
+                5000,
+                2 * SEC,
+                CloseInfo {
+                    probes_out: 0,
+                    ..close_info(tcp_state::FIN_WAIT2, 0, close_flag::TRACKED)
+                },
+            ),
         ],
     );
     c.flush(&mut out);
-    assert_eq!(names(&out), ["keepalive_probe", "keepalive_ack", "connection_closed"]);
-    assert!(matches!(closed(&out), Body::ConnectionClosed { keepalive_probes: 1, keepalive_acks: 1, .. }));
+    assert_eq!(
+        names(&out),
+        ["keepalive_probe", "keepalive_ack", "connection_closed"]
+    );
+    assert!(matches!(
+        closed(&out),
+        Body::ConnectionClosed {
+            keepalive_probes: 1,
+            keepalive_acks: 1,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn a_reused_socket_address_is_a_new_connection() {
     let mut c = correlator();
     // Socket SK probed as port 5000, its close lost; the same address now serves port 6000.
-    let out = run(&mut c, &[firing(SK, 5000, 1, 0, 0, 1), firing(SK, 6000, 2, 1, 0, 1)]);
-    assert_eq!(names(&out), ["keepalive_probe", "keepalive_probe"], "no ack carried over to the new connection");
+    let out = run(
+        &mut c,
+        &[firing(SK, 5000, 1, 0, 0, 1), firing(SK, 6000, 2, 1, 0, 1)],
+    );
+    assert_eq!(
+        names(&out),
+        ["keepalive_probe", "keepalive_probe"],
+        "no ack carried over to the new connection"
+    );
     assert_eq!(c.stats.replaced, 1);
 }
 
@@ -396,7 +704,9 @@ fn a_reused_socket_address_is_a_new_connection() {
 fn the_table_is_bounded_and_evictions_are_counted() {
     let mut c = correlator();
     c.settings.max_connections = 64;
-    let records: Vec<RawEvent> = (0..200u64).map(|i| firing(SK + i * 4096, 1000 + i as u16, 1 + i, 0, 0, 1)).collect();
+    let records: Vec<RawEvent> = (0..200u64)
+        .map(|i| firing(SK + i * 4096, 1000 + i as u16, 1 + i, 0, 0, 1))
+        .collect();
     run(&mut c, &records);
     assert!(c.tracked() <= 64);
     assert_eq!(c.stats.evicted as usize + c.tracked(), 200);
@@ -404,12 +714,24 @@ fn the_table_is_bounded_and_evictions_are_counted() {
 
 #[test]
 fn v4_mapped_ipv6_is_reported_as_ipv4() {
-    let mut t = Tuple { family: AF_INET6, sport: 1, dport: 2, ..Tuple::default() };
-    t.saddr = std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped().octets();
-    t.daddr = std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
+    let mut t = Tuple {
+        family: AF_INET6,
+        sport: 1,
+        dport: 2,
+        ..Tuple::default()
+    };
+    t.saddr = std::net::Ipv4Addr::new(10, 0, 0, 1)
+        .to_ipv6_mapped()
+        .octets();
+    t.daddr = std::net::Ipv4Addr::new(10, 0, 0, 2)
+        .to_ipv6_mapped()
+        .octets();
     let e = crate::model::Endpoints::from_tuple(&t);
     assert_eq!(e.family, crate::model::Family::Ipv4);
     assert_eq!(e.saddr.to_string(), "10.0.0.1");
     t.daddr = "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
-    assert_eq!(crate::model::Endpoints::from_tuple(&t).family, crate::model::Family::Ipv6);
+    assert_eq!(
+        crate::model::Endpoints::from_tuple(&t).family,
+        crate::model::Family::Ipv6
+    );
 }

@@ -66,7 +66,11 @@ unsafe impl Wire for ErrorRecord {}
 fn read<T: Wire>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
     let want = size_of::<T>();
     if buf.len() < want {
-        return Err(DecodeError::Truncated { kind, want, got: buf.len() });
+        return Err(DecodeError::Truncated {
+            kind,
+            want,
+            got: buf.len(),
+        });
     }
     // SAFETY: `buf` holds at least size_of::<T>() bytes (checked above), the read is
     // unaligned-safe, and `T: Wire` accepts any bit pattern.
@@ -95,7 +99,8 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent, DecodeError> {
 pub fn encode<T: Wire>(record: &T) -> Vec<u8> {
     // SAFETY: `T: Wire` has no implicit padding, so all size_of::<T>() bytes are
     // initialised and may be read as `u8`.
-    unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
 }
 
 #[cfg(test)]
@@ -107,25 +112,49 @@ mod tests {
     #[test]
     fn round_trip() {
         let rec = StateRecord {
-            header: Header { kind: kind::STATE, cpu: 1, ts_ns: 42, sk: 7 },
-            tuple: Tuple { sport: 1, dport: 2, ..Tuple::default() },
+            header: Header {
+                kind: kind::STATE,
+                cpu: 1,
+                ts_ns: 42,
+                sk: 7,
+            },
+            tuple: Tuple {
+                sport: 1,
+                dport: 2,
+                ..Tuple::default()
+            },
             old_state: tcp_state::ESTABLISHED,
             new_state: tcp_state::CLOSE_WAIT,
             _pad: [0; 6],
         };
         assert_eq!(decode(&encode(&rec)), Ok(RawEvent::State(rec)));
-        let h = Header { kind: kind::DESTROY, cpu: 0, ts_ns: 1, sk: 2 };
+        let h = Header {
+            kind: kind::DESTROY,
+            cpu: 0,
+            ts_ns: 1,
+            sk: 2,
+        };
         assert_eq!(decode(&encode(&h)), Ok(RawEvent::Destroy(h)));
     }
 
     #[test]
     fn short_and_unknown_records_are_errors() {
-        let rec = TimerRecord { header: Header { kind: kind::KA_TIMER, ..Header::default() }, ..TimerRecord::default() };
+        let rec = TimerRecord {
+            header: Header {
+                kind: kind::KA_TIMER,
+                ..Header::default()
+            },
+            ..TimerRecord::default()
+        };
         let bytes = encode(&rec);
         assert_eq!(decode(&bytes[..10]), Err(DecodeError::NoHeader(10)));
         assert_eq!(
             decode(&bytes[..100]),
-            Err(DecodeError::Truncated { kind: kind::KA_TIMER, want: size_of::<TimerRecord>(), got: 100 })
+            Err(DecodeError::Truncated {
+                kind: kind::KA_TIMER,
+                want: size_of::<TimerRecord>(),
+                got: 100
+            })
         );
         let mut unknown = bytes.clone();
         unknown[0] = 99;

@@ -8,6 +8,8 @@ pub mod exit {
     pub const PERMISSION: i32 = 3;
     pub const UNSUPPORTED_KERNEL: i32 = 4;
     pub const OUTPUT: i32 = 5;
+    /// The metrics address cannot be listened on (in use, not local, no permission).
+    pub const METRICS: i32 = 6;
 }
 
 #[derive(Debug)]
@@ -18,7 +20,10 @@ pub struct Fatal {
 
 impl Fatal {
     pub fn new(code: i32, message: impl fmt::Display) -> Self {
-        Fatal { code, message: message.to_string() }
+        Fatal {
+            code,
+            message: message.to_string(),
+        }
     }
 
     pub fn code(&self) -> i32 {

@@ -16,9 +16,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, Error)]
 pub enum KernelError {
-    #[error(
-        "no kernel BTF at {0}: kaprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-    )]
+    #[error("no kernel BTF at {0}: kaprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf(PathBuf),
     #[error("cannot read kernel BTF at {0}: {1}")]
     BtfUnreadable(PathBuf, std::io::Error),
@@ -94,10 +92,16 @@ fn field(btf: &Btf, strukt: &str, path: &str, want: u32) -> Result<u32, KernelEr
     let first = alternatives.next().unwrap_or(path);
     let f = match btf.field(strukt, first) {
         Ok(f) => f,
-        Err(e) => alternatives.find_map(|alt| btf.field(strukt, alt).ok()).ok_or(e)?,
+        Err(e) => alternatives
+            .find_map(|alt| btf.field(strukt, alt).ok())
+            .ok_or(e)?,
     };
     if f.size != want {
-        return Err(KernelError::FieldSize { field: format!("{strukt}.{path}"), got: f.size, want });
+        return Err(KernelError::FieldSize {
+            field: format!("{strukt}.{path}"),
+            got: f.size,
+            want,
+        });
     }
     Ok(f.offset)
 }
@@ -156,7 +160,10 @@ pub fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), Kern
         let args = btf.tracepoint_args(name)?;
         protos.push(TracepointProto { name, args });
     }
-    let send_reset = protos.iter().find(|p| p.name == "tcp_send_reset").map(|p| p.args.len());
+    let send_reset = protos
+        .iter()
+        .find(|p| p.name == "tcp_send_reset")
+        .map(|p| p.args.len());
     if send_reset.is_some_and(|n| n >= 3) {
         c.flags |= config_flag::RESET_HAS_REASON;
     }
@@ -181,7 +188,10 @@ pub fn reset_reason_names(btf: &Btf) -> HashMap<u32, String> {
                 .into_iter()
                 .filter(|(n, _)| n != "SK_RST_REASON_MAX")
                 .map(|(n, v)| {
-                    let short = n.strip_prefix("SK_RST_REASON_").unwrap_or(&n).to_ascii_lowercase();
+                    let short = n
+                        .strip_prefix("SK_RST_REASON_")
+                        .unwrap_or(&n)
+                        .to_ascii_lowercase();
                     (v as u32, short)
                 })
                 .collect()
@@ -196,13 +206,16 @@ pub fn kallsyms_lookup(text: &str, symbol: &str) -> Option<u64> {
         let addr = it.next()?;
         let _kind = it.next()?;
         let name = it.next()?;
-        (name == symbol).then(|| u64::from_str_radix(addr, 16).ok()).flatten()
+        (name == symbol)
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
     })
 }
 
 /// Address of `tcp_keepalive_timer` from /proc/kallsyms.
 pub fn keepalive_timer_address() -> Result<u64, KernelError> {
-    let text = std::fs::read_to_string("/proc/kallsyms").map_err(KernelError::KallsymsUnreadable)?;
+    let text =
+        std::fs::read_to_string("/proc/kallsyms").map_err(KernelError::KallsymsUnreadable)?;
     match kallsyms_lookup(&text, "tcp_keepalive_timer") {
         None => Err(KernelError::NoKeepaliveTimer),
         Some(0) => Err(KernelError::KallsymsHidden),
@@ -212,7 +225,8 @@ pub fn keepalive_timer_address() -> Result<u64, KernelError> {
 
 /// `CONFIG_HZ=` in kernel config text.
 pub fn hz_from_config(text: &str) -> Option<u32> {
-    text.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
 }
 
 /// The kernel's HZ: from /proc/config.gz or /boot/config-<release>, else measured from the
@@ -220,7 +234,10 @@ pub fn hz_from_config(text: &str) -> Option<u32> {
 pub fn kernel_hz(release: &str) -> Result<(u32, String), KernelError> {
     if let Ok(gz) = std::fs::read("/proc/config.gz") {
         let mut text = String::new();
-        if flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).is_ok() {
+        if flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut text)
+            .is_ok()
+        {
             if let Some(hz) = hz_from_config(&text) {
                 return Ok((hz, "/proc/config.gz".into()));
             }
@@ -288,14 +305,20 @@ mod tests {
     #[test]
     fn kallsyms() {
         let text = "ffffffff81000000 T _stext\nffffffff81c6a2b0 t tcp_keepalive_timer\nffffffff81c6a2c0 t tcp_keepalive_timer.cold\n0000000000000000 t hidden [mod]\n";
-        assert_eq!(kallsyms_lookup(text, "tcp_keepalive_timer"), Some(0xffffffff81c6a2b0));
+        assert_eq!(
+            kallsyms_lookup(text, "tcp_keepalive_timer"),
+            Some(0xffffffff81c6a2b0)
+        );
         assert_eq!(kallsyms_lookup(text, "hidden"), Some(0));
         assert_eq!(kallsyms_lookup(text, "absent"), None);
     }
 
     #[test]
     fn hz_from_kernel_config() {
-        assert_eq!(hz_from_config("# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
+        assert_eq!(
+            hz_from_config("# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            Some(250)
+        );
         assert_eq!(hz_from_config("CONFIG_HZ_1000=y\n"), None);
     }
 }

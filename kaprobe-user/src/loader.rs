@@ -36,7 +36,11 @@ pub enum LoadError {
     #[error("cannot load the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("cannot attach to tracepoint {tracepoint}: tp_btf: {btf}; raw tracepoint: {raw}")]
-    Attach { tracepoint: &'static str, btf: String, raw: String },
+    Attach {
+        tracepoint: &'static str,
+        btf: String,
+        raw: String,
+    },
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
 }
@@ -77,14 +81,25 @@ fn describe(e: &aya::programs::ProgramError) -> String {
         detail = s.to_string();
         src = s.source();
     }
-    let detail = detail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
-    if detail.is_empty() { text } else { format!("{text}: {detail}") }
+    let detail = detail
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_owned();
+    if detail.is_empty() {
+        text
+    } else {
+        format!("{text}: {detail}")
+    }
 }
 
 /// Sets of the kernel's socket table for `max_connections`: twice as many slots as
 /// connections, 8 per set, a power of two (the programs mask the hash with it).
 pub fn sock_sets(max_connections: u32) -> u32 {
-    (max_connections as u64 * 2 / kaprobe_common::SOCK_WAYS as u64).next_power_of_two().clamp(1, 1 << 24) as u32
+    (max_connections as u64 * 2 / kaprobe_common::SOCK_WAYS as u64)
+        .next_power_of_two()
+        .clamp(1, 1 << 24) as u32
 }
 
 /// Loads the object with `facts.config`, and attaches every hook (tp_btf, else raw_tp).
@@ -107,10 +122,16 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
     if opts.attach == Attach::RawTracepoint {
         btf_failure = Some((HOOKS[0].0, "not tried (--attach raw-tracepoint)".to_owned()));
     }
-    for &(tracepoint, btf_prog, _) in HOOKS.iter().filter(|_| opts.attach != Attach::RawTracepoint) {
+    for &(tracepoint, btf_prog, _) in HOOKS
+        .iter()
+        .filter(|_| opts.attach != Attach::RawTracepoint)
+    {
         match attach_btf(&mut ebpf, btf_prog, tracepoint, &btf) {
             Ok(()) => {
-                hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "tp_btf".into() });
+                hooks.push(HookInfo {
+                    tracepoint: tracepoint.into(),
+                    attach: "tp_btf".into(),
+                });
                 programs.push(btf_prog);
             }
             Err(e) => {
@@ -121,15 +142,22 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
     }
     if let Some((failed, btf_err)) = btf_failure {
         if opts.attach == Attach::TpBtf {
-            return Err(LoadError::Attach { tracepoint: failed, btf: btf_err, raw: "not tried (--attach tp-btf)".into() });
+            return Err(LoadError::Attach {
+                tracepoint: failed,
+                btf: btf_err,
+                raw: "not tried (--attach tp-btf)".into(),
+            });
         }
         if opts.attach == Attach::Auto {
-            log::warn!("tp_btf {failed} unavailable ({btf_err}); using raw tracepoints for every hook");
+            log::warn!(
+                "tp_btf {failed} unavailable ({btf_err}); using raw tracepoints for every hook"
+            );
         }
         hooks.clear();
         programs.clear();
         for (_, btf_prog, _) in HOOKS {
-            let prog: Option<&mut BtfTracePoint> = ebpf.program_mut(btf_prog).and_then(|p| p.try_into().ok());
+            let prog: Option<&mut BtfTracePoint> =
+                ebpf.program_mut(btf_prog).and_then(|p| p.try_into().ok());
             if let Some(p) = prog {
                 let _ = p.unload();
             }
@@ -137,14 +165,25 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
         for (tracepoint, _, raw_prog) in HOOKS {
             attach_raw(&mut ebpf, raw_prog, tracepoint).map_err(|raw| LoadError::Attach {
                 tracepoint,
-                btf: if tracepoint == failed { btf_err.clone() } else { "not tried".into() },
+                btf: if tracepoint == failed {
+                    btf_err.clone()
+                } else {
+                    "not tried".into()
+                },
                 raw,
             })?;
-            hooks.push(HookInfo { tracepoint: tracepoint.into(), attach: "raw_tracepoint".into() });
+            hooks.push(HookInfo {
+                tracepoint: tracepoint.into(),
+                attach: "raw_tracepoint".into(),
+            });
             programs.push(raw_prog);
         }
     }
-    Ok(Loaded { ebpf, hooks, programs })
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        programs,
+    })
 }
 
 fn attach_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &aya::Btf) -> Result<(), String> {
@@ -182,20 +221,26 @@ impl Loaded {
 
     /// The ring buffer, taken out of the object (call once).
     pub fn ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self
-            .ebpf
-            .take_map(map_name::EVENTS)
-            .ok_or(LoadError::Map(map_name::EVENTS, aya::maps::MapError::InvalidName { name: map_name::EVENTS.into() }))?;
+        let map = self.ebpf.take_map(map_name::EVENTS).ok_or(LoadError::Map(
+            map_name::EVENTS,
+            aya::maps::MapError::InvalidName {
+                name: map_name::EVENTS.into(),
+            },
+        ))?;
         RingBuf::try_from(map).map_err(|e| LoadError::Map(map_name::EVENTS, e))
     }
 
     /// The per-CPU loss counters, taken out of the object (call once).
     pub fn stats(&mut self) -> Result<KernelStats, LoadError> {
-        let map = self
-            .ebpf
-            .take_map(map_name::STATS)
-            .ok_or(LoadError::Map(map_name::STATS, aya::maps::MapError::InvalidName { name: map_name::STATS.into() }))?;
-        Ok(KernelStats { map: PerCpuArray::try_from(map).map_err(|e| LoadError::Map(map_name::STATS, e))? })
+        let map = self.ebpf.take_map(map_name::STATS).ok_or(LoadError::Map(
+            map_name::STATS,
+            aya::maps::MapError::InvalidName {
+                name: map_name::STATS.into(),
+            },
+        ))?;
+        Ok(KernelStats {
+            map: PerCpuArray::try_from(map).map_err(|e| LoadError::Map(map_name::STATS, e))?,
+        })
     }
 }
 
@@ -224,8 +269,23 @@ impl KernelStats {
         self.sum(stat::RECORDS_SENT)
     }
 
+    /// Records lost (ring buffer full), per record kind: `(kind, count)` for kinds 1..=7.
+    pub fn lost_by_kind(&self) -> Vec<(u32, u64)> {
+        (1..=7)
+            .map(|k| (k, self.sum(stat::LOST_BY_KIND + k)))
+            .collect()
+    }
+
+    /// Lost keepalive timer records whose firing ended the connection.
+    pub fn lost_timer_deaths(&self) -> u64 {
+        self.sum(stat::LOST_TIMER_DEATHS)
+    }
+
     /// Keepalive timer firings whose entry and exit did not pair up on one CPU.
     pub fn timer_unpaired(&self) -> (u64, u64) {
-        (self.sum(stat::TIMER_UNPAIRED), self.sum(stat::TIMER_OVERLAP))
+        (
+            self.sum(stat::TIMER_UNPAIRED),
+            self.sum(stat::TIMER_OVERLAP),
+        )
     }
 }

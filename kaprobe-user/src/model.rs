@@ -21,7 +21,9 @@ impl Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(self.0)))
+        s.collect_str(&humantime::format_rfc3339_micros(
+            UNIX_EPOCH + Duration::from_nanos(self.0),
+        ))
     }
 }
 
@@ -59,7 +61,14 @@ impl Endpoints {
             (v4(&t.saddr), v4(&t.daddr), Family::Ipv4)
         };
         debug_assert!(t.family == AF_INET || t.family == AF_INET6 || t.family == 0);
-        Endpoints { saddr, sport: t.sport, daddr, dport: t.dport, family, netns: t.netns }
+        Endpoints {
+            saddr,
+            sport: t.sport,
+            daddr,
+            dport: t.dport,
+            family,
+            netns: t.netns,
+        }
     }
 }
 
@@ -82,6 +91,15 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub const ALL: [Cause; 6] = [
+        Cause::KeepaliveTimeout,
+        Cause::ResetReceived,
+        Cause::ResetSent,
+        Cause::RetransmitTimeout,
+        Cause::Fin,
+        Cause::Other,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Cause::KeepaliveTimeout => "keepalive_timeout",
@@ -118,6 +136,20 @@ pub struct KernelFeatures {
     pub hz_source: String,
 }
 
+/// What the records lost from a full ring buffer were.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LostRecords {
+    /// Lost records by kind (`keepalive_timer`, `state`, `close`, `reset_sent`,
+    /// `reset_received`, `error`, `destroy`); kinds with none lost are left out.
+    pub by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Connection ends that will not be reported (no `connection_closed`): lost close
+    /// records, and lost keepalive timer records of firings that ended the connection.
+    pub connection_ends: u64,
+    /// Of those, the keepalive timer's: each a `keepalive_timeout` (or an orphan's end in
+    /// the same timer) that will not be reported.
+    pub keepalive_timer_ends: u64,
+}
+
 /// Totals for the exit summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -133,6 +165,8 @@ pub struct Totals {
     pub closed_by_cause: std::collections::BTreeMap<&'static str, u64>,
     /// Records the kernel could not deliver (ring buffer full).
     pub events_lost: u64,
+    /// What those records were.
+    pub lost_records: LostRecords,
     /// Sockets the kernel could not track (its connection table was full).
     pub untracked_sockets: u64,
     /// Connections the agent stopped following because its table was full.
@@ -208,6 +242,9 @@ pub enum Body {
         /// `recursion` (hook runs the kernel skipped).
         source: &'static str,
         total: u64,
+        /// For `ring_buffer`: what the lost records were, since the previous report.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        records: Option<LostRecords>,
     },
 }
 
@@ -249,8 +286,13 @@ impl Serialize for Event {
             #[serde(flatten)]
             body: &'a Body,
         }
-        Line { ts: &self.ts, event: self.body.name(), conn: &self.conn, body: &self.body }
-            .serialize(s)
+        Line {
+            ts: &self.ts,
+            event: self.body.name(),
+            conn: &self.conn,
+            body: &self.body,
+        }
+        .serialize(s)
     }
 }
 

@@ -34,7 +34,9 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
@@ -80,8 +82,13 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, e: &Event) -> bool {
         let Some(c) = &e.conn else { return true };
-        let port_ok = self.ports.is_empty() || self.ports.iter().any(|&p| p == c.sport || p == c.dport);
-        let addr_ok = self.nets.is_empty() || self.nets.iter().any(|n| n.contains(&c.saddr) || n.contains(&c.daddr));
+        let port_ok =
+            self.ports.is_empty() || self.ports.iter().any(|&p| p == c.sport || p == c.dport);
+        let addr_ok = self.nets.is_empty()
+            || self
+                .nets
+                .iter()
+                .any(|n| n.contains(&c.saddr) || n.contains(&c.daddr));
         port_ok && addr_ok
     }
 }
@@ -113,7 +120,16 @@ pub struct Output {
 
 impl Output {
     pub fn new(out: Box<dyn Write + Send>, format: Format) -> Self {
-        Output { out, format, line: String::with_capacity(512) }
+        Output {
+            out,
+            format,
+            line: String::with_capacity(512),
+        }
+    }
+
+    /// Writes to `out` from now on (the old sink is dropped: flush it first).
+    pub fn replace(&mut self, out: Box<dyn Write + Send>) {
+        self.out = out;
     }
 
     pub fn write(&mut self, e: &Event) -> io::Result<()> {
@@ -165,7 +181,14 @@ pub fn human(line: &mut String, e: &Event) {
     let conn = e.conn.as_ref().map(endpoints).unwrap_or_default();
     let _ = write!(line, "{time}  {:<18} {conn:<47} ", e.body.name());
     let _ = match &e.body {
-        Body::AgentStart { version, kernel, mode, hooks, features, .. } => {
+        Body::AgentStart {
+            version,
+            kernel,
+            mode,
+            hooks,
+            features,
+            ..
+        } => {
             let kinds: Vec<&str> = hooks.iter().map(|h| h.attach.as_str()).collect();
             let mut kinds_u = kinds.clone();
             kinds_u.dedup();
@@ -175,11 +198,22 @@ pub fn human(line: &mut String, e: &Event) {
                 hooks.len(),
                 kinds_u.join("+"),
                 features.hz,
-                if features.reset_reason { "available" } else { "unavailable (kernel < 6.10)" }
+                if features.reset_reason {
+                    "available"
+                } else {
+                    "unavailable (kernel < 6.10)"
+                }
             )
         }
-        Body::AgentStop { duration_ms, totals } => {
-            let causes: Vec<String> = totals.closed_by_cause.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        Body::AgentStop {
+            duration_ms,
+            totals,
+        } => {
+            let causes: Vec<String> = totals
+                .closed_by_cause
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
             write!(
                 line,
                 "after {}: keepalive {} probes, {} acks, {} timeouts; resets {} sent, {} received; \
@@ -193,22 +227,42 @@ pub fn human(line: &mut String, e: &Event) {
                 totals.fins_sent,
                 totals.fins_received,
                 totals.connections_closed,
-                if causes.is_empty() { "none".to_owned() } else { causes.join(", ") },
+                if causes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    causes.join(", ")
+                },
                 totals.events_lost,
                 totals.untracked_sockets,
             )
         }
-        Body::KeepaliveProbe { probe, max_probes, idle_ms, interval_ms } => write!(
+        Body::KeepaliveProbe {
+            probe,
+            max_probes,
+            idle_ms,
+            interval_ms,
+        } => write!(
             line,
             "probe {probe}/{max_probes} sent after {} without hearing the peer (interval {})",
             secs(*idle_ms),
             secs(*interval_ms)
         ),
         Body::KeepaliveAck { probes_unanswered } => {
-            write!(line, "peer answered ({probes_unanswered} probe(s) were outstanding)")
+            write!(
+                line,
+                "peer answered ({probes_unanswered} probe(s) were outstanding)"
+            )
         }
-        Body::KeepaliveTimeout { probes, max_probes, idle_ms, error, user_timeout_ms } => {
-            let ut = user_timeout_ms.map(|ms| format!(", TCP_USER_TIMEOUT {ms} ms")).unwrap_or_default();
+        Body::KeepaliveTimeout {
+            probes,
+            max_probes,
+            idle_ms,
+            error,
+            user_timeout_ms,
+        } => {
+            let ut = user_timeout_ms
+                .map(|ms| format!(", TCP_USER_TIMEOUT {ms} ms"))
+                .unwrap_or_default();
             write!(
                 line,
                 "keepalive timeout: {probes}/{max_probes} probes unanswered after {} idle{ut} ({})",
@@ -218,12 +272,22 @@ pub fn human(line: &mut String, e: &Event) {
         }
         Body::ResetSent { reason, state } => match state {
             Some(s) => write!(line, "RST sent ({reason}) from {s}"),
-            None => write!(line, "RST sent ({reason}) answering a segment with no socket"),
+            None => write!(
+                line,
+                "RST sent ({reason}) answering a segment with no socket"
+            ),
         },
-        Body::ResetReceived { during_keepalive, state } => write!(
+        Body::ResetReceived {
+            during_keepalive,
+            state,
+        } => write!(
             line,
             "RST received in {state}{}",
-            if *during_keepalive { " while a keepalive probe was outstanding" } else { "" }
+            if *during_keepalive {
+                " while a keepalive probe was outstanding"
+            } else {
+                ""
+            }
         ),
         Body::FinSent { state } => write!(line, "FIN sent (now {state})"),
         Body::FinReceived { state } => write!(line, "FIN received (now {state})"),
@@ -237,20 +301,47 @@ pub fn human(line: &mut String, e: &Event) {
             keepalive_acks,
             ..
         } => {
-            let by = if *closed_by == Side::Local { "this side" } else { "the peer" };
-            let life = lifetime_ms.map(|ms| format!(" after {}", secs(ms))).unwrap_or_default();
+            let by = if *closed_by == Side::Local {
+                "this side"
+            } else {
+                "the peer"
+            };
+            let life = lifetime_ms
+                .map(|ms| format!(" after {}", secs(ms)))
+                .unwrap_or_default();
             let err = error.map(|e| format!(" ({e})")).unwrap_or_default();
-            let tw = if *time_wait { ", this side holds TIME_WAIT" } else { "" };
+            let tw = if *time_wait {
+                ", this side holds TIME_WAIT"
+            } else {
+                ""
+            };
             write!(
                 line,
                 "closed{life}: {}{err}, ended by {by}; keepalive {keepalive_probes} probes, {keepalive_acks} acks{tw}",
                 cause_text(*cause)
             )
         }
-        Body::EventsLost { count, source, total } => match *source {
-            "ring_buffer" => write!(line, "LOST {count} records: ring buffer full ({total} in total)"),
-            "recursion" => write!(line, "LOST {count} hook runs: skipped by the kernel, program already running ({total} in total)"),
-            _ => write!(line, "{count} sockets not tracked: kernel connection table full ({total} in total)"),
+        Body::EventsLost {
+            count,
+            source,
+            total,
+            records,
+        } => match *source {
+            "ring_buffer" => {
+                let ends = records.as_ref().map_or(0, |r| r.connection_ends);
+                write!(
+                    line,
+                    "LOST {count} records: ring buffer full ({total} in total); {ends} connection ends unreported"
+                )
+            }
+            "recursion" => write!(
+                line,
+                "LOST {count} hook runs: skipped by the kernel, program already running ({total} in total)"
+            ),
+            _ => write!(
+                line,
+                "{count} sockets not tracked: kernel connection table full ({total} in total)"
+            ),
         },
     };
     if let Some(c) = &e.conn {
@@ -277,7 +368,9 @@ mod tests {
                 family: Family::Ipv4,
                 netns: 1,
             }),
-            body: Body::KeepaliveAck { probes_unanswered: 1 },
+            body: Body::KeepaliveAck {
+                probes_unanswered: 1,
+            },
         }
     }
 
@@ -302,13 +395,50 @@ mod tests {
     fn filters_match_either_end() {
         let e = event(5000, 80, "10.0.0.1", "192.0.2.7");
         assert!(Filter::default().matches(&e));
-        assert!(Filter { ports: vec![80], nets: vec![] }.matches(&e));
-        assert!(Filter { ports: vec![5000], nets: vec![] }.matches(&e));
-        assert!(!Filter { ports: vec![443], nets: vec![] }.matches(&e));
-        assert!(Filter { ports: vec![], nets: vec!["192.0.2.0/24".parse().unwrap()] }.matches(&e));
-        assert!(!Filter { ports: vec![80], nets: vec!["198.51.100.0/24".parse().unwrap()] }.matches(&e));
+        assert!(
+            Filter {
+                ports: vec![80],
+                nets: vec![]
+            }
+            .matches(&e)
+        );
+        assert!(
+            Filter {
+                ports: vec![5000],
+                nets: vec![]
+            }
+            .matches(&e)
+        );
+        assert!(
+            !Filter {
+                ports: vec![443],
+                nets: vec![]
+            }
+            .matches(&e)
+        );
+        assert!(
+            Filter {
+                ports: vec![],
+                nets: vec!["192.0.2.0/24".parse().unwrap()]
+            }
+            .matches(&e)
+        );
+        assert!(
+            !Filter {
+                ports: vec![80],
+                nets: vec!["198.51.100.0/24".parse().unwrap()]
+            }
+            .matches(&e)
+        );
         let start = Event { conn: None, ..e };
-        assert!(Filter { ports: vec![1], nets: vec![] }.matches(&start), "agent events always pass");
+        assert!(
+            Filter {
+                ports: vec![1],
+                nets: vec![]
+            }
+            .matches(&start),
+            "agent events always pass"
+        );
     }
 
     #[test]
@@ -323,12 +453,24 @@ mod tests {
     #[test]
     fn human_line_spells_out_the_cause() {
         let e = Event {
-            body: Body::KeepaliveTimeout { probes: 3, max_probes: 3, idle_ms: 4096, error: Some("ETIMEDOUT"), user_timeout_ms: None },
+            body: Body::KeepaliveTimeout {
+                probes: 3,
+                max_probes: 3,
+                idle_ms: 4096,
+                error: Some("ETIMEDOUT"),
+                user_timeout_ms: None,
+            },
             ..event(5000, 80, "10.0.0.1", "192.0.2.7")
         };
         let mut line = String::new();
         human(&mut line, &e);
-        assert!(line.starts_with("16:00:00.123456  keepalive_timeout  10.0.0.1:5000 > 192.0.2.7:80"), "{line}");
-        assert!(line.contains("keepalive timeout: 3/3 probes unanswered after 4.1 s idle (ETIMEDOUT)"), "{line}");
+        assert!(
+            line.starts_with("16:00:00.123456  keepalive_timeout  10.0.0.1:5000 > 192.0.2.7:80"),
+            "{line}"
+        );
+        assert!(
+            line.contains("keepalive timeout: 3/3 probes unanswered after 4.1 s idle (ETIMEDOUT)"),
+            "{line}"
+        );
     }
 }

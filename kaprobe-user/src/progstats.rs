@@ -18,8 +18,14 @@ pub struct InfoLayout {
 impl InfoLayout {
     pub fn from_btf(btf: &Btf) -> Result<InfoLayout, BtfError> {
         let field = btf.field("bpf_prog_info", "recursion_misses")?;
-        let end = btf.field("bpf_prog_info", "attach_btf_id").map(|f| f.offset + f.size).unwrap_or(field.offset + 8);
-        Ok(InfoLayout { size: end.max(field.offset + 8), recursion_misses: field.offset })
+        let end = btf
+            .field("bpf_prog_info", "attach_btf_id")
+            .map(|f| f.offset + f.size)
+            .unwrap_or(field.offset + 8);
+        Ok(InfoLayout {
+            size: end.max(field.offset + 8),
+            recursion_misses: field.offset,
+        })
     }
 
     /// `recursion_misses` of the program behind `fd`.
@@ -31,7 +37,11 @@ impl InfoLayout {
             info: u64,
         }
         let mut info = vec![0u8; self.size as usize];
-        let mut attr = GetInfo { bpf_fd: fd.as_raw_fd() as u32, info_len: self.size, info: info.as_mut_ptr() as u64 };
+        let mut attr = GetInfo {
+            bpf_fd: fd.as_raw_fd() as u32,
+            info_len: self.size,
+            info: info.as_mut_ptr() as u64,
+        };
         // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes into `info`, a
         // buffer of that size that outlives the call; `attr` is a valid, initialised
         // `bpf_attr.info` of the size passed.

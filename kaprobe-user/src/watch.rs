@@ -3,7 +3,8 @@
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, IsTerminal, Write},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -21,7 +22,8 @@ use crate::{
     error::{Fatal, exit},
     kernel::{self, KernelError, KernelFacts},
     loader::{self, KernelStats, LoadOptions, Loaded},
-    model::{Body, Event, KernelFeatures, Totals},
+    metrics::{self, AgentInfo, Metrics},
+    model::{Body, Event, KernelFeatures, LostRecords, Totals},
     output::{self, Filter, Format, Output},
     privileges,
 };
@@ -31,7 +33,10 @@ use crate::{
 const TICK: Duration = Duration::from_millis(100);
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; both clocks always exist.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -64,6 +69,9 @@ struct Agent {
     timer_pairing: (u64, u64),
     /// Records read from the ring buffer.
     records_read: u64,
+    metrics: Option<Arc<Metrics>>,
+    /// `-o FILE`, reopened on SIGHUP.
+    output_path: Option<PathBuf>,
 }
 
 impl Agent {
@@ -72,13 +80,19 @@ impl Agent {
             return Ok(());
         }
         output::count(&mut self.totals, e);
+        if let Some(m) = &self.metrics {
+            m.observe(e);
+        }
         match self.output.write(e) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
                 self.closed = true;
                 Ok(())
             }
-            Err(err) => Err(Fatal::new(exit::OUTPUT, format!("cannot write events: {err}"))),
+            Err(err) => Err(Fatal::new(
+                exit::OUTPUT,
+                format!("cannot write events: {err}"),
+            )),
         }
     }
 
@@ -101,19 +115,25 @@ impl Agent {
                 self.closed = true;
                 Ok(())
             }
-            Err(err) => Err(Fatal::new(exit::OUTPUT, format!("cannot write events: {err}"))),
+            Err(err) => Err(Fatal::new(
+                exit::OUTPUT,
+                format!("cannot write events: {err}"),
+            )),
             Ok(()) => Ok(()),
         }
     }
 
     /// Reads every record waiting in the ring buffer.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), Fatal> {
+        let (mut records, mut bad, mut bytes) = (0u64, 0u64, 0u64);
         while let Some(item) = ring.next() {
-            self.records_read += 1;
+            records += 1;
+            // Each record takes an 8-byte header and is padded to 8 bytes in the ring.
+            bytes += 8 + (item.len() as u64).next_multiple_of(8);
             match decode(&item) {
                 Ok(raw) => self.correlator.handle(&raw, &mut self.scratch),
                 Err(e) => {
-                    self.totals.bad_records += 1;
+                    bad += 1;
                     log::debug!("undecodable record: {e}");
                 }
             }
@@ -122,13 +142,60 @@ impl Agent {
                 self.write_scratch()?;
             }
         }
+        self.records_read += records;
+        self.totals.bad_records += bad;
+        if let Some(m) = &self.metrics {
+            m.drained(records, bad, bytes);
+        }
         self.write_scratch()?;
         self.flush()
     }
 
+    /// SIGHUP: reopen `-o FILE` (after logrotate moved it). On failure, keep writing to the
+    /// old file and say so.
+    fn reopen(&mut self) -> Result<(), Fatal> {
+        let Some(path) = self.output_path.clone() else {
+            log::info!("SIGHUP ignored: events go to stdout");
+            return Ok(());
+        };
+        self.flush()?;
+        match open_file(&path) {
+            Ok(file) => {
+                self.output.replace(Box::new(BufWriter::new(file)));
+                log::info!("reopened {}", path.display());
+            }
+            Err(e) => log::error!("{e}; still writing to the file open before"),
+        }
+        Ok(())
+    }
+
     fn tick(&mut self, now_mono: u64) -> Result<(), Fatal> {
         self.correlator.tick(now_mono, &mut self.scratch);
+        if let Some(m) = &self.metrics {
+            m.table(self.correlator.tracked(), self.correlator.stats.evicted);
+        }
         self.write_scratch()
+    }
+
+    /// What the records lost since the last call were; updates the totals.
+    fn lost_records(&mut self, stats: &KernelStats) -> LostRecords {
+        let mut delta = LostRecords::default();
+        let seen = &mut self.totals.lost_records;
+        for (kind, total) in stats.lost_by_kind() {
+            let name = kind_name(kind);
+            let before = seen.by_kind.get(name).copied().unwrap_or(0);
+            if total > before {
+                delta.by_kind.insert(name, total - before);
+                seen.by_kind.insert(name, total);
+            }
+        }
+        let timer_ends = stats.lost_timer_deaths();
+        delta.keepalive_timer_ends = timer_ends - seen.keepalive_timer_ends;
+        delta.connection_ends =
+            delta.keepalive_timer_ends + delta.by_kind.get("close").copied().unwrap_or(0);
+        seen.keepalive_timer_ends = timer_ends;
+        seen.connection_ends += delta.connection_ends;
+        delta
     }
 
     /// Turns growth of the kernel's loss counters into `events_lost` events. `skipped` is
@@ -137,9 +204,20 @@ impl Agent {
         if let Some(skipped) = skipped.filter(|&n| n > self.totals.skipped_hook_runs) {
             let count = skipped - self.totals.skipped_hook_runs;
             self.totals.skipped_hook_runs = skipped;
-            log::warn!("{count} hook runs skipped by the kernel (a program was already running on that CPU)");
+            log::warn!(
+                "{count} hook runs skipped by the kernel (a program was already running on that CPU)"
+            );
             let now = self.clock.wall(monotonic_ns());
-            self.write(&Event { ts: now, conn: None, body: Body::EventsLost { count, source: "recursion", total: skipped } })?;
+            self.write(&Event {
+                ts: now,
+                conn: None,
+                body: Body::EventsLost {
+                    count,
+                    source: "recursion",
+                    total: skipped,
+                    records: None,
+                },
+            })?;
         }
         let pairing = stats.timer_unpaired();
         if pairing != self.timer_pairing {
@@ -152,41 +230,91 @@ impl Agent {
         }
         let now = self.clock.wall(monotonic_ns());
         let ring = stats.ringbuf_full();
-        if ring > self.totals.events_lost {
-            let count = ring - self.totals.events_lost;
-            self.totals.events_lost = ring;
-            log::warn!("{count} records lost: the ring buffer was full (raise --ring-size)");
-            self.write(&Event { ts: now, conn: None, body: Body::EventsLost { count, source: "ring_buffer", total: ring } })?;
+        // The per-kind counters are bumped after the total: read after it, and reported
+        // whenever either moved, so that the last report's sums match.
+        let records = self.lost_records(stats);
+        if ring > self.totals.events_lost || records != LostRecords::default() {
+            let count = ring.saturating_sub(self.totals.events_lost);
+            self.totals.events_lost = self.totals.events_lost.max(ring);
+            log::warn!(
+                "{count} records lost: the ring buffer was full (raise --ring-size); {} connection ends will not be reported",
+                records.connection_ends
+            );
+            self.write(&Event {
+                ts: now,
+                conn: None,
+                body: Body::EventsLost {
+                    count,
+                    source: "ring_buffer",
+                    total: ring,
+                    records: Some(records),
+                },
+            })?;
         }
         let conns = stats.conn_table_full();
         if conns > self.totals.untracked_sockets {
             let count = conns - self.totals.untracked_sockets;
             self.totals.untracked_sockets = conns;
-            log::warn!("{count} sockets not tracked: the kernel connection table was full (raise --max-connections)");
+            log::warn!(
+                "{count} sockets not tracked: the kernel connection table was full (raise --max-connections)"
+            );
             self.write(&Event {
                 ts: now,
                 conn: None,
-                body: Body::EventsLost { count, source: "kernel_conn_table", total: conns },
+                body: Body::EventsLost {
+                    count,
+                    source: "kernel_conn_table",
+                    total: conns,
+                    records: None,
+                },
             })?;
         }
         self.flush()
     }
 }
 
+/// Name of a record kind in loss reports.
+fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        kaprobe_common::kind::KA_TIMER => "keepalive_timer",
+        kaprobe_common::kind::STATE => "state",
+        kaprobe_common::kind::CLOSE => "close",
+        kaprobe_common::kind::RST_SENT => "reset_sent",
+        kaprobe_common::kind::RST_RECV => "reset_received",
+        kaprobe_common::kind::SK_ERROR => "error",
+        kaprobe_common::kind::DESTROY => "destroy",
+        _ => "other",
+    }
+}
+
+fn open_file(path: &Path) -> Result<std::fs::File, Fatal> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Fatal::new(exit::OUTPUT, format!("cannot open {}: {e}", path.display())))
+}
+
 fn open_output(args: &WatchArgs) -> Result<(Box<dyn Write + Send>, Format), Fatal> {
     match &args.output {
         Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| Fatal::new(exit::OUTPUT, format!("cannot open {}: {e}", path.display())))?;
-            Ok((Box::new(BufWriter::new(file)), args.format.unwrap_or(Format::Json)))
+            let file = open_file(path)?;
+            Ok((
+                Box::new(BufWriter::new(file)),
+                args.format.unwrap_or(Format::Json),
+            ))
         }
         None => {
             let stdout = io::stdout();
-            let default = if stdout.is_terminal() { Format::Human } else { Format::Json };
-            Ok((Box::new(BufWriter::with_capacity(64 * 1024, stdout)), args.format.unwrap_or(default)))
+            let default = if stdout.is_terminal() {
+                Format::Human
+            } else {
+                Format::Json
+            };
+            Ok((
+                Box::new(BufWriter::with_capacity(64 * 1024, stdout)),
+                args.format.unwrap_or(default),
+            ))
         }
     }
 }
@@ -196,10 +324,24 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
     if !missing.is_empty() {
         return Err(Fatal::new(
             exit::PERMISSION,
-            format!("kaprobe watch must run as root or with CAP_BPF, CAP_PERFMON and CAP_SYSLOG; missing {}", missing.join(", ")),
+            format!(
+                "kaprobe watch must run as root or with CAP_BPF, CAP_PERFMON and CAP_SYSLOG; missing {}",
+                missing.join(", ")
+            ),
         ));
     }
     let (sink, format) = open_output(&args)?;
+    let metrics_listener = args
+        .metrics_addr
+        .map(|addr| {
+            metrics::bind(addr).map_err(|e| {
+                Fatal::new(
+                    exit::METRICS,
+                    format!("cannot serve metrics on {addr}: {e}"),
+                )
+            })
+        })
+        .transpose()?;
     let btf = kernel::load_btf(Path::new(kernel::VMLINUX_BTF)).map_err(kernel_fatal)?;
     let mut facts = kernel::probe(&btf).map_err(kernel_fatal)?;
     if args.all {
@@ -208,20 +350,33 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
     facts.config.wakeup_bytes = args.ring_size / 16;
     facts.config.sock_sets_mask = loader::sock_sets(args.max_connections) - 1;
     if std::env::var_os("KAPROBE_BENCH_EMPTY_PROGRAMS").is_some() {
-        log::warn!("KAPROBE_BENCH_EMPTY_PROGRAMS: programs attached but do nothing (benchmark floor)");
+        log::warn!(
+            "KAPROBE_BENCH_EMPTY_PROGRAMS: programs attached but do nothing (benchmark floor)"
+        );
         facts.config.flags |= config_flag::EMPTY;
     }
     let started = Instant::now();
     let loaded = loader::load(
         &facts,
-        LoadOptions { ring_bytes: args.ring_size, max_connections: args.max_connections, attach: args.attach },
+        LoadOptions {
+            ring_bytes: args.ring_size,
+            max_connections: args.max_connections,
+            attach: args.attach,
+        },
     )
-        .map_err(|e| Fatal::new(exit::UNSUPPORTED_KERNEL, e))?;
+    .map_err(|e| Fatal::new(exit::UNSUPPORTED_KERNEL, e))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Fatal::new(exit::RUNTIME, format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(event_loop(args, facts, loaded, Output::new(sink, format), started))
+    runtime.block_on(event_loop(
+        args,
+        facts,
+        loaded,
+        Output::new(sink, format),
+        metrics_listener,
+        started,
+    ))
 }
 
 async fn event_loop(
@@ -229,6 +384,7 @@ async fn event_loop(
     facts: KernelFacts,
     mut loaded: Loaded,
     output: Output,
+    metrics_listener: Option<std::net::TcpListener>,
     started: Instant,
 ) -> Result<(), Fatal> {
     let rt = |e: io::Error| Fatal::new(exit::RUNTIME, e);
@@ -242,7 +398,10 @@ async fn event_loop(
         .map_err(|e| rt(e.into()))?;
     let mut ebpf_log = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
         // SAFETY: as above, the logger owns its map fd.
-        Ok(l) => Some(unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| rt(e.into()))?),
+        Ok(l) => Some(
+            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+                .map_err(|e| rt(e.into()))?,
+        ),
         Err(e) => {
             log::debug!("no eBPF log channel: {e}");
             None
@@ -250,6 +409,7 @@ async fn event_loop(
     };
     let mut sigint = signal(SignalKind::interrupt()).map_err(rt)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(rt)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(rt)?;
     let mut tick = tokio::time::interval(TICK);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
 
@@ -264,7 +424,10 @@ async fn event_loop(
     };
     let mut agent = Agent {
         correlator: Correlator::new(settings),
-        filter: Filter { ports: args.port.clone(), nets: args.addr.clone() },
+        filter: Filter {
+            ports: args.port.clone(),
+            nets: args.addr.clone(),
+        },
         output,
         totals: Totals::default(),
         scratch: Vec::with_capacity(512),
@@ -272,14 +435,32 @@ async fn event_loop(
         closed: false,
         timer_pairing: (0, 0),
         records_read: 0,
+        metrics: None,
+        output_path: args.output.clone(),
     };
+    let mode = if args.all { "all" } else { "default" };
+    if let Some(listener) = metrics_listener {
+        let info = AgentInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            kernel: &facts.release,
+            attach: loaded.hooks.first().map_or("none", |h| h.attach.as_str()),
+            mode,
+            ring_buffer_bytes: args.ring_size,
+        };
+        let m = Arc::new(Metrics::new(args.metrics_remote_port, &info));
+        if let Ok(addr) = listener.local_addr() {
+            log::info!("metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(metrics::serve(listener, m.clone()));
+        agent.metrics = Some(m);
+    }
     let start = Event {
         ts: clock.wall(monotonic_ns()),
         conn: None,
         body: Body::AgentStart {
             version: env!("CARGO_PKG_VERSION"),
             kernel: facts.release.clone(),
-            mode: if args.all { "all" } else { "default" },
+            mode,
             hooks: loaded.hooks.clone(),
             features: KernelFeatures {
                 reset_reason: facts.has_reset_reason(),
@@ -314,6 +495,7 @@ async fn event_loop(
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => agent.reopen()?,
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
         }
         if agent.closed {
@@ -327,12 +509,19 @@ async fn event_loop(
     agent.poll_losses(&stats, skipped(&loaded))?;
     // (Records written after the final drain, on a busy host, are not read: this is a
     // diagnostic, not a loss count; losses are counted by the kernel itself.)
-    log::info!("records: {} written by the kernel, {} read", stats.records_sent(), agent.records_read);
+    log::info!(
+        "records: {} written by the kernel, {} read",
+        stats.records_sent(),
+        agent.records_read
+    );
     agent.totals.evicted_connections = agent.correlator.stats.evicted;
     let stop = Event {
         ts: clock.wall(monotonic_ns()),
         conn: None,
-        body: Body::AgentStop { duration_ms: started.elapsed().as_millis() as u64, totals: agent.totals.clone() },
+        body: Body::AgentStop {
+            duration_ms: started.elapsed().as_millis() as u64,
+            totals: agent.totals.clone(),
+        },
     };
     agent.write(&stop)?;
     agent.flush()?;

@@ -42,7 +42,9 @@ pub fn sh(program: &str, args: &[&str]) -> String {
 pub fn need_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: this test needs root (eBPF and network namespaces); run `cargo xtask test`");
+        eprintln!(
+            "SKIPPED: this test needs root (eBPF and network namespaces); run `cargo xtask test`"
+        );
         return true;
     }
     false
@@ -55,7 +57,11 @@ pub struct NetNs {
 
 impl NetNs {
     pub fn new(tag: &str) -> NetNs {
-        let name = format!("kpt-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "kpt-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         sh("ip", &["netns", "add", &name]);
         let ns = NetNs { name };
         ns.ip(&["link", "set", "lo", "up"]);
@@ -65,7 +71,9 @@ impl NetNs {
     /// Inode number of the namespace: what kaprobe reports as `netns`.
     pub fn inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/run/netns/{}", self.name)).expect("netns file").ino()
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
     }
 
     /// Runs `program args` inside the namespace.
@@ -81,7 +89,11 @@ impl NetNs {
 
     /// Adds nftables rules (one `nft -f` script).
     pub fn nft(&self, script: &str) {
-        let path = std::env::temp_dir().join(format!("{}-{}.nft", self.name, NEXT.fetch_add(1, Ordering::Relaxed)));
+        let path = std::env::temp_dir().join(format!(
+            "{}-{}.nft",
+            self.name,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::write(&path, script).expect("write nft script");
         self.exec("nft", &["-f", path.to_str().expect("utf-8 path")]);
         let _ = std::fs::remove_file(path);
@@ -112,7 +124,10 @@ impl NetNs {
     }
 
     /// Like [`NetNs::run`], without waiting.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         thread::spawn(move || {
             enter(&path);
@@ -130,7 +145,9 @@ fn enter(path: &str) {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -153,7 +170,13 @@ impl Link {
         let (x, y) = ((n / 250) % 250, n % 250);
         let va = format!("kpa{}_{n}", std::process::id() % 10000);
         let vb = format!("kpb{}_{n}", std::process::id() % 10000);
-        sh("ip", &["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name]);
+        sh(
+            "ip",
+            &[
+                "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+                &b.name,
+            ],
+        );
         let a4 = format!("10.{x}.{y}.1");
         let b4 = format!("10.{x}.{y}.2");
         let a6 = format!("fd00:{x}:{y}::1");
@@ -187,7 +210,8 @@ impl Link {
 
     /// Undoes [`Link::silence_b`].
     pub fn unsilence_b(&self) {
-        self.b.exec("nft", &["delete", "table", "inet", "kaprobe_test"]);
+        self.b
+            .exec("nft", &["delete", "table", "inet", "kaprobe_test"]);
     }
 }
 
@@ -202,9 +226,20 @@ pub struct Keepalive {
 fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
     // SAFETY: setsockopt with a pointer to a live i32 and its size.
     let rc = unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
     };
-    assert_eq!(rc, 0, "setsockopt({level}, {name}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt({level}, {name}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// SO_KEEPALIVE only: idle, interval and count come from the namespace's sysctls.
@@ -226,7 +261,10 @@ pub fn set_user_timeout(s: &impl AsRawFd, ms: i32) {
 
 /// SO_LINGER {on, 0}: close() resets the connection.
 pub fn set_linger_zero(s: &TcpStream) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt with a pointer to a live linger and its size.
     let rc = unsafe {
         libc::setsockopt(
@@ -285,14 +323,23 @@ pub fn kaprobe_bin() -> String {
     std::env::var("KAPROBE_BIN").unwrap_or_else(|_| {
         // target/debug/deps/<test> → target/debug/kaprobe
         let exe = std::env::current_exe().expect("current exe");
-        exe.parent().and_then(|p| p.parent()).expect("target dir").join("kaprobe").display().to_string()
+        exe.parent()
+            .and_then(|p| p.parent())
+            .expect("target dir")
+            .join("kaprobe")
+            .display()
+            .to_string()
     })
 }
 
 impl Agent {
     /// Starts `kaprobe watch --format json <extra>` and waits for `agent_start`.
     pub fn start(extra: &[&str]) -> Agent {
-        let verbose: &[&str] = if std::env::var("KAPROBE_TEST_VERBOSE").is_ok_and(|v| v == "1") { &["-vv"] } else { &[] };
+        let verbose: &[&str] = if std::env::var("KAPROBE_TEST_VERBOSE").is_ok_and(|v| v == "1") {
+            &["-vv"]
+        } else {
+            &[]
+        };
         let mut child = Command::new(kaprobe_bin())
             .args(["watch", "--format", "json"])
             .args(verbose)
@@ -307,8 +354,9 @@ impl Agent {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("kaprobe wrote a line that is not JSON ({e}): {line}"));
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("kaprobe wrote a line that is not JSON ({e}): {line}")
+                });
                 if tx.send(v).is_err() {
                     break;
                 }
@@ -321,14 +369,37 @@ impl Agent {
                 sink.lock().expect("stderr lock").push_str(&(line + "\n"));
             }
         });
-        let agent = Agent { child: Some(child), lines: rx, seen: Mutex::new(Vec::new()), stderr: err_text };
+        let agent = Agent {
+            child: Some(child),
+            lines: rx,
+            seen: Mutex::new(Vec::new()),
+            stderr: err_text,
+        };
         let first = agent.next(Duration::from_secs(20)).unwrap_or_else(|| {
-            panic!("kaprobe did not start (no agent_start); stderr:\n{}", agent.stderr())
+            panic!(
+                "kaprobe did not start (no agent_start); stderr:\n{}",
+                agent.stderr()
+            )
         });
-        assert_eq!(first["event"], "agent_start", "first line must be agent_start: {first}");
-        if let Some(want) = extra.windows(2).find(|w| w[0] == "--attach").map(|w| w[1].replace('-', "_")) {
-            let kinds: Vec<&str> = first["hooks"].as_array().into_iter().flatten().filter_map(|h| h["attach"].as_str()).collect();
-            assert!(kinds.iter().all(|k| *k == want), "hooks attached as {kinds:?}, asked for {want}");
+        assert_eq!(
+            first["event"], "agent_start",
+            "first line must be agent_start: {first}"
+        );
+        if let Some(want) = extra
+            .windows(2)
+            .find(|w| w[0] == "--attach")
+            .map(|w| w[1].replace('-', "_"))
+        {
+            let kinds: Vec<&str> = first["hooks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h["attach"].as_str())
+                .collect();
+            assert!(
+                kinds.iter().all(|k| *k == want),
+                "hooks attached as {kinds:?}, asked for {want}"
+            );
         }
         agent
     }
@@ -349,7 +420,13 @@ impl Agent {
 
     /// Waits until an event satisfying `pred` arrives (or was already seen); returns it.
     pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(v) = self.seen.lock().expect("seen lock").iter().find(|v| pred(v)) {
+        if let Some(v) = self
+            .seen
+            .lock()
+            .expect("seen lock")
+            .iter()
+            .find(|v| pred(v))
+        {
             return v.clone();
         }
         let deadline = Instant::now() + timeout;
@@ -369,10 +446,23 @@ impl Agent {
     }
 
     /// Waits until `n` events satisfying `pred` have arrived; returns them.
-    pub fn wait_count(&self, what: &str, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub fn wait_count(
+        &self,
+        what: &str,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let found: Vec<Value> = self.seen.lock().expect("seen lock").iter().filter(|v| pred(v)).cloned().collect();
+            let found: Vec<Value> = self
+                .seen
+                .lock()
+                .expect("seen lock")
+                .iter()
+                .filter(|v| pred(v))
+                .cloned()
+                .collect();
             if found.len() >= n {
                 return found;
             }
@@ -390,22 +480,37 @@ impl Agent {
 
     /// The agent process's state, for timeout messages: alive or not, and where it waits.
     fn diagnose(&self) -> String {
-        let Some(pid) = self.child.as_ref().map(|c| c.id()) else { return "not running".into() };
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return "not running".into();
+        };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("State: gone").to_owned();
+        let state = status
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("State: gone")
+            .to_owned();
         let mut stacks = String::new();
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for t in tasks.flatten() {
                 let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
                 let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
-                stacks.push_str(&format!("\n task {:?} wchan={wchan}\n{stack}", t.file_name()));
+                stacks.push_str(&format!(
+                    "\n task {:?} wchan={wchan}\n{stack}",
+                    t.file_name()
+                ));
             }
         }
         format!("pid {pid} {state}{stacks}")
     }
 
     fn dump(&self) -> String {
-        self.seen.lock().expect("seen lock").iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Stops the agent with SIGINT and returns every event it wrote, `agent_stop` last.
@@ -415,7 +520,11 @@ impl Agent {
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         while self.next(Duration::from_secs(10)).is_some() {}
         let status = child.wait().expect("wait kaprobe");
-        assert!(status.success(), "kaprobe exited with {status}; stderr:\n{}", self.stderr());
+        assert!(
+            status.success(),
+            "kaprobe exited with {status}; stderr:\n{}",
+            self.stderr()
+        );
         // Shown by the test runner only when the test fails.
         eprintln!("kaprobe stderr:\n{}", self.stderr());
         let all = self.seen.lock().expect("seen lock").clone();
@@ -439,17 +548,24 @@ impl Drop for Agent {
 
 /// Events of one kind in one namespace.
 pub fn events<'a>(all: &'a [Value], kind: &str, netns: u64) -> Vec<&'a Value> {
-    all.iter().filter(|v| v["event"] == kind && v["netns"] == netns).collect()
+    all.iter()
+        .filter(|v| v["event"] == kind && v["netns"] == netns)
+        .collect()
 }
 
 /// Events about one connection (by local port) in one namespace.
 pub fn conn_events(all: &[Value], netns: u64, sport: u16) -> Vec<&Value> {
-    all.iter().filter(|v| v["netns"] == netns && v["sport"] == sport).collect()
+    all.iter()
+        .filter(|v| v["netns"] == netns && v["sport"] == sport)
+        .collect()
 }
 
 /// Events about one connection, by kind.
 pub fn conn_kind<'a>(all: &'a [Value], netns: u64, sport: u16, kind: &str) -> Vec<&'a Value> {
-    conn_events(all, netns, sport).into_iter().filter(|v| v["event"] == kind).collect()
+    conn_events(all, netns, sport)
+        .into_iter()
+        .filter(|v| v["event"] == kind)
+        .collect()
 }
 
 /// Is `v` an event `kind` of the connection with local port `sport` in namespace `netns`?
@@ -469,7 +585,11 @@ pub fn assert_probes_match_nstat(all: &[Value], ns: &NetNs, sport: u16) -> u64 {
         probes,
         counted,
         "keepalive_probe events must equal TcpExtTCPKeepAlive; events of port {sport}:\n{}",
-        conn_events(all, ns.inode(), sport).iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+        conn_events(all, ns.inode(), sport)
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     probes
 }
@@ -491,6 +611,10 @@ pub fn port(s: &TcpStream) -> u16 {
 /// The one event of `kind` of a connection (panics, showing them, if there are not exactly one).
 pub fn the_one<'a>(all: &'a [Value], ns: u64, sport: u16, kind: &str) -> &'a Value {
     let found = conn_kind(all, ns, sport, kind);
-    assert_eq!(found.len(), 1, "expected exactly one {kind} for port {sport}, got {found:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {kind} for port {sport}, got {found:?}"
+    );
     found[0]
 }

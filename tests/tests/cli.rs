@@ -9,8 +9,14 @@ use kaprobe_tests::*;
 
 /// Runs kaprobe; returns (exit status, stderr).
 fn kaprobe(args: &[&str]) -> (i32, String) {
-    let out = Command::new(kaprobe_bin()).args(args).output().expect("run kaprobe");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(kaprobe_bin())
+        .args(args)
+        .output()
+        .expect("run kaprobe");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn one_line(stderr: &str) -> &str {
@@ -34,7 +40,10 @@ fn bad_flags_give_one_line_and_status_2() {
         let (code, stderr) = kaprobe(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         let line = one_line(&stderr);
-        assert!(line.starts_with("kaprobe: ") && line.contains(needle), "{args:?}: {line}");
+        assert!(
+            line.starts_with("kaprobe: ") && line.contains(needle),
+            "{args:?}: {line}"
+        );
     }
 }
 
@@ -54,7 +63,13 @@ fn without_privileges_it_says_which_capabilities_are_missing() {
         return;
     }
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(kaprobe_bin())
         .arg("watch")
         .output()
@@ -70,9 +85,16 @@ fn without_privileges_it_says_which_capabilities_are_missing() {
 /// IDs of the eBPF programs process `pid` holds.
 fn prog_ids(pid: u32) -> Vec<u32> {
     let mut ids = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+    {
         if let Ok(text) = std::fs::read_to_string(fd.path()) {
-            ids.extend(text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()));
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
         }
     }
     ids.sort_unstable();
@@ -81,7 +103,10 @@ fn prog_ids(pid: u32) -> Vec<u32> {
 }
 
 fn prog_exists(id: u32) -> bool {
-    Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().is_ok_and(|o| o.status.success())
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -105,12 +130,18 @@ fn sigterm_writes_agent_stop_and_unloads_everything() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status}");
-    assert!(rest.last().is_some_and(|l| l.contains("\"agent_stop\"")), "last line is agent_stop: {rest:?}");
+    assert!(
+        rest.last().is_some_and(|l| l.contains("\"agent_stop\"")),
+        "last line is agent_stop: {rest:?}"
+    );
     // The kernel frees programs after an RCU grace period, a little after the last fd closes.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for id in ids {
         while prog_exists(id) {
-            assert!(std::time::Instant::now() < deadline, "program {id} is still loaded 10 s after exit");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "program {id} is still loaded 10 s after exit"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -145,11 +176,15 @@ fn closed_stdout_ends_quietly() {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "kaprobe kept running with nobody reading");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kaprobe kept running with nobody reading"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.is_empty(), "quietly: {stderr}");
 }

@@ -9,7 +9,11 @@ use std::{
 use kaprobe_tests::*;
 use serde_json::Value;
 
-const KA: Keepalive = Keepalive { idle_s: 1, intvl_s: 1, count: 3 };
+const KA: Keepalive = Keepalive {
+    idle_s: 1,
+    intvl_s: 1,
+    count: 3,
+};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn connected_v(link: &Link, v6: bool) -> (TcpStream, TcpStream) {
@@ -28,20 +32,35 @@ fn healthy_idle_connection_probes_are_answered() {
     let (ns, sport) = (link.a.inode(), port(&client));
     // An answer is seen when the next firing finds no probe outstanding: three acks mean
     // four probes went out.
-    agent.wait_count("3 keepalive acks", 3, WAIT, |v| is(v, "keepalive_ack", ns, sport));
+    agent.wait_count("3 keepalive acks", 3, WAIT, |v| {
+        is(v, "keepalive_ack", ns, sport)
+    });
     drop(client);
-    assert_eq!(read_until_error(&server), 0, "the server sees the client's FIN");
+    assert_eq!(
+        read_until_error(&server),
+        0,
+        "the server sees the client's FIN"
+    );
     drop(server);
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
     let all = agent.stop();
 
     assert_probes_match_nstat(&all, &link.a, sport);
     let probes = conn_kind(&all, ns, sport, "keepalive_probe");
     let acks = conn_kind(&all, ns, sport, "keepalive_ack");
     assert!(probes.len() >= 4, "at least 4 probes: {probes:?}");
-    assert_eq!(acks.len(), probes.len(), "every probe of a healthy peer is answered");
+    assert_eq!(
+        acks.len(),
+        probes.len(),
+        "every probe of a healthy peer is answered"
+    );
     for p in &probes {
-        assert_eq!(p["probe"], 1, "a healthy peer never has two probes outstanding: {p}");
+        assert_eq!(
+            p["probe"], 1,
+            "a healthy peer never has two probes outstanding: {p}"
+        );
         assert_eq!(p["max_probes"], 3);
         assert_eq!(p["interval_ms"], 1000);
     }
@@ -49,11 +68,17 @@ fn healthy_idle_connection_probes_are_answered() {
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "fin", "{closed}");
     assert_eq!(closed["closed_by"], "local", "{closed}");
-    assert_eq!(closed["time_wait"], true, "the side that closes first holds TIME_WAIT: {closed}");
+    assert_eq!(
+        closed["time_wait"], true,
+        "the side that closes first holds TIME_WAIT: {closed}"
+    );
     assert_eq!(closed["error"], Value::Null);
     assert_eq!(closed["keepalive_probes"], probes.len());
     assert_eq!(closed["keepalive_acks"], acks.len());
-    assert!(closed["lifetime_ms"].as_u64().is_some_and(|ms| ms >= 4000), "{closed}");
+    assert!(
+        closed["lifetime_ms"].as_u64().is_some_and(|ms| ms >= 4000),
+        "{closed}"
+    );
 }
 
 fn dead_peer(v6: bool, agent_args: &[&str]) {
@@ -62,11 +87,15 @@ fn dead_peer(v6: bool, agent_args: &[&str]) {
     let (client, _server) = connected_v(&link, v6);
     set_keepalive(&client, KA);
     let (ns, sport) = (link.a.inode(), port(&client));
-    agent.wait_for("a first answered probe", WAIT, |v| is(v, "keepalive_ack", ns, sport));
+    agent.wait_for("a first answered probe", WAIT, |v| {
+        is(v, "keepalive_ack", ns, sport)
+    });
     link.silence_b();
     let errno = read_until_error(&client);
     assert_eq!(errno, ETIMEDOUT, "the application sees ETIMEDOUT");
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
     let all = agent.stop();
 
     let probes = assert_probes_match_nstat(&all, &link.a, sport);
@@ -77,7 +106,12 @@ fn dead_peer(v6: bool, agent_args: &[&str]) {
     assert_eq!(timeout["probes"], 3, "{timeout}");
     assert_eq!(timeout["max_probes"], 3, "{timeout}");
     assert_eq!(timeout["error"], "ETIMEDOUT", "{timeout}");
-    assert!(timeout["idle_ms"].as_u64().is_some_and(|ms| (3500..6000).contains(&ms)), "{timeout}");
+    assert!(
+        timeout["idle_ms"]
+            .as_u64()
+            .is_some_and(|ms| (3500..6000).contains(&ms)),
+        "{timeout}"
+    );
     assert_eq!(timeout["family"], if v6 { "ipv6" } else { "ipv4" });
     let rst = the_one(&all, ns, sport, "reset_sent");
     assert_eq!(rst["reason"], "tcp_keepalive_timeout", "{rst}");
@@ -93,7 +127,10 @@ fn dead_peer(v6: bool, agent_args: &[&str]) {
         .filter_map(|v| v["event"].as_str())
         .filter(|e| ["keepalive_timeout", "reset_sent", "connection_closed"].contains(e))
         .collect();
-    assert_eq!(order, ["keepalive_timeout", "reset_sent", "connection_closed"]);
+    assert_eq!(
+        order,
+        ["keepalive_timeout", "reset_sent", "connection_closed"]
+    );
 }
 
 #[test]
@@ -146,12 +183,25 @@ fn restarted_peer(agent_args: &[&str]) {
     // The peer's socket disappears without the client hearing of it: destroyed behind a
     // drop rule, so its RST never arrives. The host itself stays up.
     link.silence_b();
-    link.b.exec("ss", &["-K", "-t", "state", "established", "sport", "=", &format!(":{server_port}")]);
+    link.b.exec(
+        "ss",
+        &[
+            "-K",
+            "-t",
+            "state",
+            "established",
+            "sport",
+            "=",
+            &format!(":{server_port}"),
+        ],
+    );
     link.unsilence_b();
     set_keepalive(&client, KA);
     let errno = read_until_error(&client);
     assert_eq!(errno, ECONNRESET, "the application sees ECONNRESET");
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
     let all = agent.stop();
 
     let probes = assert_probes_match_nstat(&all, &link.a, sport);
@@ -166,7 +216,9 @@ fn restarted_peer(agent_args: &[&str]) {
     // The peer host answered the probe for a socket it no longer has.
     let nb = link.b.inode();
     assert!(
-        events(&all, "reset_sent", nb).iter().any(|v| v["reason"] == "no_socket" && v["dport"] == sport),
+        events(&all, "reset_sent", nb)
+            .iter()
+            .any(|v| v["reason"] == "no_socket" && v["dport"] == sport),
         "the peer's stack sends an RST with reason no_socket"
     );
 }
@@ -187,11 +239,16 @@ fn data_in_flight_ends_by_retransmission_not_keepalive() {
     (&client).write_all(b"never acknowledged").expect("write");
     let errno = read_until_error(&client);
     assert_eq!(errno, ETIMEDOUT, "the application sees ETIMEDOUT");
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
     let all = agent.stop();
 
     let nstat = link.a.nstat();
-    assert_eq!(nstat["TcpExtTCPKeepAlive"], 0, "no keepalive probe while data is unacknowledged");
+    assert_eq!(
+        nstat["TcpExtTCPKeepAlive"], 0,
+        "no keepalive probe while data is unacknowledged"
+    );
     assert!(conn_kind(&all, ns, sport, "keepalive_probe").is_empty());
     assert!(conn_kind(&all, ns, sport, "keepalive_timeout").is_empty());
     let closed = the_one(&all, ns, sport, "connection_closed");
@@ -208,13 +265,22 @@ fn peer_closes_with_fin() {
     let link = Link::new("fn");
     let agent = Agent::start(&[]);
     let (client, server) = connected_v(&link, false);
-    set_keepalive(&client, Keepalive { idle_s: 600, intvl_s: 10, count: 3 });
+    set_keepalive(
+        &client,
+        Keepalive {
+            idle_s: 600,
+            intvl_s: 10,
+            count: 3,
+        },
+    );
     let (ns, sport) = (link.a.inode(), port(&client));
     drop(server);
     assert_eq!(read_until_error(&client), 0, "the application reads EOF");
     agent.wait_for("fin_received", WAIT, |v| is(v, "fin_received", ns, sport));
     drop(client);
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
     let all = agent.stop();
 
     let fin = the_one(&all, ns, sport, "fin_received");
@@ -224,7 +290,10 @@ fn peer_closes_with_fin() {
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "fin", "{closed}");
     assert_eq!(closed["closed_by"], "remote", "{closed}");
-    assert_eq!(closed["time_wait"], false, "the peer closed first, so the peer holds TIME_WAIT");
+    assert_eq!(
+        closed["time_wait"], false,
+        "the peer closed first, so the peer holds TIME_WAIT"
+    );
     assert_eq!(closed["error"], Value::Null);
     assert_eq!(link.a.nstat()["TcpExtTCPKeepAlive"], 0);
 }
@@ -239,8 +308,16 @@ fn hundreds_of_connections_time_out_at_once() {
     let agent = Agent::start(&[]);
     let listener: TcpListener = listen(&link.b, link.b4);
     let to = listener.local_addr().expect("addr");
-    let acceptor = std::thread::spawn(move || (0..N).map(|_| listener.accept().expect("accept").0).collect::<Vec<_>>());
-    let ka = Keepalive { idle_s: 1, intvl_s: 1, count: 2 };
+    let acceptor = std::thread::spawn(move || {
+        (0..N)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect::<Vec<_>>()
+    });
+    let ka = Keepalive {
+        idle_s: 1,
+        intvl_s: 1,
+        count: 2,
+    };
     let clients: Vec<TcpStream> = link.a.run(move || {
         (0..N)
             .map(|_| {
@@ -254,26 +331,45 @@ fn hundreds_of_connections_time_out_at_once() {
     let ns = link.a.inode();
     let ports: std::collections::HashSet<u64> = clients.iter().map(|c| port(c) as u64).collect();
     link.silence_b();
-    let timeouts = agent.wait_count("a keepalive_timeout per connection", N, Duration::from_secs(60), |v| {
-        v["event"] == "keepalive_timeout" && v["netns"] == ns
-    });
+    let timeouts = agent.wait_count(
+        "a keepalive_timeout per connection",
+        N,
+        Duration::from_secs(60),
+        |v| v["event"] == "keepalive_timeout" && v["netns"] == ns,
+    );
     agent.wait_count("a connection_closed per connection", N, WAIT, |v| {
         v["event"] == "connection_closed" && v["netns"] == ns
     });
     for c in &clients {
-        let err = c.take_error().expect("SO_ERROR").and_then(|e| e.raw_os_error());
+        let err = c
+            .take_error()
+            .expect("SO_ERROR")
+            .and_then(|e| e.raw_os_error());
         assert_eq!(err, Some(ETIMEDOUT), "every client sees ETIMEDOUT");
     }
     let all = agent.stop();
 
-    let timed_out: std::collections::HashSet<u64> = timeouts.iter().filter_map(|v| v["sport"].as_u64()).collect();
-    assert_eq!(timeouts.len(), N, "exactly one keepalive_timeout per connection");
+    let timed_out: std::collections::HashSet<u64> = timeouts
+        .iter()
+        .filter_map(|v| v["sport"].as_u64())
+        .collect();
+    assert_eq!(
+        timeouts.len(),
+        N,
+        "exactly one keepalive_timeout per connection"
+    );
     assert_eq!(timed_out, ports, "each connection timed out once");
     let nstat = link.a.nstat();
     let probes = events(&all, "keepalive_probe", ns).len() as u64;
-    assert_eq!(probes, nstat["TcpExtTCPKeepAlive"], "keepalive_probe events = TcpExtTCPKeepAlive");
+    assert_eq!(
+        probes, nstat["TcpExtTCPKeepAlive"],
+        "keepalive_probe events = TcpExtTCPKeepAlive"
+    );
     assert_eq!(nstat["TcpExtTCPAbortOnTimeout"], N as u64);
-    assert!(all.iter().all(|v| v["event"] != "events_lost"), "no events lost at the default ring size");
+    assert!(
+        all.iter().all(|v| v["event"] != "events_lost"),
+        "no events lost at the default ring size"
+    );
     let stop = all.last().expect("agent_stop");
     assert_eq!(stop["totals"]["events_lost"], 0);
 }
@@ -285,21 +381,30 @@ fn settings_from_the_namespace_sysctls() {
     }
     let link = Link::new("sy");
     // The socket sets only SO_KEEPALIVE: idle, interval and count come from its namespace.
-    link.a.exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_time=1"]);
-    link.a.exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_intvl=2"]);
-    link.a.exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_probes=2"]);
+    link.a
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_time=1"]);
+    link.a
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_intvl=2"]);
+    link.a
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_keepalive_probes=2"]);
     let agent = Agent::start(&[]);
     let (client, _server) = connected_v(&link, false);
     let (ns, sport) = (link.a.inode(), port(&client));
     link.silence_b();
     enable_keepalive(&client);
     assert_eq!(read_until_error(&client), ETIMEDOUT);
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
     let all = agent.stop();
     let probes = assert_probes_match_nstat(&all, &link.a, sport);
     assert_eq!(probes, 2);
     for p in conn_kind(&all, ns, sport, "keepalive_probe") {
-        assert_eq!((p["max_probes"].as_u64(), p["interval_ms"].as_u64()), (Some(2), Some(2000)), "{p}");
+        assert_eq!(
+            (p["max_probes"].as_u64(), p["interval_ms"].as_u64()),
+            (Some(2), Some(2000)),
+            "{p}"
+        );
     }
     let timeout = the_one(&all, ns, sport, "keepalive_timeout");
     assert_eq!(timeout["probes"], 2, "{timeout}");

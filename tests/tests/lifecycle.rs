@@ -24,12 +24,18 @@ fn refused_connect_is_a_received_reset() {
         let s = socket2_v4();
         // SAFETY: sockaddr_in built for this call; fd is valid.
         let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
-        let errno = if rc == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) };
+        let errno = if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        };
         (errno, local_port(s.as_raw_fd()))
     });
     assert_eq!(errno, libc::ECONNREFUSED);
     let ns = link.a.inode();
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", ns, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
     let all = agent.stop();
     let rst = the_one(&all, ns, sport, "reset_received");
     assert_eq!(rst["state"], "syn_sent");
@@ -39,7 +45,11 @@ fn refused_connect_is_a_received_reset() {
     assert_eq!(closed["error"], "ECONNREFUSED", "{closed}");
     assert_eq!(closed["last_state"], "syn_sent", "{closed}");
     let nb = link.b.inode();
-    assert!(events(&all, "reset_sent", nb).iter().any(|v| v["reason"] == "no_socket" && v["sport"] == 9));
+    assert!(
+        events(&all, "reset_sent", nb)
+            .iter()
+            .any(|v| v["reason"] == "no_socket" && v["sport"] == 9)
+    );
 }
 
 /// A plain IPv4 TCP socket (not connected).
@@ -56,22 +66,38 @@ fn socket2_v4() -> std::os::fd::OwnedFd {
 /// # Safety
 /// `fd` must be a valid socket.
 unsafe fn connect_raw(fd: i32, to: SocketAddr) -> i32 {
-    let SocketAddr::V4(v4) = to else { panic!("v4 only") };
+    let SocketAddr::V4(v4) = to else {
+        panic!("v4 only")
+    };
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: valid sockaddr_in and its length, per the caller's contract on fd.
-    unsafe { libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32) }
+    unsafe {
+        libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        )
+    }
 }
 
 fn local_port(fd: i32) -> u16 {
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: getsockname into a sockaddr_storage of the given length.
-    let rc = unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
     assert_eq!(rc, 0);
     // sin_port and sin6_port sit at the same offset.
     // SAFETY: the storage holds a sockaddr_in or sockaddr_in6; both start with family, port.
@@ -96,7 +122,9 @@ fn close_with_unread_data_resets_the_peer() {
     let mut buf = [0u8; 16];
     let err = server.read(&mut buf).expect_err("the server sees a reset");
     assert_eq!(err.raw_os_error(), Some(ECONNRESET));
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", na, sport)
+    });
     let all = agent.stop();
     let rst = the_one(&all, na, sport, "reset_sent");
     assert_eq!(rst["reason"], "tcp_abort_on_close", "{rst}");
@@ -120,11 +148,20 @@ fn linger_zero_close_is_a_reset_sent() {
     let agent = Agent::start(&[]);
     let (client, server) = connected(&link, link.b4);
     let (na, sport) = (link.a.inode(), port(&client));
-    set_keepalive(&client, Keepalive { idle_s: 600, intvl_s: 10, count: 3 });
+    set_keepalive(
+        &client,
+        Keepalive {
+            idle_s: 600,
+            intvl_s: 10,
+            count: 3,
+        },
+    );
     set_linger_zero(&client);
     drop(client);
     assert_eq!(read_until_error(&server), ECONNRESET);
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", na, sport)
+    });
     let all = agent.stop();
     the_one(&all, na, sport, "reset_sent");
     let closed = the_one(&all, na, sport, "connection_closed");
@@ -141,11 +178,35 @@ fn socket_destroyed_with_ss_k_is_a_reset_sent() {
     let agent = Agent::start(&[]);
     let (client, server) = connected(&link, link.b4);
     let (na, sport) = (link.a.inode(), port(&client));
-    set_keepalive(&client, Keepalive { idle_s: 600, intvl_s: 10, count: 3 });
-    link.a.exec("ss", &["-K", "-t", "state", "established", "sport", "=", &format!(":{sport}")]);
-    assert_eq!(read_until_error(&client), libc::ECONNABORTED, "the application sees ECONNABORTED");
+    set_keepalive(
+        &client,
+        Keepalive {
+            idle_s: 600,
+            intvl_s: 10,
+            count: 3,
+        },
+    );
+    link.a.exec(
+        "ss",
+        &[
+            "-K",
+            "-t",
+            "state",
+            "established",
+            "sport",
+            "=",
+            &format!(":{sport}"),
+        ],
+    );
+    assert_eq!(
+        read_until_error(&client),
+        libc::ECONNABORTED,
+        "the application sees ECONNABORTED"
+    );
     assert_eq!(read_until_error(&server), ECONNRESET);
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", na, sport)
+    });
     let all = agent.stop();
     let closed = the_one(&all, na, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_sent", "{closed}");
@@ -162,17 +223,34 @@ fn user_timeout_ends_keepalive_before_max_probes() {
     let (client, _server) = connected(&link, link.b4);
     let (na, sport) = (link.a.inode(), port(&client));
     link.silence_b();
-    set_keepalive(&client, Keepalive { idle_s: 1, intvl_s: 1, count: 10 });
+    set_keepalive(
+        &client,
+        Keepalive {
+            idle_s: 1,
+            intvl_s: 1,
+            count: 10,
+        },
+    );
     set_user_timeout(&client, 2500);
     assert_eq!(read_until_error(&client), ETIMEDOUT);
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", na, sport)
+    });
     let all = agent.stop();
     assert_probes_match_nstat(&all, &link.a, sport);
     let timeout = the_one(&all, na, sport, "keepalive_timeout");
     assert_eq!(timeout["max_probes"], 10);
-    assert!(timeout["probes"].as_u64().is_some_and(|p| (1..10).contains(&p)), "{timeout}");
+    assert!(
+        timeout["probes"]
+            .as_u64()
+            .is_some_and(|p| (1..10).contains(&p)),
+        "{timeout}"
+    );
     assert_eq!(timeout["user_timeout_ms"], 2500);
-    assert_eq!(the_one(&all, na, sport, "connection_closed")["cause"], "keepalive_timeout");
+    assert_eq!(
+        the_one(&all, na, sport, "connection_closed")["cause"],
+        "keepalive_timeout"
+    );
 }
 
 #[test]
@@ -183,16 +261,30 @@ fn orphaned_fin_wait2_on_the_keepalive_timer_is_not_keepalive() {
     let link = Link::new("fw");
     // tcp_fin_timeout above 60 s: the kernel parks an orphaned FIN_WAIT2 socket on its
     // keepalive timer for the excess (here 1 s) before moving it to TIME_WAIT.
-    link.a.exec("sysctl", &["-qw", "net.ipv4.tcp_fin_timeout=61"]);
+    link.a
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_fin_timeout=61"]);
     let agent = Agent::start(&[]);
     let (client, server) = connected(&link, link.b4);
     let (na, sport) = (link.a.inode(), port(&client));
-    set_keepalive(&client, Keepalive { idle_s: 1, intvl_s: 1, count: 3 });
+    set_keepalive(
+        &client,
+        Keepalive {
+            idle_s: 1,
+            intvl_s: 1,
+            count: 3,
+        },
+    );
     drop(client); // orphan; the server never closes, so the client waits in FIN_WAIT2
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", na, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", na, sport)
+    });
     let all = agent.stop();
     drop(server);
-    assert_eq!(link.a.nstat()["TcpExtTCPKeepAlive"], 0, "the kernel sent no keepalive probe");
+    assert_eq!(
+        link.a.nstat()["TcpExtTCPKeepAlive"],
+        0,
+        "the kernel sent no keepalive probe"
+    );
     assert!(conn_kind(&all, na, sport, "keepalive_probe").is_empty());
     assert!(conn_kind(&all, na, sport, "keepalive_timeout").is_empty());
     let closed = the_one(&all, na, sport, "connection_closed");
@@ -211,7 +303,14 @@ fn keepalive_inherited_from_the_listener_probes_on_the_server_side() {
     let b4 = link.b4;
     let listener: TcpListener = link.b.run(move || {
         let l = TcpListener::bind(SocketAddr::new(b4, 0)).expect("bind");
-        set_keepalive(&l, Keepalive { idle_s: 1, intvl_s: 1, count: 2 });
+        set_keepalive(
+            &l,
+            Keepalive {
+                idle_s: 1,
+                intvl_s: 1,
+                count: 2,
+            },
+        );
         l
     });
     let client = connect(&link.a, listener.local_addr().expect("addr"));
@@ -223,14 +322,19 @@ fn keepalive_inherited_from_the_listener_probes_on_the_server_side() {
         link.b4
     ));
     assert_eq!(read_until_error(&server), ETIMEDOUT);
-    agent.wait_for("connection_closed", WAIT, |v| is(v, "connection_closed", nb, sport));
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", nb, sport)
+    });
     let all = agent.stop();
     drop(client);
     let probes = assert_probes_match_nstat(&all, &link.b, sport);
     assert_eq!(probes, 2);
     let closed = the_one(&all, nb, sport, "connection_closed");
     assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
-    assert!(closed["lifetime_ms"].is_u64(), "the accepted connection's birth is known: {closed}");
+    assert!(
+        closed["lifetime_ms"].is_u64(),
+        "the accepted connection's birth is known: {closed}"
+    );
 }
 
 #[test]
@@ -252,20 +356,35 @@ fn ipv6_socket_talking_ipv4_is_reported_as_ipv4() {
             sin6_family: libc::AF_INET6 as u16,
             sin6_port: to.port().to_be(),
             sin6_flowinfo: 0,
-            sin6_addr: libc::in6_addr { s6_addr: mapped.octets() },
+            sin6_addr: libc::in6_addr {
+                s6_addr: mapped.octets(),
+            },
             sin6_scope_id: 0,
         };
         // SAFETY: valid sockaddr_in6 and length on a valid socket.
         let rc = unsafe {
-            libc::connect(fd.as_raw_fd(), (&sin6 as *const libc::sockaddr_in6).cast(), size_of::<libc::sockaddr_in6>() as u32)
+            libc::connect(
+                fd.as_raw_fd(),
+                (&sin6 as *const libc::sockaddr_in6).cast(),
+                size_of::<libc::sockaddr_in6>() as u32,
+            )
         };
         assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
         TcpStream::from(fd)
     });
     let (_server, _) = listener.accept().expect("accept");
     let (na, sport) = (link.a.inode(), port(&client));
-    set_keepalive(&client, Keepalive { idle_s: 1, intvl_s: 1, count: 3 });
-    let probe = agent.wait_for("a keepalive probe", WAIT, |v| is(v, "keepalive_probe", na, sport));
+    set_keepalive(
+        &client,
+        Keepalive {
+            idle_s: 1,
+            intvl_s: 1,
+            count: 3,
+        },
+    );
+    let probe = agent.wait_for("a keepalive probe", WAIT, |v| {
+        is(v, "keepalive_probe", na, sport)
+    });
     agent.stop();
     assert_eq!(probe["family"], "ipv4", "{probe}");
     assert_eq!(probe["saddr"], link.a4.to_string());
@@ -286,21 +405,48 @@ fn all_mode_reports_every_connection_and_default_mode_does_not() {
     drop(client); // the client closes first, without keepalive
     assert_eq!(read_until_error(&server), 0);
     drop(server);
-    all_agent.wait_for("the client's close", WAIT, |v| is(v, "connection_closed", na, cport));
-    all_agent.wait_for("the server's close", WAIT, |v| is(v, "connection_closed", nb, sport));
+    all_agent.wait_for("the client's close", WAIT, |v| {
+        is(v, "connection_closed", na, cport)
+    });
+    all_agent.wait_for("the server's close", WAIT, |v| {
+        is(v, "connection_closed", nb, sport)
+    });
     let all = all_agent.stop();
     let default = default_agent.stop();
 
     let c = the_one(&all, na, cport, "connection_closed");
-    assert_eq!((c["cause"].as_str(), c["closed_by"].as_str(), c["time_wait"].as_bool()), (Some("fin"), Some("local"), Some(true)), "{c}");
+    assert_eq!(
+        (
+            c["cause"].as_str(),
+            c["closed_by"].as_str(),
+            c["time_wait"].as_bool()
+        ),
+        (Some("fin"), Some("local"), Some(true)),
+        "{c}"
+    );
     assert!(c["lifetime_ms"].is_u64(), "{c}");
     assert_eq!(the_one(&all, na, cport, "fin_sent")["state"], "fin_wait1");
     let s = the_one(&all, nb, sport, "connection_closed");
-    assert_eq!((s["cause"].as_str(), s["closed_by"].as_str(), s["time_wait"].as_bool()), (Some("fin"), Some("remote"), Some(false)), "{s}");
-    assert_eq!(the_one(&all, nb, sport, "fin_received")["state"], "close_wait");
+    assert_eq!(
+        (
+            s["cause"].as_str(),
+            s["closed_by"].as_str(),
+            s["time_wait"].as_bool()
+        ),
+        (Some("fin"), Some("remote"), Some(false)),
+        "{s}"
+    );
+    assert_eq!(
+        the_one(&all, nb, sport, "fin_received")["state"],
+        "close_wait"
+    );
     assert_eq!(the_one(&all, nb, sport, "fin_sent")["state"], "last_ack");
     // Without --all, a healthy connection without keepalive is not reported.
-    assert!(conn_events(&default, na, cport).is_empty(), "{:?}", conn_events(&default, na, cport));
+    assert!(
+        conn_events(&default, na, cport).is_empty(),
+        "{:?}",
+        conn_events(&default, na, cport)
+    );
     assert!(conn_events(&default, nb, sport).is_empty());
 }
 
@@ -335,14 +481,38 @@ fn port_and_address_filters_exclude_other_connections() {
         drop(c);
         assert_eq!(read_until_error(&s), 0);
     }
-    by_port.wait_for("the port sentinel", WAIT, |v| is(v, "connection_closed", na, sentinels[0]));
-    by_addr.wait_for("the address sentinel", WAIT, |v| is(v, "connection_closed", na, sentinels[1]));
+    by_port.wait_for("the port sentinel", WAIT, |v| {
+        is(v, "connection_closed", na, sentinels[0])
+    });
+    by_addr.wait_for("the address sentinel", WAIT, |v| {
+        is(v, "connection_closed", na, sentinels[1])
+    });
     let a = by_port.stop();
     let b = by_addr.stop();
-    assert!(!conn_events(&a, na, ports[0]).is_empty(), "--port shows its port");
-    assert!(conn_events(&a, na, ports[1]).is_empty() && conn_events(&a, na, ports[2]).is_empty(), "--port lets other ports through");
-    assert!(a.iter().filter(|v| v.get("sport").is_some()).all(|v| v["sport"] == p1 || v["dport"] == p1));
-    assert!(!conn_events(&b, na, ports[2]).is_empty(), "--addr shows its address");
-    assert!(conn_events(&b, na, ports[0]).is_empty() && conn_events(&b, na, ports[1]).is_empty(), "--addr lets other addresses through");
-    assert!(b.iter().filter(|v| v.get("saddr").is_some()).all(|v| v["saddr"] == link.b6.to_string() || v["daddr"] == link.b6.to_string()));
+    assert!(
+        !conn_events(&a, na, ports[0]).is_empty(),
+        "--port shows its port"
+    );
+    assert!(
+        conn_events(&a, na, ports[1]).is_empty() && conn_events(&a, na, ports[2]).is_empty(),
+        "--port lets other ports through"
+    );
+    assert!(
+        a.iter()
+            .filter(|v| v.get("sport").is_some())
+            .all(|v| v["sport"] == p1 || v["dport"] == p1)
+    );
+    assert!(
+        !conn_events(&b, na, ports[2]).is_empty(),
+        "--addr shows its address"
+    );
+    assert!(
+        conn_events(&b, na, ports[0]).is_empty() && conn_events(&b, na, ports[1]).is_empty(),
+        "--addr lets other addresses through"
+    );
+    assert!(
+        b.iter()
+            .filter(|v| v.get("saddr").is_some())
+            .all(|v| v["saddr"] == link.b6.to_string() || v["daddr"] == link.b6.to_string())
+    );
 }

@@ -22,7 +22,9 @@ impl Options {
 /// A cargo command for this workspace that must embed the eBPF object.
 pub fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(setup::workspace_root()).args(args).env("KAPROBE_REQUIRE_EBPF", "1");
+    cmd.current_dir(setup::workspace_root())
+        .args(args)
+        .env("KAPROBE_REQUIRE_EBPF", "1");
     cmd
 }
 
@@ -37,5 +39,8 @@ pub fn run(o: &Options) -> Result<PathBuf> {
         bail!("build failed");
     }
     let profile = if o.release { "release" } else { "debug" };
-    Ok(setup::workspace_root().join("target").join(profile).join("kaprobe"))
+    Ok(setup::workspace_root()
+        .join("target")
+        .join(profile)
+        .join("kaprobe"))
 }

@@ -17,7 +17,11 @@ pub struct Options {
 }
 
 pub fn run(o: Options) -> Result<()> {
-    let bin = build::run(&if o.debug { build::Options { release: false } } else { build::Options::release() })?;
+    let bin = build::run(&if o.debug {
+        build::Options { release: false }
+    } else {
+        build::Options::release()
+    })?;
     // kaprobe loads eBPF programs: it needs root.
     let mut cmd = if setup::is_root() {
         Command::new(&bin)
@@ -26,6 +30,9 @@ pub fn run(o: Options) -> Result<()> {
         c.arg(&bin);
         c
     };
-    let status = cmd.args(&o.args).status().with_context(|| format!("running {}", bin.display()))?;
+    let status = cmd
+        .args(&o.args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
     std::process::exit(status.code().unwrap_or(1));
 }

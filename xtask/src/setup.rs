@@ -9,14 +9,23 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Debian packages: the eBPF build, then the tools the integration tests drive.
-pub const BUILD_PACKAGES: &[&str] =
-    &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+pub const BUILD_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 pub const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "procps", "bpftool", "util-linux"];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// Where `cargo install` puts bpf-linker (kaprobe-user's build script looks there).
@@ -34,7 +43,11 @@ fn installed(pkg: &str) -> bool {
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -51,7 +64,12 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         if !sudo.is_empty() {
             cmd.arg("apt-get");
         }
-        Ok(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").status().context("running apt-get")?.success())
+        Ok(cmd
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?
+            .success())
     };
     let mut args = vec!["install", "-y", "--no-install-recommends"];
     args.extend(&missing);
@@ -77,16 +95,27 @@ pub fn ensure() -> Result<()> {
     let root = tools_root();
     let bin = root.join("bin/bpf-linker");
     if !bpf_linker_ok(&bin) {
-        eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+        eprintln!(
+            "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        );
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22", "--root"])
             .arg(&root)
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .status()
             .context("running cargo install bpf-linker")?;
         if !status.success() || !bpf_linker_ok(&bin) {
-            bail!("could not install bpf-linker {BPF_LINKER_VERSION} into {}", root.display());
+            bail!(
+                "could not install bpf-linker {BPF_LINKER_VERSION} into {}",
+                root.display()
+            );
         }
     }
     Ok(())

@@ -15,7 +15,17 @@ pub struct Options {
 
 pub fn run(o: Options) -> Result<()> {
     let bin = build::run(&build::Options { release: false })?;
-    if !build::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).status()?.success() {
+    if !build::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .status()?
+    .success()
+    {
         bail!("clippy found problems");
     }
     let filter: Vec<&str> = o.filter.as_deref().into_iter().collect();
@@ -29,7 +39,9 @@ pub fn run(o: Options) -> Result<()> {
         return Ok(());
     }
     if !setup::is_root() {
-        bail!("the integration tests need root (they load eBPF programs and make network namespaces): run `sudo -E cargo xtask test`");
+        bail!(
+            "the integration tests need root (they load eBPF programs and make network namespaces): run `sudo -E cargo xtask test`"
+        );
     }
     setup::apt_install(setup::TEST_PACKAGES)?;
     let mut integ = vec!["test", "--package", "kaprobe-tests", "--"];

@@ -1,0 +1,625 @@
+//! Prometheus metrics (`watch --metrics-addr`): counters of what the event log reports,
+//! served in the OpenMetrics text format on `/metrics` by hyper.
+//!
+//! Labels are bounded: causes, directions and reasons come from fixed sets (reset reasons
+//! from the kernel's `enum sk_rst_reason`); nothing is labelled per connection. The per
+//! remote port breakdown is opt-in (`--metrics-remote-port`) and capped at
+//! [`MAX_REMOTE_PORTS`] distinct ports (the rest count as port 0).
+use std::{
+    collections::{HashMap, HashSet},
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::model::{Body, Cause, Event, LostRecords, Side};
+
+/// Distinct remote ports labelled before the rest are counted as port 0.
+pub const MAX_REMOTE_PORTS: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetLabels {
+    direction: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    cause: &'static str,
+    closed_by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    remote_port: u16,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    version: String,
+    kernel: String,
+    attach: String,
+    mode: String,
+}
+
+/// What the agent tells the metrics at start-up.
+pub struct AgentInfo<'a> {
+    pub version: &'a str,
+    pub kernel: &'a str,
+    pub attach: &'a str,
+    pub mode: &'a str,
+    pub ring_buffer_bytes: u32,
+}
+
+/// Every metric kaprobe exports.
+pub struct Metrics {
+    registry: Registry,
+    probes: Counter,
+    acks: Counter,
+    timeouts: Counter,
+    resets: Family<ResetLabels, Counter>,
+    fins: Family<DirectionLabels, Counter>,
+    closes: Family<CloseLabels, Counter>,
+    lost: Family<SourceLabels, Counter>,
+    lost_records: Family<KindLabels, Counter>,
+    lost_connection_ends: Counter,
+    records_read: Counter,
+    bad_records: Counter,
+    evicted: Counter,
+    tracked: Gauge,
+    ring_used: Gauge,
+    ring_peak: Gauge,
+    by_port: Option<Family<PortLabels, Counter>>,
+    /// Reset reason names, interned (a small fixed set from the kernel's enum).
+    reasons: Mutex<HashMap<String, &'static str>>,
+    ports: Mutex<HashSet<u16>>,
+}
+
+impl Metrics {
+    pub fn new(per_remote_port: bool, info: &AgentInfo) -> Metrics {
+        let mut registry = Registry::with_prefix("kaprobe");
+        let m = Metrics {
+            probes: Counter::default(),
+            acks: Counter::default(),
+            timeouts: Counter::default(),
+            resets: Family::default(),
+            fins: Family::default(),
+            closes: Family::default(),
+            lost: Family::default(),
+            lost_records: Family::default(),
+            lost_connection_ends: Counter::default(),
+            records_read: Counter::default(),
+            bad_records: Counter::default(),
+            evicted: Counter::default(),
+            tracked: Gauge::default(),
+            ring_used: Gauge::default(),
+            ring_peak: Gauge::default(),
+            by_port: per_remote_port.then(Family::default),
+            reasons: Mutex::new(HashMap::new()),
+            ports: Mutex::new(HashSet::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "keepalive_probes",
+            "Keepalive probes sent",
+            m.probes.clone(),
+        );
+        registry.register(
+            "keepalive_acks",
+            "Keepalive probes answered by the peer",
+            m.acks.clone(),
+        );
+        registry.register(
+            "keepalive_timeouts",
+            "Connections the kernel gave up on in its keepalive timer (ETIMEDOUT)",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "resets",
+            "RSTs sent and received on reported connections, by direction and reason",
+            m.resets.clone(),
+        );
+        registry.register(
+            "fins",
+            "FINs sent and received on reported connections",
+            m.fins.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Reported connections that ended, by cause and by the side that ended them",
+            m.closes.clone(),
+        );
+        registry.register(
+            "events_lost",
+            "Things the kernel side could not deliver, by source (ring_buffer: records; kernel_conn_table: sockets; recursion: hook runs)",
+            m.lost.clone(),
+        );
+        registry.register(
+            "lost_records",
+            "Records lost because the ring buffer was full, by record kind",
+            m.lost_records.clone(),
+        );
+        registry.register(
+            "lost_connection_ends",
+            "Connection ends (connection_closed events) lost with the ring buffer full",
+            m.lost_connection_ends.clone(),
+        );
+        registry.register(
+            "records_read",
+            "Records read from the kernel's ring buffer",
+            m.records_read.clone(),
+        );
+        registry.register(
+            "bad_records",
+            "Records that failed to decode",
+            m.bad_records.clone(),
+        );
+        registry.register(
+            "evicted_connections",
+            "Connections the agent stopped following because its table was full",
+            m.evicted.clone(),
+        );
+        registry.register(
+            "tracked_connections",
+            "Connections the agent follows now",
+            m.tracked.clone(),
+        );
+        registry.register(
+            "ring_buffer_used_bytes",
+            "Bytes waiting in the ring buffer when the agent last drained it",
+            m.ring_used.clone(),
+        );
+        registry.register(
+            "ring_buffer_peak_used_bytes",
+            "Most bytes found waiting in the ring buffer since start",
+            m.ring_peak.clone(),
+        );
+        let size = Gauge::<i64>::default();
+        size.set(info.ring_buffer_bytes as i64);
+        registry.register(
+            "ring_buffer_size_bytes",
+            "Size of the ring buffer (--ring-size)",
+            size,
+        );
+        let build = Family::<InfoLabels, Gauge>::default();
+        build
+            .get_or_create(&InfoLabels {
+                version: info.version.into(),
+                kernel: info.kernel.into(),
+                attach: info.attach.into(),
+                mode: info.mode.into(),
+            })
+            .set(1);
+        registry.register(
+            "agent_info",
+            "The agent: version, kernel, how the hooks attached, mode",
+            build,
+        );
+        if let Some(f) = &m.by_port {
+            registry.register(
+                "remote_port_events",
+                "Keepalive and close events by remote port (--metrics-remote-port; at most 256 ports, the rest as 0)",
+                f.clone(),
+            );
+        }
+        // Series that exist from the start, at 0, so that a first increase shows in rate().
+        for source in ["ring_buffer", "kernel_conn_table", "recursion"] {
+            let _ = m.lost.get_or_create(&SourceLabels { source });
+        }
+        for direction in ["sent", "received"] {
+            let _ = m.fins.get_or_create(&DirectionLabels { direction });
+        }
+        for reason in ["answer_to_keepalive_probe", "unspecified"] {
+            let _ = m.resets.get_or_create(&ResetLabels {
+                direction: "received",
+                reason,
+            });
+        }
+        for cause in Cause::ALL {
+            for closed_by in ["local", "remote"] {
+                let _ = m.closes.get_or_create(&CloseLabels {
+                    cause: cause.as_str(),
+                    closed_by,
+                });
+            }
+        }
+        Metrics { registry, ..m }
+    }
+
+    fn reason(&self, name: &str) -> &'static str {
+        let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = reasons.get(name) {
+            return r;
+        }
+        // Bounded by the kernel's enum sk_rst_reason (a few dozen names).
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        reasons.insert(name.to_owned(), leaked);
+        leaked
+    }
+
+    fn port_event(&self, e: &Event, event: &'static str) {
+        let (Some(family), Some(conn)) = (&self.by_port, &e.conn) else {
+            return;
+        };
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        let port = if ports.contains(&conn.dport) || ports.len() < MAX_REMOTE_PORTS {
+            ports.insert(conn.dport);
+            conn.dport
+        } else {
+            0
+        };
+        family
+            .get_or_create(&PortLabels {
+                remote_port: port,
+                event,
+            })
+            .inc();
+    }
+
+    /// Counts one event written to the log.
+    pub fn observe(&self, e: &Event) {
+        match &e.body {
+            Body::KeepaliveProbe { .. } => {
+                self.probes.inc();
+                self.port_event(e, "keepalive_probe");
+            }
+            Body::KeepaliveAck { .. } => {
+                self.acks.inc();
+            }
+            Body::KeepaliveTimeout { .. } => {
+                self.timeouts.inc();
+                self.port_event(e, "keepalive_timeout");
+            }
+            Body::ResetSent { reason, .. } => {
+                self.resets
+                    .get_or_create(&ResetLabels {
+                        direction: "sent",
+                        reason: self.reason(reason),
+                    })
+                    .inc();
+                self.port_event(e, "reset_sent");
+            }
+            Body::ResetReceived {
+                during_keepalive, ..
+            } => {
+                let reason = if *during_keepalive {
+                    "answer_to_keepalive_probe"
+                } else {
+                    "unspecified"
+                };
+                self.resets
+                    .get_or_create(&ResetLabels {
+                        direction: "received",
+                        reason,
+                    })
+                    .inc();
+                self.port_event(e, "reset_received");
+            }
+            Body::FinSent { .. } => {
+                self.fins
+                    .get_or_create(&DirectionLabels { direction: "sent" })
+                    .inc();
+            }
+            Body::FinReceived { .. } => {
+                self.fins
+                    .get_or_create(&DirectionLabels {
+                        direction: "received",
+                    })
+                    .inc();
+            }
+            Body::ConnectionClosed {
+                cause, closed_by, ..
+            } => {
+                let closed_by = if *closed_by == Side::Local {
+                    "local"
+                } else {
+                    "remote"
+                };
+                self.closes
+                    .get_or_create(&CloseLabels {
+                        cause: cause.as_str(),
+                        closed_by,
+                    })
+                    .inc();
+                self.port_event(e, "connection_closed");
+            }
+            Body::EventsLost {
+                count,
+                source,
+                records,
+                ..
+            } => {
+                self.lost
+                    .get_or_create(&SourceLabels { source })
+                    .inc_by(*count);
+                if let Some(r) = records {
+                    self.lost_by_kind(r);
+                }
+            }
+            Body::AgentStart { .. } | Body::AgentStop { .. } => {}
+        }
+    }
+
+    fn lost_by_kind(&self, r: &LostRecords) {
+        for (&kind, &n) in &r.by_kind {
+            self.lost_records
+                .get_or_create(&KindLabels { kind })
+                .inc_by(n);
+        }
+        self.lost_connection_ends.inc_by(r.connection_ends);
+    }
+
+    /// Records read from the ring buffer in one drain, and their bytes.
+    pub fn drained(&self, records: u64, bad: u64, bytes: u64) {
+        self.records_read.inc_by(records);
+        self.bad_records.inc_by(bad);
+        self.ring_used.set(bytes as i64);
+        if bytes as i64 > self.ring_peak.get() {
+            self.ring_peak.set(bytes as i64);
+        }
+    }
+
+    /// The agent's connection table now, and its evictions so far.
+    pub fn table(&self, tracked: usize, evicted_total: u64) {
+        self.tracked.set(tracked as i64);
+        let seen = self.evicted.get();
+        if evicted_total > seen {
+            self.evicted.inc_by(evicted_total - seen);
+        }
+    }
+
+    /// The exposition, as Prometheus scrapes it.
+    pub fn render(&self) -> String {
+        let mut text = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Binds the metrics address now, so that a bad or busy address fails before anything is
+/// loaded.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn respond(
+    metrics: Arc<Metrics>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body, content_type) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            (StatusCode::OK, metrics.render(), CONTENT_TYPE)
+        }
+        (&Method::GET, "/") => (
+            StatusCode::OK,
+            "kaprobe: metrics at /metrics\n".to_owned(),
+            "text/plain",
+        ),
+        (&Method::GET | &Method::HEAD, _) => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_owned(),
+            "text/plain",
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".to_owned(),
+            "text/plain",
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    Ok(resp)
+}
+
+/// Serves `/metrics` on `listener` until the runtime stops; one task per scrape connection.
+pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("metrics endpoint: {e}");
+            return;
+        }
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: keep serving what we can.
+                log::warn!("metrics endpoint: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| respond(metrics.clone(), req));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                log::debug!("metrics endpoint: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoints, Family as Fam, Timestamp};
+
+    fn ev(body: Body) -> Event {
+        let conn = Endpoints {
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport: 40000,
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport: 5432,
+            family: Fam::Ipv4,
+            netns: 1,
+        };
+        Event {
+            ts: Timestamp(0),
+            conn: Some(conn),
+            body,
+        }
+    }
+
+    fn info() -> AgentInfo<'static> {
+        AgentInfo {
+            version: "0.1.0",
+            kernel: "6.18.0",
+            attach: "tp_btf",
+            mode: "default",
+            ring_buffer_bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn counts_events_with_bounded_labels() {
+        let m = Metrics::new(true, &info());
+        for _ in 0..3 {
+            m.observe(&ev(Body::KeepaliveTimeout {
+                probes: 3,
+                max_probes: 3,
+                idle_ms: 1,
+                error: None,
+                user_timeout_ms: None,
+            }));
+        }
+        m.observe(&ev(Body::ResetSent {
+            reason: "TCP_KEEPALIVE_TIMEOUT".into(),
+            state: None,
+        }));
+        m.observe(&ev(Body::ConnectionClosed {
+            cause: Cause::KeepaliveTimeout,
+            error: Some("ETIMEDOUT"),
+            closed_by: Side::Local,
+            time_wait: false,
+            lifetime_ms: None,
+            keepalive_probes: 3,
+            keepalive_acks: 0,
+            last_state: None,
+        }));
+        let mut lost = LostRecords::default();
+        lost.by_kind.insert("keepalive_timer", 2);
+        lost.connection_ends = 2;
+        m.observe(&Event {
+            ts: Timestamp(0),
+            conn: None,
+            body: Body::EventsLost {
+                count: 5,
+                source: "ring_buffer",
+                total: 5,
+                records: Some(lost),
+            },
+        });
+        let text = m.render();
+        assert!(
+            text.contains("kaprobe_keepalive_timeouts_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"kaprobe_resets_total{direction="sent",reason="TCP_KEEPALIVE_TIMEOUT"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"kaprobe_connections_closed_total{cause="keepalive_timeout",closed_by="local"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kaprobe_events_lost_total{source="ring_buffer"} 5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kaprobe_lost_records_total{kind="keepalive_timer"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("kaprobe_lost_connection_ends_total 2\n"),
+            "{text}"
+        );
+        assert!(text.contains(r#"kaprobe_remote_port_events_total{remote_port="5432",event="keepalive_timeout"} 3"#), "{text}");
+        assert!(
+            text.contains("kaprobe_ring_buffer_size_bytes 4096\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn remote_ports_are_capped() {
+        let m = Metrics::new(true, &info());
+        for port in 1..=(MAX_REMOTE_PORTS as u16 + 10) {
+            let mut e = ev(Body::KeepaliveProbe {
+                probe: 1,
+                max_probes: 3,
+                idle_ms: 1,
+                interval_ms: 1,
+            });
+            e.conn.as_mut().unwrap().dport = port;
+            m.observe(&e);
+        }
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("kaprobe_remote_port_events_total{"))
+            .count();
+        assert_eq!(series, MAX_REMOTE_PORTS + 1, "{text}");
+        assert!(text.contains(
+            r#"kaprobe_remote_port_events_total{remote_port="0",event="keepalive_probe"} 10"#
+        ));
+    }
+
+    #[test]
+    fn no_port_breakdown_unless_asked() {
+        let m = Metrics::new(false, &info());
+        m.observe(&ev(Body::KeepaliveProbe {
+            probe: 1,
+            max_probes: 3,
+            idle_ms: 1,
+            interval_ms: 1,
+        }));
+        let text = m.render();
+        assert!(!text.contains("remote_port"));
+        assert!(text.contains("kaprobe_keepalive_probes_total 1\n"));
+    }
+}
