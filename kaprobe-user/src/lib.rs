@@ -15,3 +15,6 @@ pub mod output;
 pub mod privileges;
 pub mod progstats;
 pub mod watch;
+
+#[cfg(test)]
+mod fuzz_tests;

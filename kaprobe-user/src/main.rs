@@ -14,9 +14,15 @@ fn main() {
         }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
-            // One line: clap's first line, without its usage block.
+            // One line: clap's first line (with what it lists after a colon), without its
+            // usage block.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("bad arguments").to_owned();
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:")).collect();
+                first = format!("{} {}", first, listed.join(", "));
+            }
             eprintln!("kaprobe: {first} (see kaprobe --help)");
             std::process::exit(exit::USAGE);
         }

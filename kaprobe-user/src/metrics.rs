@@ -158,7 +158,7 @@ impl Metrics {
         );
         registry.register(
             "events_lost",
-            "Things the kernel side could not deliver, by source (ring_buffer: records; kernel_conn_table: sockets; recursion: hook runs)",
+            "What could not be followed or delivered, by source (ring_buffer: records; kernel_conn_table: sockets; agent_conn_table: connections evicted by the agent; recursion: hook runs)",
             m.lost.clone(),
         );
         registry.register(
@@ -230,7 +230,7 @@ impl Metrics {
             );
         }
         // Series that exist from the start, at 0, so that a first increase shows in rate().
-        for source in ["ring_buffer", "kernel_conn_table", "recursion"] {
+        for source in ["ring_buffer", "kernel_conn_table", "agent_conn_table", "recursion"] {
             let _ = m.lost.get_or_create(&SourceLabels { source });
         }
         for direction in ["sent", "received"] {

@@ -174,7 +174,32 @@ impl Agent {
         if let Some(m) = &self.metrics {
             m.table(self.correlator.tracked(), self.correlator.stats.evicted);
         }
-        self.write_scratch()
+        self.write_scratch()?;
+        self.report_evictions(now_mono)
+    }
+
+    /// Connections the agent stopped following because its table was full (the least
+    /// recently active go first): an `events_lost` event, never silently.
+    fn report_evictions(&mut self, now_mono: u64) -> Result<(), Fatal> {
+        let total = self.correlator.stats.evicted;
+        if total <= self.totals.evicted_connections {
+            return Ok(());
+        }
+        let count = total - self.totals.evicted_connections;
+        self.totals.evicted_connections = total;
+        log::warn!(
+            "{count} connections no longer followed: the agent's table was full (raise --max-connections)"
+        );
+        self.write(&Event {
+            ts: self.clock.wall(now_mono),
+            conn: None,
+            body: Body::EventsLost {
+                count,
+                source: "agent_conn_table",
+                total,
+                records: None,
+            },
+        })
     }
 
     /// What the records lost since the last call were; updates the totals.
@@ -514,7 +539,7 @@ async fn event_loop(
         stats.records_sent(),
         agent.records_read
     );
-    agent.totals.evicted_connections = agent.correlator.stats.evicted;
+    agent.report_evictions(monotonic_ns())?;
     let stop = Event {
         ts: clock.wall(monotonic_ns()),
         conn: None,

@@ -335,12 +335,21 @@ pub fn kaprobe_bin() -> String {
 impl Agent {
     /// Starts `kaprobe watch --format json <extra>` and waits for `agent_start`.
     pub fn start(extra: &[&str]) -> Agent {
+        Agent::start_as(&[], extra)
+    }
+
+    /// Like [`Agent::start`], run through `wrapper` (e.g. `setpriv ...`) when not empty.
+    pub fn start_as(wrapper: &[&str], extra: &[&str]) -> Agent {
         let verbose: &[&str] = if std::env::var("KAPROBE_TEST_VERBOSE").is_ok_and(|v| v == "1") {
             &["-vv"]
         } else {
             &[]
         };
-        let mut child = Command::new(kaprobe_bin())
+        let bin = kaprobe_bin();
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.push(&bin);
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
             .args(["watch", "--format", "json"])
             .args(verbose)
             .args(extra)
@@ -617,4 +626,81 @@ pub fn the_one<'a>(all: &'a [Value], ns: u64, sport: u16, kind: &str) -> &'a Val
         "expected exactly one {kind} for port {sport}, got {found:?}"
     );
     found[0]
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Percent-encodes a URL query value.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A plain HTTP/1.0 GET: (status, body). Errors (nobody listening yet) as `Err`.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// Capability names (e.g. `CAP_BPF`) granted by `AmbientCapabilities=` in the systemd unit.
+pub fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(repo_root().join("deploy/systemd/kaprobe.service"))
+        .expect("read the unit");
+    let mut caps: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .flat_map(|v| v.split_whitespace().map(str::to_owned))
+        .collect();
+    caps.sort();
+    caps
+}
+
+/// Raises this process's open-file limit to `n` (root may).
+pub fn raise_fd_limit(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads the struct we pass; nothing else.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(
+        rc,
+        0,
+        "setrlimit NOFILE {n}: {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -35,6 +35,9 @@ fn bad_flags_give_one_line_and_status_2() {
         (&["watch", "--duration", "-1"], "-1"),
         (&["watch", "--format", "xml"], "xml"),
         (&["watch", "--max-connections", "0"], "0"),
+        (&["watch", "--metrics-addr", "nowhere:port"], "nowhere:port"),
+        (&["watch", "--metrics-addr", "127.0.0.1:70000"], "70000"),
+        (&["watch", "--metrics-remote-port"], "--metrics-addr"),
         (&["frobnicate"], "frobnicate"),
     ] {
         let (code, stderr) = kaprobe(args);
@@ -84,6 +87,11 @@ fn without_privileges_it_says_which_capabilities_are_missing() {
 
 /// IDs of the eBPF programs process `pid` holds.
 fn prog_ids(pid: u32) -> Vec<u32> {
+    bpf_ids(pid, "prog_id:")
+}
+
+/// IDs of the eBPF objects (`prog_id:` or `map_id:`) process `pid` holds.
+fn bpf_ids(pid: u32, key: &str) -> Vec<u32> {
     let mut ids = Vec::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .expect("fdinfo")
@@ -92,7 +100,7 @@ fn prog_ids(pid: u32) -> Vec<u32> {
         if let Ok(text) = std::fs::read_to_string(fd.path()) {
             ids.extend(
                 text.lines()
-                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|l| l.strip_prefix(key))
                     .filter_map(|v| v.trim().parse::<u32>().ok()),
             );
         }
@@ -102,9 +110,9 @@ fn prog_ids(pid: u32) -> Vec<u32> {
     ids
 }
 
-fn prog_exists(id: u32) -> bool {
+fn bpf_exists(kind: &str, id: u32) -> bool {
     Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string()])
+        .args([kind, "show", "id", &id.to_string()])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -124,6 +132,11 @@ fn sigterm_writes_agent_stop_and_unloads_everything() {
     let first = lines.next().expect("a line").expect("read");
     assert!(first.contains("\"agent_start\""), "{first}");
     let ids = prog_ids(child.id());
+    let maps = bpf_ids(child.id(), "map_id:");
+    assert!(
+        maps.len() >= 5,
+        "the ring buffer, counters and tables: {maps:?}"
+    );
     assert_eq!(ids.len(), 7, "seven programs attached: {ids:?}");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -136,11 +149,15 @@ fn sigterm_writes_agent_stop_and_unloads_everything() {
     );
     // The kernel frees programs after an RCU grace period, a little after the last fd closes.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    for id in ids {
-        while prog_exists(id) {
+    let objects = ids
+        .iter()
+        .map(|&id| ("prog", id))
+        .chain(maps.iter().map(|&id| ("map", id)));
+    for (kind, id) in objects {
+        while bpf_exists(kind, id) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "program {id} is still loaded 10 s after exit"
+                "{kind} {id} is still loaded 10 s after exit"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -187,4 +204,172 @@ fn closed_stdout_ends_quietly() {
         .expect("stderr");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.is_empty(), "quietly: {stderr}");
+}
+
+/// Runs `kaprobe <args>` in a new mount namespace after `setup` (shell commands): (status,
+/// stdout, stderr).
+fn kaprobe_in_mount_ns(setup: &str, args: &str) -> (i32, String, String) {
+    let script = format!("{setup}\nexec {} {args}", kaprobe_bin());
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn no_kernel_btf_is_one_line_and_status_4() {
+    if need_root() {
+        return;
+    }
+    // A kernel without BTF: /sys/kernel/btf hidden in a private mount namespace.
+    let (code, _, stderr) =
+        kaprobe_in_mount_ns("mount -t tmpfs none /sys/kernel/btf || exit 99", "watch");
+    assert_eq!(code, 4, "{stderr}");
+    let line = one_line(&stderr);
+    assert!(
+        line.contains("BTF") && line.contains("CONFIG_DEBUG_INFO_BTF"),
+        "{line}"
+    );
+}
+
+#[test]
+fn runs_without_tracefs() {
+    if need_root() {
+        return;
+    }
+    // Neither tracefs nor debugfs: hooks attach by BTF id or raw tracepoint name.
+    let hide = "mount -t tmpfs none /sys/kernel/tracing || exit 99\n\
+                mount -t tmpfs none /sys/kernel/debug || exit 99";
+    for attach in ["tp-btf", "raw-tracepoint"] {
+        let (code, stdout, stderr) = kaprobe_in_mount_ns(
+            hide,
+            &format!("watch --format json --duration 1s --attach {attach}"),
+        );
+        assert_eq!(code, 0, "{attach}: {stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert!(
+            lines.first().is_some_and(|l| l.contains("\"agent_start\"")),
+            "{attach}: {stdout}"
+        );
+        assert!(
+            lines.last().is_some_and(|l| l.contains("\"agent_stop\"")),
+            "{attach}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn metrics_address_in_use_is_one_line_and_status_6() {
+    if need_root() {
+        return;
+    }
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let (code, stderr) = kaprobe(&["watch", "--metrics-addr", &addr]);
+    assert_eq!(code, 6, "{stderr}");
+    let line = one_line(&stderr);
+    assert!(line.contains(&addr) && line.contains("in use"), "{line}");
+}
+
+#[test]
+fn sighup_reopens_the_output_file() {
+    if need_root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kaprobe-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("events.jsonl");
+    let rotated = dir.join("events.jsonl.1");
+    let mut child = Command::new(kaprobe_bin())
+        .args(["watch", "--all", "-o"])
+        .arg(&log)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let wait = |what: &str, p: &std::path::Path, needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !read(p).contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {needle} not in {}",
+                p.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("start", &log, "\"agent_start\"");
+    // logrotate: move the file away, then SIGHUP.
+    std::fs::rename(&log, &rotated).expect("rename");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !log.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reopen {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A connection closed after the reopen goes to the new file.
+    let ns = NetNs::new("hup");
+    let l = listen(&ns, "127.0.0.1".parse().expect("ip"));
+    let c = connect(&ns, l.local_addr().expect("addr"));
+    let sport = port(&c);
+    drop(c);
+    drop(l.accept().expect("accept"));
+    let needle = format!("\"sport\":{sport},");
+    wait("close after SIGHUP", &log, &needle);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let (old, new) = (read(&rotated), read(&log));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        old.contains("\"agent_start\"") && !old.contains(&needle),
+        "old file: {old}"
+    );
+    assert!(
+        new.contains("\"agent_stop\""),
+        "new file ends with agent_stop: {new}"
+    );
+    assert!(!new.contains("\"agent_start\""));
+}
+
+#[test]
+fn a_missing_tracepoint_is_one_line_naming_it_and_status_4() {
+    if need_root() {
+        return;
+    }
+    // A kernel without `tcp:tcp_receive_reset`: the running kernel's BTF with that
+    // tracepoint's typedef renamed, bind-mounted over /sys/kernel/btf/vmlinux in a private
+    // mount namespace.
+    let mut btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("read kernel BTF");
+    let name = b"btf_trace_tcp_receive_reset\0";
+    let at = btf
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the typedef's name");
+    btf[at + name.len() - 2] = b'x';
+    let path = std::env::temp_dir().join(format!("kaprobe-btf-{}", std::process::id()));
+    std::fs::write(&path, &btf).expect("write BTF copy");
+    let setup = format!(
+        "mount --bind {} /sys/kernel/btf/vmlinux || exit 99",
+        path.display()
+    );
+    let (code, _, stderr) = kaprobe_in_mount_ns(&setup, "watch");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, 4, "{stderr}");
+    let line = one_line(&stderr);
+    assert!(
+        line.contains("tracepoint") && line.contains("tcp_receive_reset"),
+        "{line}"
+    );
 }

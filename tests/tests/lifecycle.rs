@@ -516,3 +516,63 @@ fn port_and_address_filters_exclude_other_connections() {
             .all(|v| v["saddr"] == link.b6.to_string() || v["daddr"] == link.b6.to_string())
     );
 }
+
+#[test]
+fn a_full_agent_table_evicts_and_says_so() {
+    if need_root() {
+        return;
+    }
+    // More connections probing at once than the agent may follow (64, the least allowed):
+    // the least recently active are evicted and reported as lost, and every timeout is
+    // still reported (a timeout record carries all it needs).
+    const N: usize = 100;
+    let link = Link::new("evict");
+    let agent = Agent::start(&["--max-connections", "64"]);
+    let listener = listen(&link.b, link.b4);
+    let to = listener.local_addr().expect("addr");
+    let acceptor = std::thread::spawn(move || {
+        (0..N)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect::<Vec<_>>()
+    });
+    let ka = Keepalive {
+        idle_s: 1,
+        intvl_s: 1,
+        count: 2,
+    };
+    let clients: Vec<TcpStream> = link.a.run(move || {
+        (0..N)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+                set_keepalive(&c, ka);
+                c
+            })
+            .collect()
+    });
+    let _servers = acceptor.join().expect("acceptor");
+    link.silence_b();
+    for c in &clients {
+        assert_eq!(read_until_error(c), ETIMEDOUT);
+    }
+    let ns = link.a.inode();
+    agent.wait_count("a keepalive_timeout per connection", N, WAIT, |v| {
+        v["event"] == "keepalive_timeout" && v["netns"] == ns
+    });
+    let all = agent.stop();
+    assert_eq!(link.a.nstat()["TcpExtTCPAbortOnTimeout"], N as u64);
+    assert_eq!(events(&all, "keepalive_timeout", ns).len(), N);
+    let evicted: u64 = all
+        .iter()
+        .filter(|v| v["event"] == "events_lost" && v["source"] == "agent_conn_table")
+        .map(|v| v["count"].as_u64().expect("count"))
+        .sum();
+    let stop = all.last().expect("agent_stop");
+    assert!(
+        evicted > 0,
+        "{N} connections in a table of 64: some evicted"
+    );
+    assert_eq!(
+        stop["totals"]["evicted_connections"], evicted,
+        "reports add up to the total"
+    );
+}

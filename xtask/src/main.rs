@@ -16,7 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building kaprobe needs (Debian packages, bpf-linker) if it is missing.
+    /// Install what building and testing kaprobe need (Debian packages, bpf-linker, PyPI
+    /// test tools) if it is missing.
     Setup,
     /// Build the eBPF object and the `kaprobe` binary (which embeds it).
     Build(build::Options),
@@ -28,7 +29,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Setup => setup::ensure(),
+        Command::Setup => setup::ensure().and_then(|()| setup::ensure_test_tools()),
         Command::Build(o) => build::run(&o).map(|_| ()),
         Command::Run(o) => run::run(o),
         Command::Test(o) => test::run(o),

@@ -17,7 +17,25 @@ pub const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "procps", "bpftool", "util-linux"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "procps",
+    "bpftool",
+    "util-linux",
+    // The deployment tests: a real Prometheus scraping the agent, `systemd-analyze verify`
+    // on the unit, `setpriv` (util-linux) for least privilege.
+    "prometheus",
+    "systemd",
+    // A venv for PyPI test tools, from Debian's python3.
+    "python3-venv",
+];
+
+/// PyPI tools the tests run, installed into `target/tools/venv`: (package, version, command).
+pub const TEST_PIP_TOOLS: &[(&str, &str, &str)] = &[
+    // Validates deploy/kubernetes/daemonset.yaml against the Kubernetes schema, offline.
+    ("kubernetes-validate", "1.33.1", "kubernetes-validate"),
+];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -119,4 +137,55 @@ pub fn ensure() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The Python virtual environment for test tools from PyPI.
+pub fn venv() -> PathBuf {
+    tools_root().join("venv")
+}
+
+/// Installs the PyPI test tools that are missing into [`venv`].
+pub fn pip_install(tools: &[(&str, &str, &str)]) -> Result<()> {
+    let venv = venv();
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(_, _, bin)| !venv.join("bin").join(bin).is_file())
+        .map(|(pkg, version, _)| format!("{pkg}=={version}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !venv.join("bin/pip").is_file() {
+        // Debian's python3 (package python3-venv), not whatever python3 is first on PATH.
+        let ok = Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .context("running /usr/bin/python3 -m venv")?
+            .success();
+        if !ok {
+            bail!("could not create a Python venv at {}", venv.display());
+        }
+    }
+    eprintln!(
+        "xtask: installing {} into {}",
+        missing.join(" "),
+        venv.display()
+    );
+    let ok = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(&missing)
+        .status()
+        .context("running pip")?
+        .success();
+    if !ok {
+        bail!("pip could not install {}", missing.join(" "));
+    }
+    Ok(())
+}
+
+/// Everything the integration tests drive: Debian packages and PyPI tools.
+pub fn ensure_test_tools() -> Result<()> {
+    apt_install(TEST_PACKAGES)?;
+    pip_install(TEST_PIP_TOOLS)
 }

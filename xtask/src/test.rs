@@ -43,7 +43,7 @@ pub fn run(o: Options) -> Result<()> {
             "the integration tests need root (they load eBPF programs and make network namespaces): run `sudo -E cargo xtask test`"
         );
     }
-    setup::apt_install(setup::TEST_PACKAGES)?;
+    setup::ensure_test_tools()?;
     let mut integ = vec!["test", "--package", "kaprobe-tests", "--"];
     integ.extend(&filter);
     let status = build::cargo(&integ).env("KAPROBE_BIN", &bin).status()?;
