@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod owner;
 pub mod privileges;
 pub mod progstats;
 pub mod watch;
