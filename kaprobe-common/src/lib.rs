@@ -45,6 +45,9 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 
+/// An optional offset in [`Config`] that this kernel does not have.
+pub const NO_FIELD: u32 = u32::MAX;
+
 /// `reason` value meaning "this kernel's tracepoint has no reason argument".
 pub const REASON_UNKNOWN: u32 = u32::MAX;
 
@@ -214,6 +217,18 @@ pub struct Config {
     pub tp_packets_out: u32,
     pub tp_write_seq: u32,
     pub tp_snd_una: u32,
+    pub tp_bytes_sent: u32,
+    pub tp_bytes_retrans: u32,
+    pub tp_bytes_received: u32,
+    pub tp_segs_in: u32,
+    pub tp_segs_out: u32,
+    /// `sock_common.skc_cookie` (the cookie of a socket known only by its address).
+    pub skc_cookie: u32,
+    /// `sock.sk_shutdown` (a `u8`), or [`NO_FIELD`] where this kernel has it as a bitfield:
+    /// `RCV_SHUTDOWN` at close means the peer's FIN was received, which `bytes_received`
+    /// counts as one byte.
+    pub sk_shutdown: u32,
+    pub _pad: u32,
     /// `struct sk_buff` (addresses of a reset sent with no socket).
     pub skb_head: u32,
     pub skb_network_header: u32,
@@ -262,6 +277,30 @@ pub struct Tuple {
     pub _pad2: u32,
 }
 
+/// The process that owns a connection, recorded by the kernel in process context: at
+/// `connect()` (the SYN_SENT transition) for a client, at `listen()` for a listener, whose
+/// owner its accepted connections inherit. `tgid` 0: unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Thread-group id (the process id).
+    pub tgid: u32,
+    pub _pad: u32,
+    /// cgroup v2 id (`bpf_get_current_cgroup_id`: the cgroup directory's inode number).
+    pub cgroup_id: u64,
+    /// `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Key of the `LISTENERS` map: a listening port in a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// What the kernel knows about a connection when it reaches `TCP_CLOSE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -287,6 +326,13 @@ pub struct CloseInfo {
     /// `icsk_probes_out` at close.
     pub probes_out: u8,
     pub _pad: [u8; 2],
+    /// Payload bytes sent, retransmissions not counted (`bytes_sent - bytes_retrans`).
+    pub bytes_sent: u64,
+    /// Payload bytes received (`bytes_received`).
+    pub bytes_received: u64,
+    /// Segments sent and received (`segs_out`, `segs_in`).
+    pub segs_out: u32,
+    pub segs_in: u32,
 }
 
 /// [`kind::KA_TIMER`].
@@ -329,6 +375,7 @@ pub struct TimerRecord {
     pub _pad: [u8; 3],
     /// Valid when `DIED` is set.
     pub close: CloseInfo,
+    pub owner: Owner,
 }
 
 /// [`kind::STATE`]: a FIN transition on a tracked socket.
@@ -340,6 +387,7 @@ pub struct StateRecord {
     pub old_state: u8,
     pub new_state: u8,
     pub _pad: [u8; 6],
+    pub owner: Owner,
 }
 
 /// [`kind::CLOSE`].
@@ -349,6 +397,7 @@ pub struct CloseRecord {
     pub header: Header,
     pub tuple: Tuple,
     pub close: CloseInfo,
+    pub owner: Owner,
 }
 
 /// [`kind::RST_SENT`].
@@ -364,6 +413,7 @@ pub struct ResetSentRecord {
     /// 1 when the RST answers a segment for which no socket exists (`skaddr` 0).
     pub no_socket: u8,
     pub _pad: [u8; 2],
+    pub owner: Owner,
 }
 
 /// [`kind::RST_RECV`].
@@ -379,6 +429,7 @@ pub struct ResetRecvRecord {
     /// 1 when `SOCK_KEEPOPEN` is set.
     pub keepopen: u8,
     pub _pad: u8,
+    pub owner: Owner,
 }
 
 /// [`kind::SK_ERROR`].
@@ -391,6 +442,7 @@ pub struct ErrorRecord {
     pub error: i32,
     pub state: u8,
     pub _pad: [u8; 3],
+    pub owner: Owner,
 }
 
 /// The kernel's per-socket aggregation: the value of one slot of the `SOCKS` table, claimed
@@ -406,6 +458,8 @@ pub struct ConnState {
     /// [`conn_flag`] bits.
     pub flags: u32,
     pub _pad: u32,
+    /// Who made the connection (client) or listened for it (server); see [`Owner`].
+    pub owner: Owner,
 }
 
 /// Slots per set of the `SOCKS` table.
@@ -428,6 +482,9 @@ pub mod conn_flag {
     /// `--all` is on). Without it the entry only remembers the birth time, for the
     /// lifetime of a connection that fails.
     pub const REPORT: u32 = 1 << 0;
+    /// Born in SYN_RECV (accepted from a listener): the owner is the listener's, looked up
+    /// in `LISTENERS` when a record needs it.
+    pub const PASSIVE: u32 = 1 << 1;
 }
 
 /// Per-CPU scratch of the keepalive timer being run (entry → exit pairing).
@@ -456,18 +513,20 @@ macro_rules! assert_size {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
     };
 }
-assert_size!(Config, 8 + 40 * 4);
+assert_size!(Config, 8 + 48 * 4);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
-assert_size!(CloseInfo, 48);
-assert_size!(TimerRecord, 24 + 48 + 16 + 40 + 8 + 48);
-assert_size!(StateRecord, 24 + 48 + 8);
-assert_size!(CloseRecord, 24 + 48 + 48);
-assert_size!(ResetSentRecord, 24 + 48 + 8);
-assert_size!(ResetRecvRecord, 24 + 48 + 8);
-assert_size!(ErrorRecord, 24 + 48 + 8);
-assert_size!(ConnState, 32);
-assert_size!(SockSet, 64 + 8 * 32);
+assert_size!(CloseInfo, 48 + 24);
+assert_size!(Owner, 32);
+assert_size!(ListenKey, 8);
+assert_size!(TimerRecord, 24 + 48 + 16 + 40 + 8 + 72 + 32);
+assert_size!(StateRecord, 24 + 48 + 8 + 32);
+assert_size!(CloseRecord, 24 + 48 + 72 + 32);
+assert_size!(ResetSentRecord, 24 + 48 + 8 + 32);
+assert_size!(ResetRecvRecord, 24 + 48 + 8 + 32);
+assert_size!(ErrorRecord, 24 + 48 + 8 + 32);
+assert_size!(ConnState, 64);
+assert_size!(SockSet, 64 + 8 * 64);
 assert_size!(RecentReset, 24);
 
 #[cfg(feature = "user")]

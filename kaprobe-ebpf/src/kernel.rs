@@ -22,6 +22,9 @@ pub trait Mem {
     fn tcp_sock(sk: u64) -> u64;
     /// A number identifying socket `sk` for the `SOCKS` table (never 0).
     fn sock_key(sk: u64) -> u64;
+    /// The same key for a socket known only by its address (the socket behind a timer):
+    /// never generates a cookie, 0 when there is none.
+    fn sock_key_of_address(sk: u64) -> u64;
 }
 
 /// `bpf_probe_read_kernel`: any address.
@@ -47,6 +50,11 @@ impl Mem for Probe {
     /// The socket's address (an untyped value here, so it can be hashed).
     #[inline(always)]
     fn sock_key(sk: u64) -> u64 {
+        sk
+    }
+
+    #[inline(always)]
+    fn sock_key_of_address(sk: u64) -> u64 {
         sk
     }
 }
@@ -78,6 +86,13 @@ impl Mem for Btf {
         // a BTF-typed socket pointer (checked by the verifier) and generates the cookie if
         // the socket has none yet.
         unsafe { bpf_get_socket_cookie(sk as *mut core::ffi::c_void) }
+    }
+
+    /// `skc_cookie` as stored (a cookie is generated at the socket's birth by
+    /// [`Mem::sock_key`]).
+    #[inline(always)]
+    fn sock_key_of_address(sk: u64) -> u64 {
+        Probe::read::<u64>(sk, conf!(skc_cookie))
     }
 }
 

@@ -1,9 +1,12 @@
 //! The maps shared by the programs, and the one way records leave the kernel.
 use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id},
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use kaprobe_common::{ConnState, RecentReset, Record, SOCK_WAYS, SockSet, TimerScratch, stat};
+use kaprobe_common::{
+    CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet, TimerScratch, conn_flag, stat,
+};
 
 /// Every record goes through this one ring buffer. Its size is set by the agent
 /// (`--ring-size`) before load.
@@ -22,6 +25,11 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 /// agent from `--max-connections`.
 #[map(name = "SOCKS")]
 pub static SOCKS: Array<SockSet> = Array::with_max_entries(1, 0);
+
+/// Owner of each listening port (`listen()` runs in the owner's context): accepted
+/// connections are born in softirq, where no process is current, and inherit it.
+#[map(name = "LISTENERS")]
+pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(16384, 0);
 
 /// The keepalive timer running on this CPU, between `timer_expire_entry` and `_exit`.
 #[map(name = "TIMER_SCRATCH")]
@@ -95,6 +103,54 @@ pub fn claim_conn(key: u64) -> Option<&'static mut ConnState> {
     Some(slot)
 }
 
+/// The slot of the socket with key `key`, if it has one (nothing is claimed).
+#[inline(always)]
+pub fn find_conn(key: u64) -> Option<&'static mut ConnState> {
+    if key == 0 {
+        return None; // free slots have key 0
+    }
+    let set = sock_set(key)?;
+    for i in 0..SOCK_WAYS {
+        if set.keys[i] == key {
+            return set.slots.get_mut(i);
+        }
+    }
+    None
+}
+
+/// The process running now (call only in process context: connect, listen).
+#[inline(always)]
+pub fn current_owner() -> Owner {
+    Owner {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
+}
+
+/// The owner of the listener on `port` in namespace `netns`, if one was seen.
+#[inline(always)]
+pub fn listener_owner(netns: u32, port: u16) -> Owner {
+    let key = ListenKey { netns, port, _pad: 0 };
+    // SAFETY: the value is copied out at once; a concurrent update can at worst tear it,
+    // giving a wrong but harmless owner.
+    unsafe { LISTENERS.get(&key) }.copied().unwrap_or_default()
+}
+
+/// The owner recorded for a connection slot: its own (client), else its listener's
+/// (accepted). A socket without a slot (born before kaprobe started, or evicted) may still be
+/// an accepted one: its listener is tried too.
+#[inline(always)]
+pub fn owner_of_slot(conn: Option<&ConnState>, netns: u32, sport: u16) -> Owner {
+    match conn {
+        Some(c) if c.owner.tgid != 0 => c.owner,
+        Some(c) if c.flags & conn_flag::PASSIVE == 0 => Owner::default(),
+        _ => listener_owner(netns, sport),
+    }
+}
+
 /// Releases the slot of the socket with key `key` (its connection is over), returning what
 /// it held.
 #[inline(always)]
@@ -158,6 +214,19 @@ pub fn running_timer_of(sk: u64) -> Option<&'static mut TimerScratch> {
     let s = timer_scratch()?;
     let fresh = crate::kernel::now_ns().wrapping_sub(s.record.header.ts_ns) < TIMER_STALE_NS;
     (s.timer != 0 && s.record.header.sk == sk && fresh).then_some(s)
+}
+
+/// Per-CPU room to build a [`CloseRecord`] (too big for the 512-byte BPF stack together
+/// with what `inet_sock_set_state` keeps there).
+#[map(name = "CLOSE_SCRATCH")]
+pub static CLOSE_SCRATCH: PerCpuArray<CloseRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's close record scratch.
+#[inline(always)]
+pub fn close_scratch() -> Option<&'static mut CloseRecord> {
+    // SAFETY: per-CPU array slot, valid for the program's run and private to this CPU (a
+    // program does not nest on one CPU: the kernel skips a nested run and counts it).
+    CLOSE_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// The RST memory of this CPU.

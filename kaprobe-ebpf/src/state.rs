@@ -7,15 +7,21 @@
 //! `TCP_CLOSE`; FIN transitions of keepalive sockets are also sent as they happen.
 use aya_ebpf::EbpfContext;
 use kaprobe_common::{
-    CloseInfo, CloseRecord, ConnState, REASON_UNKNOWN, StateRecord, close_flag, config_flag,
-    conn_flag, kind, tcp_state, timer_flag,
+    CloseInfo, CloseRecord, ConnState, ListenKey, NO_FIELD, REASON_UNKNOWN, StateRecord, close_flag,
+    config_flag, conn_flag, kind, tcp_state, timer_flag,
 };
 
 use crate::{
     conf,
-    kernel::{Mem, flag_set, header, jiffies, now_ns, sk_flags, tuple_of_sock},
-    maps::{claim_conn, emit, emit_bulk, recent_reset, running_timer_of, take_conn},
+    kernel::{Mem, flag_set, header, jiffies, now_ns, sk_flags, tuple_of_sock, tuple_of_sock_common},
+    maps::{
+        LISTENERS, claim_conn, close_scratch, current_owner, emit, emit_bulk, owner_of_slot,
+        recent_reset, running_timer_of, take_conn,
+    },
 };
+
+/// `sk_shutdown` bit: no more data from the peer (its FIN arrived, or shutdown(SHUT_RD)).
+const RCV_SHUTDOWN: u8 = 1;
 
 /// How long an RST seen on this CPU may precede the `TCP_CLOSE` it caused.
 const RESET_TO_CLOSE_NS: u64 = 10_000_000;
@@ -32,10 +38,14 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // birth is remembered (cheaply), so that a connection's lifetime is known when it
     // fails or when keepalive is turned on later.
     let born = new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV;
-    if !keepopen && !all && !born && new != tcp_state::CLOSE {
+    if !keepopen && !all && !born && new != tcp_state::CLOSE && new != tcp_state::LISTEN {
         return;
     }
     if new == tcp_state::LISTEN {
+        // listen(), in the owner's context (rare): its accepted connections inherit it.
+        let t = tuple_of_sock_common::<M>(sk);
+        let key = ListenKey { netns: t.netns, port: t.sport, _pad: 0 };
+        let _ = LISTENERS.insert(&key, &current_owner(), 0);
         return;
     }
     let tp = M::tcp_sock(sk);
@@ -55,6 +65,13 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     if born {
         // A new connection on this socket (a socket can connect() again after failing).
         *conn = ConnState { birth_ns: now, ..ConnState::default() };
+        if new == tcp_state::SYN_SENT {
+            // connect(): the process is current.
+            conn.owner = current_owner();
+        } else {
+            // A child of a listener, born in softirq: the listener's owner, when needed.
+            conn.flags |= conn_flag::PASSIVE;
+        }
     }
     if !report {
         return;
@@ -69,13 +86,9 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
         conn.fin_recv_ns = now;
     }
     if keepopen && (fin_sent || fin_recv) {
-        let rec = StateRecord {
-            header: header(kind::STATE, sk),
-            tuple: tuple_of_sock::<M>(sk, tp),
-            old_state: old,
-            new_state: new,
-            _pad: [0; 6],
-        };
+        let tuple = tuple_of_sock::<M>(sk, tp);
+        let owner = owner_of_slot(Some(conn), tuple.netns, tuple.sport);
+        let rec = StateRecord { header: header(kind::STATE, sk), tuple, old_state: old, new_state: new, _pad: [0; 6], owner };
         let _ = emit_bulk(&rec);
     }
 }
@@ -106,17 +119,30 @@ fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all
     if scratch.is_none() && !(tracked || keepopen || all || failed) {
         return;
     }
-    let mut info = CloseInfo {
-        reset_reason: rst_reason,
-        sk_err,
-        rcv_tstamp: M::read::<u32>(tp, conf!(tp_rcv_tstamp)),
-        jiffies: jiffies() as u32,
-        flags: rst_flags,
-        old_state: old,
-        probes_out: M::read::<u8>(tp, conf!(icsk_probes_out)),
-        ..CloseInfo::default()
+    // Built in place in this CPU's scratch: the record is too big for the BPF stack.
+    let Some(rec) = close_scratch() else {
+        return;
     };
-    if let Some(c) = saved {
+    let info = &mut rec.close;
+    *info = CloseInfo::default();
+    info.reset_reason = rst_reason;
+    info.sk_err = sk_err;
+    info.rcv_tstamp = M::read::<u32>(tp, conf!(tp_rcv_tstamp));
+    info.jiffies = jiffies() as u32;
+    info.flags = rst_flags;
+    info.old_state = old;
+    info.probes_out = M::read::<u8>(tp, conf!(icsk_probes_out));
+    info.bytes_sent =
+        M::read::<u64>(tp, conf!(tp_bytes_sent)).wrapping_sub(M::read::<u64>(tp, conf!(tp_bytes_retrans)));
+    info.bytes_received = M::read::<u64>(tp, conf!(tp_bytes_received));
+    // The peer's FIN advanced rcv_nxt by one: not a byte of data.
+    let shutdown = conf!(sk_shutdown);
+    if shutdown != NO_FIELD && M::read::<u8>(sk, shutdown) & RCV_SHUTDOWN != 0 && info.bytes_received > 0 {
+        info.bytes_received -= 1;
+    }
+    info.segs_out = M::read::<u32>(tp, conf!(tp_segs_out));
+    info.segs_in = M::read::<u32>(tp, conf!(tp_segs_in));
+    if let Some(c) = &saved {
         info.birth_ns = c.birth_ns;
         info.fin_sent_ns = c.fin_sent_ns;
         info.fin_recv_ns = c.fin_recv_ns;
@@ -132,10 +158,13 @@ fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all
     }
     if let Some(scratch) = scratch {
         scratch.record.flags |= timer_flag::DIED;
-        scratch.record.close = info;
+        scratch.record.close = rec.close;
         return;
     }
-    let rec = CloseRecord { header: header(kind::CLOSE, sk), tuple: tuple_of_sock::<M>(sk, tp), close: info };
+    rec.header = header(kind::CLOSE, sk);
+    rec.tuple = tuple_of_sock::<M>(sk, tp);
+    rec.owner = owner_of_slot(saved.as_ref(), rec.tuple.netns, rec.tuple.sport);
+    let rec: &CloseRecord = rec;
     // A failure is worth waking up for; an orderly close is bulk.
-    let _ = if failed { emit(&rec) } else { emit_bulk(&rec) };
+    let _ = if failed { emit(rec) } else { emit_bulk(rec) };
 }

@@ -84,6 +84,20 @@ pub struct WatchArgs {
     /// Only events where either end is in this address block (repeatable), e.g. 10.0.0.0/8.
     #[arg(long, value_name = "CIDR")]
     pub addr: Vec<Cidr>,
+    /// Only connections of this network namespace, by inode number as `ls -L
+    /// /proc/PID/ns/net` shows it (repeatable).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Vec<u32>,
+    /// Only connections owned by this process id (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only connections owned by a process with this command name (repeatable).
+    #[arg(long, value_name = "COMM")]
+    pub comm: Vec<String>,
+    /// Only connections owned by a process in this cgroup v2 path or below (repeatable),
+    /// e.g. /system.slice/nginx.service.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<String>,
     /// Size of the kernel ring buffer (power of two).
     #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_size)]
     pub ring_size: u32,

@@ -24,7 +24,7 @@ use kaprobe_common::{
 
 use crate::{
     decode::RawEvent,
-    model::{Body, Cause, Endpoints, Event, Side, Timestamp, errno_name, state_name},
+    model::{Body, Cause, Endpoints, Event, Owner, Side, Timestamp, errno_name, state_name},
 };
 
 const ETIMEDOUT: i32 = 110;
@@ -79,6 +79,7 @@ struct Conn {
     /// Reason of an RST this side sent while the socket was still open.
     rst_sent: Option<u32>,
     error: i32,
+    owner: Option<Owner>,
 }
 
 /// A close waiting [`CLOSE_GRACE_NS`] for a trailing RST.
@@ -88,6 +89,9 @@ struct Pending {
     tuple: Tuple,
     info: CloseInfo,
     conn: Option<Conn>,
+    owner: Option<Owner>,
+    /// `info` came from the kernel at `TCP_CLOSE` (its byte and segment counts are real).
+    counted: bool,
 }
 
 /// Counters kept by the correlator.
@@ -177,11 +181,27 @@ impl Correlator {
         }
     }
 
-    fn event(&self, ts_ns: u64, tuple: Option<&Tuple>, body: Body) -> Event {
+    fn event(&self, ts_ns: u64, tuple: Option<&Tuple>, owner: &Option<Owner>, body: Body) -> Event {
         Event {
             ts: self.settings.clock.wall(ts_ns),
             conn: tuple.map(Endpoints::from_tuple),
+            owner: owner.clone(),
             body,
+        }
+    }
+
+    /// The owner a record names, else the one learned earlier for the connection (which
+    /// learns it).
+    fn owner(&mut self, sk: u64, tuple: &Tuple, raw: &kaprobe_common::Owner) -> Option<Owner> {
+        let from_record = Owner::from_kernel(raw);
+        match self.known(sk, tuple) {
+            Some(c) => {
+                if from_record.is_some() {
+                    c.owner = from_record.clone();
+                }
+                c.owner.clone()
+            }
+            None => from_record,
         }
     }
 
@@ -261,6 +281,10 @@ impl Correlator {
         let mut events = Vec::new();
         let by_rearm = self.probe_by_rearm(r);
         let conn = self.conn(r.header.sk, &r.tuple, ts);
+        if let Some(o) = Owner::from_kernel(&r.owner) {
+            conn.owner = Some(o);
+        }
+        let owner = conn.owner.clone();
         if r.probes_before == 0 && conn.unanswered > 0 {
             // The peer was heard (icsk_probes_out went back to 0) at rcv_tstamp.
             let heard_ns = ts
@@ -298,7 +322,7 @@ impl Correlator {
             ));
         }
         for (t, body) in events {
-            out.push(self.event(t, Some(&r.tuple), body));
+            out.push(self.event(t, Some(&r.tuple), &owner, body));
         }
         if !died {
             return;
@@ -317,6 +341,7 @@ impl Correlator {
             out.push(self.event(
                 ts,
                 Some(&r.tuple),
+                &owner,
                 Body::KeepaliveTimeout {
                     probes: r.probes_before,
                     max_probes: r.keepalive_probes,
@@ -332,6 +357,7 @@ impl Correlator {
             out.push(self.event(
                 ts,
                 Some(&r.tuple),
+                &owner,
                 Body::ResetSent {
                     reason: self.reason_name(r.reset_reason),
                     state: Some(state_name(r.state_before)),
@@ -346,6 +372,8 @@ impl Correlator {
                 tuple: r.tuple,
                 info,
                 conn,
+                owner,
+                counted: true,
             },
             forced,
             out,
@@ -374,6 +402,10 @@ impl Correlator {
     fn on_state(&mut self, r: &StateRecord, out: &mut Vec<Event>) {
         let ts = r.header.ts_ns;
         let conn = self.conn(r.header.sk, &r.tuple, ts);
+        if let Some(o) = Owner::from_kernel(&r.owner) {
+            conn.owner = Some(o);
+        }
+        let owner = conn.owner.clone();
         let body = match r.new_state {
             tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
                 conn.fin_sent_ns = ts;
@@ -389,7 +421,7 @@ impl Correlator {
             }
             _ => return,
         };
-        out.push(self.event(ts, Some(&r.tuple), body));
+        out.push(self.event(ts, Some(&r.tuple), &owner, body));
     }
 
     fn on_close(&mut self, r: &CloseRecord, out: &mut Vec<Event>) {
@@ -408,11 +440,15 @@ impl Correlator {
             self.finish(p, None, out);
         }
         let conn = self.conns.remove(&sk).filter(|c| c.tuple == r.tuple);
+        let owner =
+            Owner::from_kernel(&r.owner).or_else(|| conn.as_ref().and_then(|c| c.owner.clone()));
         let p = Pending {
             ts_ns: r.header.ts_ns,
             tuple: r.tuple,
             info: r.close,
             conn,
+            owner,
+            counted: true,
         };
         let failed = r.close.sk_err != 0
             || r.close.flags & (close_flag::RST_SENT | close_flag::RST_RECV) != 0
@@ -439,10 +475,17 @@ impl Correlator {
     fn on_reset_sent(&mut self, r: &ResetSentRecord, out: &mut Vec<Event>) {
         let sk = r.header.sk;
         let ts = r.header.ts_ns;
+        let owner = if r.no_socket != 0 {
+            None
+        } else {
+            self.owner(sk, &r.tuple, &r.owner)
+                .or_else(|| self.pending.get(&sk).and_then(|p| p.owner.clone()))
+        };
         let state = (r.no_socket == 0).then(|| state_name(r.state));
         out.push(self.event(
             ts,
             Some(&r.tuple),
+            &owner,
             Body::ResetSent {
                 reason: self.reason_name(r.reason),
                 state,
@@ -469,14 +512,20 @@ impl Correlator {
                     ..CloseInfo::default()
                 },
                 conn: self.conns.remove(&sk).filter(|c| c.tuple == r.tuple),
+                owner: owner.clone(),
+                counted: false,
             },
         };
+        if p.owner.is_none() {
+            p.owner = owner;
+        }
         p.info.flags |= close_flag::RST_SENT;
         p.info.reset_reason = r.reason;
         self.finish(p, None, out);
     }
 
     fn on_reset_recv(&mut self, r: &ResetRecvRecord, out: &mut Vec<Event>) {
+        let owner = self.owner(r.header.sk, &r.tuple, &r.owner);
         let kernel_says = r.probes_out > 0 && r.keepopen != 0 && r.packets_out == 0;
         let mut during = kernel_says;
         if let Some(c) = self.known(r.header.sk, &r.tuple) {
@@ -486,6 +535,7 @@ impl Correlator {
         out.push(self.event(
             r.header.ts_ns,
             Some(&r.tuple),
+            &owner,
             Body::ResetReceived {
                 during_keepalive: during,
                 state: state_name(r.state),
@@ -585,6 +635,8 @@ impl Correlator {
             tuple,
             info,
             conn,
+            owner,
+            counted,
         } = p;
         let clock = self.settings.clock;
         let outcome = Self::classify(&info, conn.as_ref(), forced);
@@ -600,6 +652,7 @@ impl Correlator {
                             .saturating_sub(idle_ms * 1_000_000)
                             .max(c.last_probe_ns),
                         Some(&tuple),
+                        &owner,
                         Body::KeepaliveAck {
                             probes_unanswered: c.unanswered,
                         },
@@ -642,7 +695,7 @@ impl Correlator {
         }
         fins.sort_by_key(|(t, _)| *t);
         for (t, body) in fins {
-            out.push(self.event(t, Some(&tuple), body));
+            out.push(self.event(t, Some(&tuple), &owner, body));
         }
         let error = if info.sk_err != 0 {
             info.sk_err
@@ -654,6 +707,7 @@ impl Correlator {
         out.push(self.event(
             ts_ns,
             Some(&tuple),
+            &owner,
             Body::ConnectionClosed {
                 cause: outcome.cause,
                 error: errno_name(error),
@@ -663,6 +717,11 @@ impl Correlator {
                 keepalive_probes: probes,
                 keepalive_acks: acks,
                 last_state: (info.old_state != 0).then(|| state_name(info.old_state)),
+                bytes_sent: counted.then_some(info.bytes_sent),
+                bytes_received: counted.then_some(info.bytes_received),
+                segments: counted.then_some(info.segs_out as u64 + info.segs_in as u64),
+                segments_sent: counted.then_some(info.segs_out),
+                segments_received: counted.then_some(info.segs_in),
             },
         ));
     }

@@ -93,6 +93,7 @@ fn close(sk: u64, sport: u16, t_ns: u64, info: CloseInfo) -> RawEvent {
         header: header(kind::CLOSE, t_ns, sk),
         tuple: tuple(sport),
         close: info,
+        owner: kaprobe_common::Owner::default(),
     })
 }
 
@@ -192,6 +193,11 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
             keepalive_probes: 5,
             keepalive_acks: 2,
             last_state: Some("established"),
+            bytes_sent: Some(0),
+            bytes_received: Some(0),
+            segments: Some(0),
+            segments_sent: Some(0),
+            segments_received: Some(0),
         }
     );
     assert_eq!(c.tracked(), 0, "state freed at close");
@@ -611,6 +617,7 @@ fn peer_closes_first_fins_live() {
             old_state: old,
             new_state: new,
             _pad: [0; 6],
+            owner: kaprobe_common::Owner::default(),
         })
     };
     let mut out = run(
@@ -733,5 +740,64 @@ fn v4_mapped_ipv6_is_reported_as_ipv4() {
     assert_eq!(
         crate::model::Endpoints::from_tuple(&t).family,
         crate::model::Family::Ipv6
+    );
+}
+
+fn raw_owner(tgid: u32, comm: &[u8]) -> kaprobe_common::Owner {
+    let mut o = kaprobe_common::Owner {
+        tgid,
+        cgroup_id: 77,
+        ..kaprobe_common::Owner::default()
+    };
+    o.comm[..comm.len()].copy_from_slice(comm);
+    o
+}
+
+#[test]
+fn owner_and_byte_counts_reach_every_event_of_the_connection() {
+    let mut c = correlator();
+    // The owner comes with the first probe's record; the close record carries it too, and
+    // the byte and segment counts the kernel had at TCP_CLOSE.
+    let RawEvent::Timer(mut probe) = firing(SK, 5000, 1, 0, 0, 1) else {
+        unreachable!()
+    };
+    probe.owner = raw_owner(4242, b"curl");
+    let mut info = close_info(tcp_state::FIN_WAIT2, 0, 0);
+    info.fin_sent_ns = 2 * SEC;
+    info.fin_recv_ns = 2 * SEC + 1000;
+    info.bytes_sent = 1234;
+    info.bytes_received = 56789;
+    info.segs_out = 7;
+    info.segs_in = 9;
+    let RawEvent::Close(mut end) = close(SK, 5000, 3 * SEC, info) else {
+        unreachable!()
+    };
+    // A record without an owner (e.g. the kernel lost its slot) keeps the one learned.
+    end.owner = kaprobe_common::Owner::default();
+    let mut out = run(&mut c, &[RawEvent::Timer(probe), RawEvent::Close(end)]);
+    c.flush(&mut out);
+    assert!(out.len() >= 2, "{out:?}");
+    for e in &out {
+        let owner = e.owner.as_ref().expect("every event has the owner");
+        assert_eq!(
+            (owner.pid, owner.comm.as_str(), owner.cgroup_id),
+            (4242, "curl", 77)
+        );
+    }
+    let Body::ConnectionClosed {
+        bytes_sent,
+        bytes_received,
+        segments,
+        segments_sent,
+        segments_received,
+        ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
+    assert_eq!((*bytes_sent, *bytes_received), (Some(1234), Some(56789)));
+    assert_eq!(
+        (*segments, *segments_sent, *segments_received),
+        (Some(16), Some(7), Some(9))
     );
 }

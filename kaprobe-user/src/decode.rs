@@ -126,6 +126,7 @@ mod tests {
             old_state: tcp_state::ESTABLISHED,
             new_state: tcp_state::CLOSE_WAIT,
             _pad: [0; 6],
+            owner: kaprobe_common::Owner::default(),
         };
         assert_eq!(decode(&encode(&rec)), Ok(RawEvent::State(rec)));
         let h = Header {

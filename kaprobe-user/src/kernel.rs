@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use kaprobe_common::{Config, config_flag};
+use kaprobe_common::{Config, NO_FIELD, config_flag};
 use thiserror::Error;
 
 use crate::btf::{Btf, BtfError};
@@ -146,12 +146,20 @@ pub fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), Kern
         tp_packets_out = "tcp_sock", "packets_out", 4;
         tp_write_seq = "tcp_sock", "write_seq", 4;
         tp_snd_una = "tcp_sock", "snd_una", 4;
+        tp_bytes_sent = "tcp_sock", "bytes_sent", 8;
+        tp_bytes_retrans = "tcp_sock", "bytes_retrans", 8;
+        tp_bytes_received = "tcp_sock", "bytes_received", 8;
+        tp_segs_in = "tcp_sock", "segs_in", 4;
+        tp_segs_out = "tcp_sock", "segs_out", 4;
+        skc_cookie = "sock", "__sk_common.skc_cookie", 8;
         skb_head = "sk_buff", "head", 8;
         skb_network_header = "sk_buff", "network_header", 2;
         skb_transport_header = "sk_buff", "transport_header", 2;
         skb_dev = "sk_buff", "dev", 8;
         dev_nd_net = "net_device", "nd_net.net", 8;
     }
+    // Optional: a whole byte from 5.6 on (a 2-bit field before).
+    c.sk_shutdown = field(btf, "sock", "sk_shutdown", 1).unwrap_or(NO_FIELD);
     c.sock_flag_keepopen = enum_u32(btf, "sock_flags", "SOCK_KEEPOPEN")?;
     c.sock_flag_dead = enum_u32(btf, "sock_flags", "SOCK_DEAD")?;
 

@@ -230,7 +230,12 @@ impl Metrics {
             );
         }
         // Series that exist from the start, at 0, so that a first increase shows in rate().
-        for source in ["ring_buffer", "kernel_conn_table", "agent_conn_table", "recursion"] {
+        for source in [
+            "ring_buffer",
+            "kernel_conn_table",
+            "agent_conn_table",
+            "recursion",
+        ] {
             let _ = m.lost.get_or_create(&SourceLabels { source });
         }
         for direction in ["sent", "received"] {
@@ -495,6 +500,7 @@ mod tests {
         Event {
             ts: Timestamp(0),
             conn: Some(conn),
+            owner: None,
             body,
         }
     }
@@ -534,6 +540,11 @@ mod tests {
             keepalive_probes: 3,
             keepalive_acks: 0,
             last_state: None,
+            bytes_sent: None,
+            bytes_received: None,
+            segments: None,
+            segments_sent: None,
+            segments_received: None,
         }));
         let mut lost = LostRecords::default();
         lost.by_kind.insert("keepalive_timer", 2);
@@ -541,6 +552,7 @@ mod tests {
         m.observe(&Event {
             ts: Timestamp(0),
             conn: None,
+            owner: None,
             body: Body::EventsLost {
                 count: 5,
                 source: "ring_buffer",

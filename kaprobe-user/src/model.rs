@@ -8,6 +8,8 @@ use std::{
 use kaprobe_common::{AF_INET6, Tuple, tcp_state};
 use serde::{Serialize, Serializer};
 
+pub use crate::owner::Owner;
+
 /// Wall-clock time, nanoseconds since the Unix epoch; serialised as RFC 3339 UTC with
 /// microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -234,6 +236,14 @@ pub enum Body {
         keepalive_probes: u32,
         keepalive_acks: u32,
         last_state: Option<&'static str>,
+        /// Payload bytes sent (retransmissions not counted) and received, from the kernel
+        /// at close; null when the close was not seen by the kernel side.
+        bytes_sent: Option<u64>,
+        bytes_received: Option<u64>,
+        /// Segments sent plus received.
+        segments: Option<u64>,
+        segments_sent: Option<u32>,
+        segments_received: Option<u32>,
     },
     EventsLost {
         /// What was lost since the previous report.
@@ -272,6 +282,8 @@ impl Body {
 pub struct Event {
     pub ts: Timestamp,
     pub conn: Option<Endpoints>,
+    /// The connection's owner (connection events only; `null` when unknown).
+    pub owner: Option<Owner>,
     pub body: Body,
 }
 
@@ -283,6 +295,9 @@ impl Serialize for Event {
             event: &'static str,
             #[serde(flatten)]
             conn: &'a Option<Endpoints>,
+            /// Present (possibly null) exactly on connection events.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            owner: Option<&'a Option<Owner>>,
             #[serde(flatten)]
             body: &'a Body,
         }
@@ -290,6 +305,7 @@ impl Serialize for Event {
             ts: &self.ts,
             event: self.body.name(),
             conn: &self.conn,
+            owner: self.conn.is_some().then_some(&self.owner),
             body: &self.body,
         }
         .serialize(s)

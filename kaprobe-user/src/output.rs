@@ -9,7 +9,7 @@ use std::{
 
 use clap::ValueEnum;
 
-use crate::model::{Body, Cause, Endpoints, Event, Side, Totals};
+use crate::model::{Body, Cause, Endpoints, Event, Owner, Side, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -71,17 +71,29 @@ impl Cidr {
     }
 }
 
-/// `--port` and `--addr`: an event passes when each given filter matches either end.
-/// Events without a connection (agent_start, events_lost, ...) always pass.
+/// The event filters of `watch`: an event passes when every kind of filter given matches
+/// (`--port` and `--addr` either end of the connection; `--netns` its namespace; `--pid`,
+/// `--comm` and `--cgroup` (a path prefix) its owner, so a connection whose owner is unknown
+/// does not pass those). Several values of one kind are alternatives. Events without a
+/// connection (agent_start, events_lost, summaries) always pass.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub ports: Vec<u16>,
     pub nets: Vec<Cidr>,
+    pub netns: Vec<u32>,
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub cgroups: Vec<String>,
 }
 
 impl Filter {
     pub fn matches(&self, e: &Event) -> bool {
         let Some(c) = &e.conn else { return true };
+        self.matches_conn(c, e.owner.as_ref())
+    }
+
+    /// The same test for one connection and its owner.
+    pub fn matches_conn(&self, c: &Endpoints, owner: Option<&Owner>) -> bool {
         let port_ok =
             self.ports.is_empty() || self.ports.iter().any(|&p| p == c.sport || p == c.dport);
         let addr_ok = self.nets.is_empty()
@@ -89,8 +101,40 @@ impl Filter {
                 .nets
                 .iter()
                 .any(|n| n.contains(&c.saddr) || n.contains(&c.daddr));
-        port_ok && addr_ok
+        let netns_ok = self.netns.is_empty() || self.netns.contains(&c.netns);
+        port_ok && addr_ok && netns_ok && self.matches_owner(owner)
     }
+
+    /// `--pid`, `--comm` and `--cgroup` alone.
+    pub fn matches_owner(&self, owner: Option<&Owner>) -> bool {
+        if self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty() {
+            return true;
+        }
+        let Some(o) = owner else { return false };
+        let pid_ok = self.pids.is_empty() || self.pids.contains(&o.pid);
+        let comm_ok = self.comms.is_empty() || self.comms.contains(&o.comm);
+        let cgroup_ok = self.cgroups.is_empty()
+            || o.cgroup
+                .as_deref()
+                .is_some_and(|path| self.cgroups.iter().any(|p| cgroup_prefix(p, path)));
+        pid_ok && comm_ok && cgroup_ok
+    }
+
+    /// Whether any owner filter is set (then the owner must be resolved before filtering).
+    pub fn by_owner(&self) -> bool {
+        !(self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty())
+    }
+}
+
+/// `prefix` is `path` or one of its ancestors (`/a/b` is under `/a`, not under `/a/b2`... nor
+/// is `/a/bc` under `/a/b`).
+fn cgroup_prefix(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Adds an event to the totals.
@@ -299,6 +343,8 @@ pub fn human(line: &mut String, e: &Event) {
             lifetime_ms,
             keepalive_probes,
             keepalive_acks,
+            bytes_sent,
+            bytes_received,
             ..
         } => {
             let by = if *closed_by == Side::Local {
@@ -315,9 +361,13 @@ pub fn human(line: &mut String, e: &Event) {
             } else {
                 ""
             };
+            let bytes = match (bytes_sent, bytes_received) {
+                (Some(s), Some(r)) => format!("; {s} bytes sent, {r} received"),
+                _ => String::new(),
+            };
             write!(
                 line,
-                "closed{life}: {}{err}, ended by {by}; keepalive {keepalive_probes} probes, {keepalive_acks} acks{tw}",
+                "closed{life}: {}{err}, ended by {by}; keepalive {keepalive_probes} probes, {keepalive_acks} acks{bytes}{tw}",
                 cause_text(*cause)
             )
         }
@@ -338,6 +388,10 @@ pub fn human(line: &mut String, e: &Event) {
                 line,
                 "LOST {count} hook runs: skipped by the kernel, program already running ({total} in total)"
             ),
+            "agent_conn_table" => write!(
+                line,
+                "{count} connections no longer followed: agent table full ({total} in total)"
+            ),
             _ => write!(
                 line,
                 "{count} sockets not tracked: kernel connection table full ({total} in total)"
@@ -345,7 +399,14 @@ pub fn human(line: &mut String, e: &Event) {
         },
     };
     if let Some(c) = &e.conn {
-        let _ = write!(line, " [netns {}]", c.netns);
+        let _ = write!(line, " [netns {}", c.netns);
+        if let Some(o) = &e.owner {
+            let _ = write!(line, ", pid {} {}", o.pid, o.comm);
+            if let Some(id) = &o.container_id {
+                let _ = write!(line, ", container {}", id.get(..12).unwrap_or(id));
+            }
+        }
+        line.push(']');
     }
     while line.ends_with(' ') {
         line.pop();
@@ -368,6 +429,7 @@ mod tests {
                 family: Family::Ipv4,
                 netns: 1,
             }),
+            owner: None,
             body: Body::KeepaliveAck {
                 probes_unanswered: 1,
             },
@@ -398,35 +460,40 @@ mod tests {
         assert!(
             Filter {
                 ports: vec![80],
-                nets: vec![]
+                nets: vec![],
+                ..Filter::default()
             }
             .matches(&e)
         );
         assert!(
             Filter {
                 ports: vec![5000],
-                nets: vec![]
+                nets: vec![],
+                ..Filter::default()
             }
             .matches(&e)
         );
         assert!(
             !Filter {
                 ports: vec![443],
-                nets: vec![]
+                nets: vec![],
+                ..Filter::default()
             }
             .matches(&e)
         );
         assert!(
             Filter {
                 ports: vec![],
-                nets: vec!["192.0.2.0/24".parse().unwrap()]
+                nets: vec!["192.0.2.0/24".parse().unwrap()],
+                ..Filter::default()
             }
             .matches(&e)
         );
         assert!(
             !Filter {
                 ports: vec![80],
-                nets: vec!["198.51.100.0/24".parse().unwrap()]
+                nets: vec!["198.51.100.0/24".parse().unwrap()],
+                ..Filter::default()
             }
             .matches(&e)
         );
@@ -434,10 +501,55 @@ mod tests {
         assert!(
             Filter {
                 ports: vec![1],
-                nets: vec![]
+                nets: vec![],
+                ..Filter::default()
             }
             .matches(&start),
             "agent events always pass"
+        );
+    }
+
+    #[test]
+    fn owner_filters() {
+        let mut e = event(5000, 80, "10.0.0.1", "192.0.2.7");
+        let by_pid = Filter {
+            pids: vec![42],
+            ..Filter::default()
+        };
+        assert!(
+            !by_pid.matches(&e),
+            "an unknown owner does not pass an owner filter"
+        );
+        e.owner = Some(Owner::new(
+            42,
+            "nginx".into(),
+            Some("/system.slice/nginx.service".into()),
+        ));
+        assert!(by_pid.matches(&e));
+        let f = |comms: &[&str], cgroups: &[&str], netns: &[u32]| Filter {
+            comms: comms.iter().map(|s| s.to_string()).collect(),
+            cgroups: cgroups.iter().map(|s| s.to_string()).collect(),
+            netns: netns.to_vec(),
+            ..Filter::default()
+        };
+        assert!(f(&["nginx"], &[], &[]).matches(&e));
+        assert!(!f(&["curl"], &[], &[]).matches(&e));
+        assert!(
+            f(&["curl", "nginx"], &[], &[]).matches(&e),
+            "values of one kind: any"
+        );
+        assert!(f(&[], &["/system.slice"], &[]).matches(&e));
+        assert!(f(&[], &["/system.slice/"], &[]).matches(&e));
+        assert!(f(&[], &["/system.slice/nginx.service"], &[]).matches(&e));
+        assert!(
+            !f(&[], &["/system.slice/nginx"], &[]).matches(&e),
+            "whole components"
+        );
+        assert!(!f(&[], &["/user.slice"], &[]).matches(&e));
+        assert!(f(&["nginx"], &["/system.slice"], &[1]).matches(&e));
+        assert!(
+            !f(&["nginx"], &["/system.slice"], &[2]).matches(&e),
+            "kinds: all"
         );
     }
 
@@ -446,7 +558,7 @@ mod tests {
         let line = serde_json::to_string(&event(5000, 80, "10.0.0.1", "192.0.2.7")).unwrap();
         assert_eq!(
             line,
-            r#"{"ts":"2025-11-24T16:00:00.123456Z","event":"keepalive_ack","saddr":"10.0.0.1","sport":5000,"daddr":"192.0.2.7","dport":80,"family":"ipv4","netns":1,"probes_unanswered":1}"#
+            r#"{"ts":"2025-11-24T16:00:00.123456Z","event":"keepalive_ack","saddr":"10.0.0.1","sport":5000,"daddr":"192.0.2.7","dport":80,"family":"ipv4","netns":1,"owner":null,"probes_unanswered":1}"#
         );
     }
 

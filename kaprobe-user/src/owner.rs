@@ -41,6 +41,10 @@ pub struct Owner {
     /// Container id when the cgroup path shows one (docker, containerd, CRI-O, podman).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// cgroup v2 id as the kernel recorded it (0: none); resolved into `cgroup` by the
+    /// agent.
+    #[serde(skip)]
+    pub cgroup_id: u64,
 }
 
 impl Owner {
@@ -51,6 +55,26 @@ impl Owner {
             comm,
             cgroup,
             container_id,
+            cgroup_id: 0,
+        }
+    }
+
+    /// From a kernel record; `None` when the kernel did not know the owner.
+    pub fn from_kernel(raw: &kaprobe_common::Owner) -> Option<Owner> {
+        (raw.tgid != 0).then(|| Owner {
+            pid: raw.tgid,
+            comm: comm_text(&raw.comm),
+            cgroup: None,
+            container_id: None,
+            cgroup_id: raw.cgroup_id,
+        })
+    }
+
+    /// Fills `cgroup` and `container_id` from `cgroup_id`.
+    pub fn resolve(&mut self, paths: &mut CgroupPaths) {
+        if self.cgroup.is_none() && self.cgroup_id != 0 {
+            self.cgroup = paths.path(self.cgroup_id);
+            self.container_id = self.cgroup.as_deref().and_then(container_id);
         }
     }
 }
@@ -106,6 +130,15 @@ pub fn owner_of_pid(pid: u32) -> Option<Owner> {
 /// Socket inode → the process holding it (the lowest pid when several share it, e.g.
 /// after fork): one pass over /proc/*/fd. For snapshots (`ls`), not per event.
 pub fn socket_inodes() -> HashMap<u64, u32> {
+    socket_fds()
+        .into_iter()
+        .map(|(inode, (pid, _))| (inode, pid))
+        .collect()
+}
+
+/// Socket inode → (pid, fd): the process holding it as in [`socket_inodes`], and one of
+/// its descriptors for it. One pass over /proc/*/fd.
+pub fn socket_fds() -> HashMap<u64, (u32, i32)> {
     let mut owners = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return owners;
@@ -119,6 +152,9 @@ pub fn socket_inodes() -> HashMap<u64, u32> {
             continue;
         };
         for fd in fds.flatten() {
+            let Some(num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
             let Ok(target) = std::fs::read_link(fd.path()) else {
                 continue;
             };
@@ -130,7 +166,7 @@ pub fn socket_inodes() -> HashMap<u64, u32> {
             else {
                 continue;
             };
-            owners.entry(inode).or_insert(pid);
+            owners.entry(inode).or_insert((pid, num));
         }
     }
     owners

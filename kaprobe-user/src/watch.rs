@@ -25,6 +25,7 @@ use crate::{
     metrics::{self, AgentInfo, Metrics},
     model::{Body, Event, KernelFeatures, LostRecords, Totals},
     output::{self, Filter, Format, Output},
+    owner::CgroupPaths,
     privileges,
 };
 
@@ -72,6 +73,8 @@ struct Agent {
     metrics: Option<Arc<Metrics>>,
     /// `-o FILE`, reopened on SIGHUP.
     output_path: Option<PathBuf>,
+    /// cgroup ids → paths, for owners.
+    cgroups: CgroupPaths,
 }
 
 impl Agent {
@@ -97,7 +100,10 @@ impl Agent {
     }
 
     fn write_scratch(&mut self) -> Result<(), Fatal> {
-        let events = std::mem::take(&mut self.scratch);
+        let mut events = std::mem::take(&mut self.scratch);
+        for o in events.iter_mut().filter_map(|e| e.owner.as_mut()) {
+            o.resolve(&mut self.cgroups);
+        }
         for e in &events {
             self.write(e)?;
         }
@@ -193,6 +199,7 @@ impl Agent {
         self.write(&Event {
             ts: self.clock.wall(now_mono),
             conn: None,
+            owner: None,
             body: Body::EventsLost {
                 count,
                 source: "agent_conn_table",
@@ -236,6 +243,7 @@ impl Agent {
             self.write(&Event {
                 ts: now,
                 conn: None,
+                owner: None,
                 body: Body::EventsLost {
                     count,
                     source: "recursion",
@@ -268,6 +276,7 @@ impl Agent {
             self.write(&Event {
                 ts: now,
                 conn: None,
+                owner: None,
                 body: Body::EventsLost {
                     count,
                     source: "ring_buffer",
@@ -286,6 +295,7 @@ impl Agent {
             self.write(&Event {
                 ts: now,
                 conn: None,
+                owner: None,
                 body: Body::EventsLost {
                     count,
                     source: "kernel_conn_table",
@@ -452,6 +462,10 @@ async fn event_loop(
         filter: Filter {
             ports: args.port.clone(),
             nets: args.addr.clone(),
+            netns: args.netns.clone(),
+            pids: args.pid.clone(),
+            comms: args.comm.clone(),
+            cgroups: args.cgroup.clone(),
         },
         output,
         totals: Totals::default(),
@@ -462,6 +476,7 @@ async fn event_loop(
         records_read: 0,
         metrics: None,
         output_path: args.output.clone(),
+        cgroups: CgroupPaths::default(),
     };
     let mode = if args.all { "all" } else { "default" };
     if let Some(listener) = metrics_listener {
@@ -482,6 +497,7 @@ async fn event_loop(
     let start = Event {
         ts: clock.wall(monotonic_ns()),
         conn: None,
+        owner: None,
         body: Body::AgentStart {
             version: env!("CARGO_PKG_VERSION"),
             kernel: facts.release.clone(),
@@ -543,6 +559,7 @@ async fn event_loop(
     let stop = Event {
         ts: clock.wall(monotonic_ns()),
         conn: None,
+        owner: None,
         body: Body::AgentStop {
             duration_ms: started.elapsed().as_millis() as u64,
             totals: agent.totals.clone(),
