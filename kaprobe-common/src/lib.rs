@@ -88,6 +88,10 @@ pub mod close_flag {
     pub const KEEPOPEN: u32 = 1 << 3;
     /// `SOCK_DEAD` (orphan) at close.
     pub const ORPHAN: u32 = 1 << 4;
+    /// This side connected (its SYN_SENT was seen).
+    pub const OUTBOUND: u32 = 1 << 5;
+    /// Accepted from a listener (its SYN_RECV was seen).
+    pub const INBOUND: u32 = 1 << 6;
 }
 
 /// Indexes in the per-CPU `STATS` array.
@@ -228,6 +232,10 @@ pub struct Config {
     /// `RCV_SHUTDOWN` at close means the peer's FIN was received, which `bytes_received`
     /// counts as one byte.
     pub sk_shutdown: u32,
+    /// `task_struct.group_leader` and `.comm`: the owner's process name (not its
+    /// thread's).
+    pub task_group_leader: u32,
+    pub task_comm: u32,
     pub _pad: u32,
     /// `struct sk_buff` (addresses of a reset sent with no socket).
     pub skb_head: u32,
@@ -485,6 +493,8 @@ pub mod conn_flag {
     /// Born in SYN_RECV (accepted from a listener): the owner is the listener's, looked up
     /// in `LISTENERS` when a record needs it.
     pub const PASSIVE: u32 = 1 << 1;
+    /// Born in SYN_SENT (this side connected).
+    pub const ACTIVE: u32 = 1 << 2;
 }
 
 /// Per-CPU scratch of the keepalive timer being run (entry → exit pairing).
@@ -513,7 +523,7 @@ macro_rules! assert_size {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
     };
 }
-assert_size!(Config, 8 + 48 * 4);
+assert_size!(Config, 8 + 50 * 4);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
 assert_size!(CloseInfo, 48 + 24);

@@ -64,6 +64,8 @@ static CONFIG: Config = Config {
     tp_segs_out: 0,
     skc_cookie: 0,
     sk_shutdown: 0,
+    task_group_leader: 0,
+    task_comm: 0,
     _pad: 0,
     skb_head: 0,
     skb_network_header: 0,

@@ -1,6 +1,9 @@
 //! The maps shared by the programs, and the one way records leave the kernel.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+    },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -118,15 +121,24 @@ pub fn find_conn(key: u64) -> Option<&'static mut ConnState> {
     None
 }
 
-/// The process running now (call only in process context: connect, listen).
+/// The process running now (call only in process context: connect, listen). Its name is
+/// the process's (the thread group leader's `comm`), not the calling thread's.
 #[inline(always)]
 pub fn current_owner() -> Owner {
+    // SAFETY: helper without arguments; the task pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let leader = crate::kernel::read::<u64>(task, crate::conf!(task_group_leader));
+    let mut comm = crate::kernel::read::<[u8; 16]>(leader, crate::conf!(task_comm));
+    if comm[0] == 0 {
+        comm = bpf_get_current_comm().unwrap_or_default();
+    }
     Owner {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         _pad: 0,
         // SAFETY: helper without arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm,
     }
 }
 

@@ -68,6 +68,7 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
         if new == tcp_state::SYN_SENT {
             // connect(): the process is current.
             conn.owner = current_owner();
+            conn.flags |= conn_flag::ACTIVE;
         } else {
             // A child of a listener, born in softirq: the listener's owner, when needed.
             conn.flags |= conn_flag::PASSIVE;
@@ -146,6 +147,12 @@ fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all
         info.birth_ns = c.birth_ns;
         info.fin_sent_ns = c.fin_sent_ns;
         info.fin_recv_ns = c.fin_recv_ns;
+        if c.flags & conn_flag::ACTIVE != 0 {
+            info.flags |= close_flag::OUTBOUND;
+        }
+        if c.flags & conn_flag::PASSIVE != 0 {
+            info.flags |= close_flag::INBOUND;
+        }
     }
     if tracked {
         info.flags |= close_flag::TRACKED;

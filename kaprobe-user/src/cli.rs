@@ -66,6 +66,15 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))
 }
 
+/// A duration of at least a second.
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("`{s}`: must be at least 1s"));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// Output format [default: human on a terminal, json otherwise].
@@ -118,4 +127,8 @@ pub struct WatchArgs {
     /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
+    /// Every this long (e.g. 60s), write a `summary` event: activity by remote endpoint and
+    /// by owner, closes by listening port and by remote endpoint.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub summary_interval: Option<std::time::Duration>,
 }

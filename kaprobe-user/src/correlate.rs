@@ -717,6 +717,13 @@ impl Correlator {
                 keepalive_probes: probes,
                 keepalive_acks: acks,
                 last_state: (info.old_state != 0).then(|| state_name(info.old_state)),
+                direction: if info.flags & close_flag::OUTBOUND != 0 {
+                    Some("outbound")
+                } else if info.flags & close_flag::INBOUND != 0 {
+                    Some("inbound")
+                } else {
+                    None
+                },
                 bytes_sent: counted.then_some(info.bytes_sent),
                 bytes_received: counted.then_some(info.bytes_received),
                 segments: counted.then_some(info.segs_out as u64 + info.segs_in as u64),

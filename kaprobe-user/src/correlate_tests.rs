@@ -193,6 +193,7 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
             keepalive_probes: 5,
             keepalive_acks: 2,
             last_state: Some("established"),
+            direction: None,
             bytes_sent: Some(0),
             bytes_received: Some(0),
             segments: Some(0),

@@ -152,6 +152,8 @@ pub fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), Kern
         tp_segs_in = "tcp_sock", "segs_in", 4;
         tp_segs_out = "tcp_sock", "segs_out", 4;
         skc_cookie = "sock", "__sk_common.skc_cookie", 8;
+        task_group_leader = "task_struct", "group_leader", 8;
+        task_comm = "task_struct", "comm", 16;
         skb_head = "sk_buff", "head", 8;
         skb_network_header = "sk_buff", "network_header", 2;
         skb_transport_header = "sk_buff", "transport_header", 2;

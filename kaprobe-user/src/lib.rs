@@ -15,6 +15,7 @@ pub mod output;
 pub mod owner;
 pub mod privileges;
 pub mod progstats;
+pub mod summary;
 pub mod watch;
 
 #[cfg(test)]

@@ -368,7 +368,7 @@ impl Metrics {
                     self.lost_by_kind(r);
                 }
             }
-            Body::AgentStart { .. } | Body::AgentStop { .. } => {}
+            Body::AgentStart { .. } | Body::AgentStop { .. } | Body::Summary { .. } => {}
         }
     }
 
@@ -540,6 +540,7 @@ mod tests {
             keepalive_probes: 3,
             keepalive_acks: 0,
             last_state: None,
+            direction: None,
             bytes_sent: None,
             bytes_received: None,
             segments: None,

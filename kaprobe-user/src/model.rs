@@ -196,6 +196,13 @@ pub enum Body {
     AgentStop {
         duration_ms: u64,
         totals: Totals,
+        /// The whole run, grouped as in `summary` events.
+        summary: crate::summary::Report,
+    },
+    Summary {
+        /// The period covered (`--summary-interval`).
+        interval_ms: u64,
+        summary: crate::summary::Report,
     },
     KeepaliveProbe {
         probe: u8,
@@ -240,6 +247,9 @@ pub enum Body {
         /// at close; null when the close was not seen by the kernel side.
         bytes_sent: Option<u64>,
         bytes_received: Option<u64>,
+        /// `outbound` (this side connected), `inbound` (accepted from a listener), or null
+        /// when the connection's start was not seen.
+        direction: Option<&'static str>,
         /// Segments sent plus received.
         segments: Option<u64>,
         segments_sent: Option<u32>,
@@ -264,6 +274,7 @@ impl Body {
         match self {
             Body::AgentStart { .. } => "agent_start",
             Body::AgentStop { .. } => "agent_stop",
+            Body::Summary { .. } => "summary",
             Body::KeepaliveProbe { .. } => "keepalive_probe",
             Body::KeepaliveAck { .. } => "keepalive_ack",
             Body::KeepaliveTimeout { .. } => "keepalive_timeout",

@@ -151,7 +151,10 @@ pub fn count(t: &mut Totals, e: &Event) {
             t.connections_closed += 1;
             *t.closed_by_cause.entry(cause.as_str()).or_default() += 1;
         }
-        Body::AgentStart { .. } | Body::AgentStop { .. } | Body::EventsLost { .. } => {}
+        Body::AgentStart { .. }
+        | Body::AgentStop { .. }
+        | Body::Summary { .. }
+        | Body::EventsLost { .. } => {}
     }
 }
 
@@ -249,9 +252,28 @@ pub fn human(line: &mut String, e: &Event) {
                 }
             )
         }
+        Body::Summary {
+            interval_ms,
+            summary,
+        } => {
+            let _ = write!(
+                line,
+                "{} connection events in the last {}",
+                summary.events,
+                secs(*interval_ms)
+            );
+            let mut tables = String::new();
+            crate::summary::human(&mut tables, summary);
+            if !tables.is_empty() {
+                line.push('\n');
+                line.push_str(tables.trim_end_matches('\n'));
+            }
+            Ok(())
+        }
         Body::AgentStop {
             duration_ms,
             totals,
+            ..
         } => {
             let causes: Vec<String> = totals
                 .closed_by_cause

@@ -27,6 +27,7 @@ use crate::{
     output::{self, Filter, Format, Output},
     owner::CgroupPaths,
     privileges,
+    summary::Summary,
 };
 
 /// How often the ring buffer is drained without a wakeup (bulk records), closes waiting for
@@ -75,6 +76,10 @@ struct Agent {
     output_path: Option<PathBuf>,
     /// cgroup ids → paths, for owners.
     cgroups: CgroupPaths,
+    /// Since the last `summary` event (with `--summary-interval`).
+    summary: Option<Summary>,
+    /// The whole run, for `agent_stop`.
+    summary_all: Summary,
 }
 
 impl Agent {
@@ -83,6 +88,10 @@ impl Agent {
             return Ok(());
         }
         output::count(&mut self.totals, e);
+        self.summary_all.observe(e);
+        if let Some(s) = &mut self.summary {
+            s.observe(e);
+        }
         if let Some(m) = &self.metrics {
             m.observe(e);
         }
@@ -173,6 +182,23 @@ impl Agent {
             Err(e) => log::error!("{e}; still writing to the file open before"),
         }
         Ok(())
+    }
+
+    /// Writes the `summary` event of the interval that just ended and starts the next.
+    fn write_summary(&mut self, interval: Duration) -> Result<(), Fatal> {
+        let Some(s) = self.summary.replace(Summary::default()) else {
+            return Ok(());
+        };
+        self.write(&Event {
+            ts: self.clock.wall(monotonic_ns()),
+            conn: None,
+            owner: None,
+            body: Body::Summary {
+                interval_ms: interval.as_millis() as u64,
+                summary: s.report(),
+            },
+        })?;
+        self.flush()
     }
 
     fn tick(&mut self, now_mono: u64) -> Result<(), Fatal> {
@@ -447,6 +473,12 @@ async fn event_loop(
     let mut sighup = signal(SignalKind::hangup()).map_err(rt)?;
     let mut tick = tokio::time::interval(TICK);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let summary_every = args.summary_interval;
+    let mut summary_tick =
+        tokio::time::interval(summary_every.unwrap_or(Duration::from_secs(3600)));
+    summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick of an interval is immediate: use it up.
+    summary_tick.tick().await;
 
     let clock = Clock {
         realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
@@ -477,6 +509,8 @@ async fn event_loop(
         metrics: None,
         output_path: args.output.clone(),
         cgroups: CgroupPaths::default(),
+        summary: args.summary_interval.map(|_| Summary::default()),
+        summary_all: Summary::default(),
     };
     let mode = if args.all { "all" } else { "default" };
     if let Some(listener) = metrics_listener {
@@ -537,6 +571,12 @@ async fn event_loop(
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => agent.reopen()?,
+            _ = summary_tick.tick(), if summary_every.is_some() => {
+                // What the kernel sent up to now belongs to this interval.
+                agent.drain(ring.get_mut())?;
+                agent.tick(monotonic_ns())?;
+                agent.write_summary(summary_every.expect("guarded"))?;
+            }
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
         }
         if agent.closed {
@@ -563,6 +603,7 @@ async fn event_loop(
         body: Body::AgentStop {
             duration_ms: started.elapsed().as_millis() as u64,
             totals: agent.totals.clone(),
+            summary: agent.summary_all.report(),
         },
     };
     agent.write(&stop)?;
