@@ -26,6 +26,9 @@ pub struct Cli {
 pub enum Command {
     /// Trace keepalive probes, answers, timeouts, resets, FINs and closes until Ctrl-C.
     Watch(WatchArgs),
+    /// List live TCP connections of every network namespace with their keepalive settings
+    /// and risks (a snapshot, no eBPF).
+    Ls(LsArgs),
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -131,4 +134,48 @@ pub struct WatchArgs {
     /// by owner, closes by listening port and by remote endpoint.
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub summary_interval: Option<std::time::Duration>,
+}
+
+/// A NAT timeout: a positive duration.
+fn parse_nat_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}`: the NAT timeout must be longer than 0"));
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Output format [default: human on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Idle time after which NATs and firewalls on the path may forget a connection: the
+    /// threshold of the risk flags.
+    #[arg(long, value_name = "DURATION", default_value = "350s", value_parser = parse_nat_timeout)]
+    pub nat_timeout: std::time::Duration,
+    /// Only connections where either end uses this port (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only connections where either end is in this address block (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub addr: Vec<Cidr>,
+    /// Only connections held by this process id (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only connections held by a process with this command name (repeatable).
+    #[arg(long, value_name = "COMM")]
+    pub comm: Vec<String>,
+    /// Only connections held by a process in this cgroup v2 path or below (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<String>,
+    /// Only this network namespace, by inode number (repeatable).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Vec<u64>,
+    /// Only connections in this state (repeatable) [default: every state but listen].
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub state: Vec<crate::ls::StateArg>,
+    /// Only connections with at least one risk.
+    #[arg(long)]
+    pub at_risk: bool,
 }

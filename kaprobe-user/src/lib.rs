@@ -9,6 +9,7 @@ pub mod error;
 pub mod kernel;
 pub mod loader;
 pub mod logging;
+pub mod ls;
 pub mod metrics;
 pub mod model;
 pub mod output;

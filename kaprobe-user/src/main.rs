@@ -3,7 +3,7 @@ use clap::{Parser, error::ErrorKind};
 use kaprobe_user::{
     cli::{Cli, Command},
     error::exit,
-    logging, watch,
+    logging, ls, watch,
 };
 
 fn main() {
@@ -30,6 +30,7 @@ fn main() {
     logging::init(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Watch(args) => watch::run(args),
+        Command::Ls(args) => ls::run(args),
     };
     if let Err(e) = result {
         eprintln!("kaprobe: error: {e}");

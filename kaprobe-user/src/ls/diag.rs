@@ -1,0 +1,319 @@
+//! NETLINK_SOCK_DIAG / inet_diag: a dump of the TCP sockets of the calling thread's network
+//! namespace, with `struct tcp_info` (INET_DIAG_INFO) for full sockets.
+//!
+//! Layouts are those of include/uapi/linux/{netlink,inet_diag,sock_diag,tcp}.h; every read
+//! is bounds-checked, so a short or damaged message is an error, never a panic.
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+/// `SOCK_DIAG_BY_FAMILY` (sock_diag.h).
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// Netlink control messages (netlink.h).
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x01;
+const NLM_F_DUMP: u16 = 0x300;
+/// `INET_DIAG_INFO` attribute: a `struct tcp_info`.
+const INET_DIAG_INFO: u16 = 2;
+
+const NLMSG_HDRLEN: usize = 16;
+/// `struct inet_diag_req_v2`.
+const REQ_LEN: usize = 56;
+/// `struct inet_diag_msg`.
+const MSG_LEN: usize = 72;
+
+/// `idiag_timer` values (net/ipv4/inet_diag.c): which timer `idiag_expires` is about.
+pub mod timer {
+    /// Retransmission (or loss probe / reordering) timer; `idiag_retrans` = retransmits.
+    pub const RETRANSMIT: u8 = 1;
+    /// `sk_timer`: the keepalive timer (for an orphaned FIN_WAIT2 socket, its FIN_WAIT2
+    /// timeout); `idiag_retrans` = keepalive probes outstanding.
+    pub const KEEPALIVE: u8 = 2;
+    /// TIME_WAIT.
+    pub const TIME_WAIT: u8 = 3;
+    /// Zero-window probe timer.
+    pub const PROBE0: u8 = 4;
+}
+
+/// The parts of `struct tcp_info` that `ls` uses. Offsets (tcp.h): probes 3, backoff 4,
+/// retransmits 2, unacked 24, last_data_recv 52, last_ack_recv 56, notsent_bytes 144.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpInfo {
+    /// `icsk_retransmits`: RTO firings since the last forward progress.
+    pub retransmits: u8,
+    /// `icsk_probes_out`: keepalive (or zero-window) probes unanswered.
+    pub probes: u8,
+    /// `icsk_backoff`: exponential backoff of the retransmission timer.
+    pub backoff: u8,
+    /// `packets_out`: segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Milliseconds since data was last received.
+    pub last_data_recv_ms: u32,
+    /// Milliseconds since an ACK was last received (`rcv_tstamp`).
+    pub last_ack_recv_ms: u32,
+    /// Bytes written but not yet sent (Linux 4.6+; None on shorter `tcp_info`).
+    pub notsent_bytes: Option<u32>,
+}
+
+impl TcpInfo {
+    /// Decodes a `struct tcp_info` (any length from the 4.x layout on: fields past the end
+    /// of a shorter one are absent).
+    pub fn parse(b: &[u8]) -> Option<TcpInfo> {
+        Some(TcpInfo {
+            retransmits: *b.get(2)?,
+            probes: *b.get(3)?,
+            backoff: *b.get(4)?,
+            unacked: u32_at(b, 24)?,
+            last_data_recv_ms: u32_at(b, 52)?,
+            last_ack_recv_ms: u32_at(b, 56)?,
+            notsent_bytes: u32_at(b, 144),
+        })
+    }
+}
+
+/// One socket from the dump (`struct inet_diag_msg` and its INET_DIAG_INFO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagSock {
+    /// AF_INET or AF_INET6.
+    pub family: u8,
+    /// TCP state (`TCP_ESTABLISHED` = 1, ...).
+    pub state: u8,
+    pub timer: u8,
+    pub retrans: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// Addresses as the kernel gives them: 4 bytes used for AF_INET, 16 for AF_INET6.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Milliseconds until `timer` expires.
+    pub expires_ms: u32,
+    pub rqueue: u32,
+    /// For a connection: bytes written and not yet acknowledged (`write_seq - snd_una`).
+    pub wqueue: u32,
+    pub uid: u32,
+    /// Socket inode; 0 for TIME_WAIT and request sockets (nobody holds them).
+    pub inode: u32,
+    /// Present for full sockets (not TIME_WAIT or request sockets).
+    pub info: Option<TcpInfo>,
+}
+
+/// What a received datagram meant for the dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    More,
+    Done,
+}
+
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"))
+}
+
+/// The dump request: `nlmsghdr` + `inet_diag_req_v2` for TCP sockets of `family` in the
+/// states of the bit mask `states` (bit N = state N), asking for INET_DIAG_INFO.
+pub fn dump_request(family: u8, states: u32, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
+    let mut m = [0u8; NLMSG_HDRLEN + REQ_LEN];
+    m[0..4].copy_from_slice(&((NLMSG_HDRLEN + REQ_LEN) as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // nlmsg_pid 0: the kernel fills in our port id.
+    let r = &mut m[NLMSG_HDRLEN..];
+    r[0] = family;
+    r[1] = libc::IPPROTO_TCP as u8;
+    r[2] = 1 << (INET_DIAG_INFO - 1); // idiag_ext
+    r[4..8].copy_from_slice(&states.to_ne_bytes());
+    // inet_diag_sockid all zero: every socket.
+    m
+}
+
+/// Parses one datagram of the dump's answer, appending its sockets to `out`. Messages with
+/// another sequence number are skipped. NLMSG_ERROR is the kernel's errno as an error.
+pub fn parse(buf: &[u8], seq: u32, out: &mut Vec<DiagSock>) -> io::Result<Progress> {
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= buf.len() {
+        let len = u32_at(buf, off).ok_or_else(|| bad("short header"))? as usize;
+        let kind = u16_at(buf, off + 4).ok_or_else(|| bad("short header"))?;
+        let msg_seq = u32_at(buf, off + 8).ok_or_else(|| bad("short header"))?;
+        if len < NLMSG_HDRLEN || off + len > buf.len() {
+            return Err(bad("message length out of bounds"));
+        }
+        let payload = &buf[off + NLMSG_HDRLEN..off + len];
+        off += align4(len);
+        if msg_seq != seq {
+            continue;
+        }
+        match kind {
+            NLMSG_DONE => return Ok(Progress::Done),
+            NLMSG_ERROR => {
+                let err = u32_at(payload, 0).ok_or_else(|| bad("short error message"))? as i32;
+                if err == 0 {
+                    // An ACK, not an error.
+                    continue;
+                }
+                return Err(io::Error::from_raw_os_error(-err));
+            }
+            SOCK_DIAG_BY_FAMILY => out.push(parse_msg(payload)?),
+            _ => {}
+        }
+    }
+    Ok(Progress::More)
+}
+
+/// One `inet_diag_msg` and its attributes.
+fn parse_msg(p: &[u8]) -> io::Result<DiagSock> {
+    if p.len() < MSG_LEN {
+        return Err(bad("short inet_diag_msg"));
+    }
+    let be16 = |off: usize| u16::from_be_bytes([p[off], p[off + 1]]);
+    let ne32 = |off: usize| u32::from_ne_bytes([p[off], p[off + 1], p[off + 2], p[off + 3]]);
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&p[8..24]);
+    dst.copy_from_slice(&p[24..40]);
+    let mut sock = DiagSock {
+        family: p[0],
+        state: p[1],
+        timer: p[2],
+        retrans: p[3],
+        sport: be16(4),
+        dport: be16(6),
+        src,
+        dst,
+        expires_ms: ne32(52),
+        rqueue: ne32(56),
+        wqueue: ne32(60),
+        uid: ne32(64),
+        inode: ne32(68),
+        info: None,
+    };
+    // Attributes: struct rtattr { u16 len; u16 type; } + payload, 4-aligned.
+    let mut off = align4(MSG_LEN);
+    while off + 4 <= p.len() {
+        let alen = u16::from_ne_bytes([p[off], p[off + 1]]) as usize;
+        let atype = u16::from_ne_bytes([p[off + 2], p[off + 3]]) & 0x3fff; // no NLA_F_* bits
+        if alen < 4 || off + alen > p.len() {
+            return Err(bad("attribute length out of bounds"));
+        }
+        if atype == INET_DIAG_INFO {
+            sock.info = TcpInfo::parse(&p[off + 4..off + alen]);
+        }
+        off += align4(alen);
+    }
+    Ok(sock)
+}
+
+/// A NETLINK_SOCK_DIAG socket, bound to the network namespace of the thread that opened it.
+pub struct DiagSocket {
+    fd: OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl DiagSocket {
+    pub fn open() -> io::Result<DiagSocket> {
+        // SAFETY: plain socket(2) call with constant arguments; no pointers.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A dump never blocks for long; a kernel that stops answering is an error, not a hang.
+        let tv = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt reads a live timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DiagSocket {
+            fd,
+            seq: 0,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Every TCP socket of `family` (AF_INET or AF_INET6) in the states of `states`.
+    pub fn dump(&mut self, family: u8, states: u32) -> io::Result<Vec<DiagSock>> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = dump_request(family, states, self.seq);
+        // SAFETY: zeroed sockaddr_nl is valid (nl_pid 0 = the kernel); its fields are set below.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: sendto reads `req` (its full length) and a live sockaddr_nl of the size given.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: recv writes at most buf.len() bytes into our buffer. MSG_TRUNC makes it
+            // return the datagram's real length, so truncation is detected below.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let n = n as usize;
+            if n > self.buf.len() {
+                return Err(bad("datagram larger than the receive buffer"));
+            }
+            if parse(&self.buf[..n], self.seq, &mut out)? == Progress::Done {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "diag_tests.rs"]
+mod tests;
