@@ -38,6 +38,12 @@ fn bad_flags_give_one_line_and_status_2() {
         (&["watch", "--metrics-addr", "nowhere:port"], "nowhere:port"),
         (&["watch", "--metrics-addr", "127.0.0.1:70000"], "70000"),
         (&["watch", "--metrics-remote-port"], "--metrics-addr"),
+        (&["watch", "--summary-interval", "-1"], "-1"),
+        (&["watch", "--summary-interval", "500ms"], "500ms"),
+        (&["watch", "--pid", "x"], "x"),
+        (&["watch", "--netns", "-3"], "-3"),
+        (&["ls", "--nat-timeout", "0s"], "0s"),
+        (&["ls", "--port", "70000"], "70000"),
         (&["frobnicate"], "frobnicate"),
     ] {
         let (code, stderr) = kaprobe(args);
