@@ -45,6 +45,9 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 
+/// Most `--netns` and `--port` values applied in the kernel.
+pub const MAX_KERNEL_FILTERS: usize = 8;
+
 /// An optional offset in [`Config`] that this kernel does not have.
 pub const NO_FIELD: u32 = u32::MAX;
 
@@ -111,6 +114,8 @@ pub mod stat {
     /// Keepalive timer records lost (ring buffer full) whose firing ended the connection:
     /// each is a keepalive timeout (or an orphan's end) the agent cannot report.
     pub const LOST_TIMER_DEATHS: u32 = 5;
+    /// Records not sent because `--port`/`--netns` filtered them out in the kernel.
+    pub const FILTERED: u32 = 6;
     /// First of the per-kind counts of records lost because the ring buffer was full:
     /// `LOST_BY_KIND + kind` for each [`super::kind`] (1..=7).
     pub const LOST_BY_KIND: u32 = 8;
@@ -120,6 +125,8 @@ pub mod stat {
 /// Every ring-buffer record starts with a [`Header`].
 pub trait Record {
     fn header(&self) -> &Header;
+    /// The connection the record is about (none for a bare [`Header`]).
+    fn tuple(&self) -> Option<&Tuple>;
 }
 
 macro_rules! records {
@@ -128,6 +135,11 @@ macro_rules! records {
             #[inline(always)]
             fn header(&self) -> &Header {
                 &self.header
+            }
+
+            #[inline(always)]
+            fn tuple(&self) -> Option<&Tuple> {
+                Some(&self.tuple)
             }
         }
     )*};
@@ -145,6 +157,11 @@ impl Record for Header {
     #[inline(always)]
     fn header(&self) -> &Header {
         self
+    }
+
+    #[inline(always)]
+    fn tuple(&self) -> Option<&Tuple> {
+        None
     }
 }
 
@@ -236,6 +253,13 @@ pub struct Config {
     /// thread's).
     pub task_group_leader: u32,
     pub task_comm: u32,
+    /// `--netns` and `--port` applied in the kernel: records of other connections are not
+    /// sent (counted in `stat::FILTERED`). `n_*` values are used; 0 means no filter of that
+    /// kind (also when the user gave more than fit: user space filters then).
+    pub n_filter_netns: u32,
+    pub n_filter_ports: u32,
+    pub filter_netns: [u32; MAX_KERNEL_FILTERS],
+    pub filter_ports: [u16; MAX_KERNEL_FILTERS],
     pub _pad: u32,
     /// `struct sk_buff` (addresses of a reset sent with no socket).
     pub skb_head: u32,
@@ -523,7 +547,7 @@ macro_rules! assert_size {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
     };
 }
-assert_size!(Config, 8 + 50 * 4);
+assert_size!(Config, 8 + 52 * 4 + 8 * 4 + 8 * 2);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
 assert_size!(CloseInfo, 48 + 24);

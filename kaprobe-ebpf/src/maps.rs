@@ -177,6 +177,42 @@ pub fn take_conn(key: u64) -> Option<ConnState> {
     None
 }
 
+/// `--netns` and `--port`, applied here so that other connections' records cost neither
+/// ring space nor the agent's time. (The agent applies every filter again.)
+#[inline(always)]
+fn wanted<T: Record>(record: &T) -> bool {
+    let Some(t) = record.tuple() else {
+        return true;
+    };
+    let n_netns = crate::conf!(n_filter_netns) as usize;
+    if n_netns != 0 {
+        let wanted = crate::conf!(filter_netns);
+        let mut hit = false;
+        for (i, ns) in wanted.iter().enumerate() {
+            if i < n_netns && *ns == t.netns {
+                hit = true;
+            }
+        }
+        if !hit {
+            return false;
+        }
+    }
+    let n_ports = crate::conf!(n_filter_ports) as usize;
+    if n_ports != 0 {
+        let wanted = crate::conf!(filter_ports);
+        let mut hit = false;
+        for (i, p) in wanted.iter().enumerate() {
+            if i < n_ports && (*p == t.sport || *p == t.dport) {
+                hit = true;
+            }
+        }
+        if !hit {
+            return false;
+        }
+    }
+    true
+}
+
 /// Counts the fate of one record: sent, or lost (in total and by kind).
 #[inline(always)]
 fn sent<T: Record>(record: &T, ok: bool) -> bool {
@@ -193,6 +229,10 @@ fn sent<T: Record>(record: &T, ok: bool) -> bool {
 /// buffer is full. For rare records: keepalive, resets, errors. False if it was lost.
 #[inline(always)]
 pub fn emit<T: Record + 'static>(record: &T) -> bool {
+    if !wanted(record) {
+        count(stat::FILTERED);
+        return true;
+    }
     sent(record, EVENTS.output::<T>(record, 0).is_ok())
 }
 
@@ -201,6 +241,10 @@ pub fn emit<T: Record + 'static>(record: &T) -> bool {
 /// the record. The agent drains the ring every 100 ms anyway.
 #[inline(always)]
 pub fn emit_bulk<T: Record + 'static>(record: &T) -> bool {
+    if !wanted(record) {
+        count(stat::FILTERED);
+        return true;
+    }
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= crate::conf!(wakeup_bytes) as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {

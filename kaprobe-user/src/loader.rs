@@ -269,6 +269,11 @@ impl KernelStats {
         self.sum(stat::RECORDS_SENT)
     }
 
+    /// Records the programs did not send because `--netns`/`--port` excluded them.
+    pub fn records_filtered(&self) -> u64 {
+        self.sum(stat::FILTERED)
+    }
+
     /// Records lost (ring buffer full), per record kind: `(kind, count)` for kinds 1..=7.
     pub fn lost_by_kind(&self) -> Vec<(u32, u64)> {
         (1..=7)

@@ -178,6 +178,8 @@ pub struct Totals {
     /// Runs of kaprobe's programs the kernel skipped because the same program was already
     /// running on that CPU (`recursion_misses`): their events are lost.
     pub skipped_hook_runs: u64,
+    /// Records of other connections the kernel side did not send, by `--netns`/`--port`.
+    pub filtered_in_kernel: u64,
 }
 
 /// What happened.

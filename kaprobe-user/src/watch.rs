@@ -380,6 +380,20 @@ fn open_output(args: &WatchArgs) -> Result<(Box<dyn Write + Send>, Format), Fata
     }
 }
 
+/// `--netns` and `--port` for the kernel side, when they fit (else user space alone
+/// filters that kind).
+fn kernel_filters(config: &mut kaprobe_common::Config, args: &WatchArgs) {
+    use kaprobe_common::MAX_KERNEL_FILTERS;
+    if !args.netns.is_empty() && args.netns.len() <= MAX_KERNEL_FILTERS {
+        config.n_filter_netns = args.netns.len() as u32;
+        config.filter_netns[..args.netns.len()].copy_from_slice(&args.netns);
+    }
+    if !args.port.is_empty() && args.port.len() <= MAX_KERNEL_FILTERS {
+        config.n_filter_ports = args.port.len() as u32;
+        config.filter_ports[..args.port.len()].copy_from_slice(&args.port);
+    }
+}
+
 pub fn run(args: WatchArgs) -> Result<(), Fatal> {
     let missing = privileges::missing_for_watch(privileges::effective_caps());
     if !missing.is_empty() {
@@ -409,6 +423,7 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
         facts.config.flags |= config_flag::ALL;
     }
     facts.config.wakeup_bytes = args.ring_size / 16;
+    kernel_filters(&mut facts.config, &args);
     facts.config.sock_sets_mask = loader::sock_sets(args.max_connections) - 1;
     if std::env::var_os("KAPROBE_BENCH_EMPTY_PROGRAMS").is_some() {
         log::warn!(
@@ -596,6 +611,7 @@ async fn event_loop(
         agent.records_read
     );
     agent.report_evictions(monotonic_ns())?;
+    agent.totals.filtered_in_kernel = stats.records_filtered();
     let stop = Event {
         ts: clock.wall(monotonic_ns()),
         conn: None,

@@ -198,6 +198,14 @@ fn owner_and_namespace_filters_exclude_other_connections() {
     );
     assert!(conn_events(&other_comm, na, cport).is_empty());
     assert_eq!(conns(&other_comm), 0, "no connection owned by no-such-comm");
+    // --netns is applied in the kernel: the other namespace's records were never sent.
+    let stop = mine.last().expect("agent_stop");
+    assert!(
+        stop["totals"]["filtered_in_kernel"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{stop}"
+    );
 }
 
 #[test]
