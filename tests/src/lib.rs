@@ -247,12 +247,16 @@ pub fn enable_keepalive(s: &impl AsRawFd) {
     setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
 }
 
+/// Interval, count and idle time first, SO_KEEPALIVE last: turning keepalive on arms the
+/// timer, and on a connection already idle longer than `idle_s` it fires at once, sending
+/// its first probe and re-arming for the interval in force at that moment (a TCP_KEEPINTVL
+/// set afterwards would only apply from the next firing: a race under load).
 pub fn set_keepalive(s: &impl AsRawFd, ka: Keepalive) {
     let fd = s.as_raw_fd();
-    enable_keepalive(s);
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, ka.idle_s);
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, ka.intvl_s);
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ka.count);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, ka.idle_s);
+    enable_keepalive(s);
 }
 
 pub fn set_user_timeout(s: &impl AsRawFd, ms: i32) {
