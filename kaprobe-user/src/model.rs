@@ -134,6 +134,12 @@ pub struct HookInfo {
 pub struct KernelFeatures {
     /// `tcp_send_reset` has its `reason` argument (6.10+).
     pub reset_reason: bool,
+    /// The kernel names the RST of a keepalive timeout (`SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT`,
+    /// 6.12+); before, that RST's reason is `not_specified` or `unknown` (the timeout is
+    /// still classified, from the timer hook).
+    pub keepalive_reset_reason: bool,
+    /// `sk_shutdown` is a whole byte (5.6+): `bytes_received` leaves out the peer's FIN.
+    pub fin_excluded_from_bytes: bool,
     pub hz: u32,
     pub hz_source: String,
 }

@@ -554,6 +554,11 @@ async fn event_loop(
             hooks: loaded.hooks.clone(),
             features: KernelFeatures {
                 reset_reason: facts.has_reset_reason(),
+                keepalive_reset_reason: facts
+                    .reset_reasons
+                    .values()
+                    .any(|n| n == "tcp_keepalive_timeout"),
+                fin_excluded_from_bytes: facts.config.sk_shutdown != kaprobe_common::NO_FIELD,
                 hz: facts.hz,
                 hz_source: facts.hz_source.clone(),
             },
