@@ -117,7 +117,10 @@ pub fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), Kern
     set! {
         timer_function = "timer_list", "function", 8;
         timer_expires = "timer_list", "expires", 8;
-        sk_timer = "sock", "sk_timer", size_of_timer_list(btf)?;
+        // The keepalive timer: `inet_connection_sock.icsk_keepalive_timer` up to 6.12 (in
+        // an anonymous union with MPTCP's `mptcp_tout_timer`, after `sk_timer`), `sk_timer`
+        // itself since (measured: 6.1 and 6.12 in VMs, 6.18 on the host).
+        sk_timer = "tcp_sock", "inet_conn.icsk_keepalive_timer|inet_conn.icsk_inet.sk.sk_timer", size_of_timer_list(btf)?;
         // sk_flags moved into sock_common as skc_flags in 6.18.
         sk_flags = "sock", "sk_flags|__sk_common.skc_flags", 8;
         sk_err = "sock", "sk_err", 4;

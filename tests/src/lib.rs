@@ -632,6 +632,25 @@ pub fn the_one<'a>(all: &'a [Value], ns: u64, sport: u16, kind: &str) -> &'a Val
     found[0]
 }
 
+/// The `reason` a `reset_sent` event carries for an RST of kernel reason `name` on the
+/// running kernel, as `agent_start.features` says: `unknown` without the tracepoint's
+/// reason argument (before 6.10), `not_specified` for a keepalive timeout's RST before the
+/// kernel named it (6.10, 6.11).
+pub fn expected_reset_reason(all: &[Value], name: &str) -> String {
+    let start = all
+        .iter()
+        .find(|v| v["event"] == "agent_start")
+        .expect("agent_start");
+    let features = &start["features"];
+    if features["reset_reason"] != true {
+        "unknown".into()
+    } else if name == "tcp_keepalive_timeout" && features["keepalive_reset_reason"] != true {
+        "not_specified".into()
+    } else {
+        name.into()
+    }
+}
+
 /// The repository's root directory.
 pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -45,10 +45,11 @@ fn refused_connect_is_a_received_reset() {
     assert_eq!(closed["error"], "ECONNREFUSED", "{closed}");
     assert_eq!(closed["last_state"], "syn_sent", "{closed}");
     let nb = link.b.inode();
+    let no_socket = expected_reset_reason(&all, "no_socket");
     assert!(
         events(&all, "reset_sent", nb)
             .iter()
-            .any(|v| v["reason"] == "no_socket" && v["sport"] == 9)
+            .any(|v| v["reason"] == no_socket.as_str() && v["sport"] == 9)
     );
 }
 
