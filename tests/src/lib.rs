@@ -388,7 +388,10 @@ impl Agent {
             seen: Mutex::new(Vec::new()),
             stderr: err_text,
         };
-        let first = agent.next(Duration::from_secs(20)).unwrap_or_else(|| {
+        // A readiness wait, not a sleep: on the host agent_start comes in well under a
+        // second; a debug build parsing BTF in a VM under software emulation on a busy
+        // machine has been seen to take over 20 s.
+        let first = agent.next(Duration::from_secs(120)).unwrap_or_else(|| {
             panic!(
                 "kaprobe did not start (no agent_start); stderr:\n{}",
                 agent.stderr()
