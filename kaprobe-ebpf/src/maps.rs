@@ -260,9 +260,13 @@ pub fn timer_scratch() -> Option<&'static mut TimerScratch> {
     TIMER_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// A firing of a keepalive timer takes microseconds; a scratch older than this was left by
-/// an entry whose exit never ran (e.g. the exit hook not attached yet) and is ignored.
-const TIMER_STALE_NS: u64 = 10_000_000;
+/// A firing of a keepalive timer takes microseconds, but a CPU can be stalled in the middle
+/// of one (a VM's vCPU descheduled by its host, software emulation): 10 ms proved too short
+/// there, and a death inside the firing was then reported as a separate close. A scratch
+/// older than this was left by an entry whose exit never ran (the exit hook not attached
+/// yet, at start-up) and is ignored; it could only be mistaken for the same socket's
+/// firing anyway.
+const TIMER_STALE_NS: u64 = 1_000_000_000;
 
 /// This CPU's scratch if a keepalive timer is running on it for socket `sk` right now.
 #[inline(always)]

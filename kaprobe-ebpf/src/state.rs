@@ -23,8 +23,10 @@ use crate::{
 /// `sk_shutdown` bit: no more data from the peer (its FIN arrived, or shutdown(SHUT_RD)).
 const RCV_SHUTDOWN: u8 = 1;
 
-/// How long an RST seen on this CPU may precede the `TCP_CLOSE` it caused.
-const RESET_TO_CLOSE_NS: u64 = 10_000_000;
+/// How long an RST seen on this CPU may precede the `TCP_CLOSE` it caused (the same call
+/// chain: microseconds, unless the CPU is stalled, see `TIMER_STALE_NS`). Only an RST of
+/// the same socket counts.
+const RESET_TO_CLOSE_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
 pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {

@@ -1,9 +1,11 @@
 //! `cargo xtask <command>`: build, run and test kaprobe, installing the eBPF toolchain
 //! first when it is missing. One module per command.
+mod bench;
 mod build;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -23,8 +25,12 @@ enum Command {
     Build(build::Options),
     /// Build, then run `kaprobe` (as root) with the given arguments.
     Run(run::Options),
-    /// Build, then run the whole test suite: unit and integration tests (as root).
+    /// Build, then run the whole test suite: unit and integration tests (as root); with
+    /// `--kernel 6.1|6.12|all`, the core scenarios also in VMs of Debian's kernels.
     Test(test::Options),
+    /// Build (release), then measure kaprobe's overhead, per-hook cost, agent throughput,
+    /// memory and start-up (as root) into docs/benchmarks.md; `--quick`: a smoke run.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build(o) => build::run(&o).map(|_| ()),
         Command::Run(o) => run::run(o),
         Command::Test(o) => test::run(o),
+        Command::Bench(o) => bench::run(o),
     }
 }

@@ -1,0 +1,342 @@
+//! Agent throughput benchmark, run by `cargo xtask bench`: raw kernel records, encoded as
+//! the kernel writes them into the ring buffer, go through what `kaprobe watch` does with
+//! each (decode, correlation, owner resolution, filter, totals, summary, JSON Lines) into a
+//! sink, on this one thread.
+//!
+//! `agent_throughput [RECORDS]` (default 2,000,000) prints one JSON line:
+//! `{"records":…,"events":…,"bytes":…,"seconds":…}`, where `seconds` counts only the
+//! processing (the records are made beforehand, in chunks).
+//!
+//! The mix follows a keepalive-heavy server: 4096 connections interleaved; each gets a
+//! keepalive probe and its answer, then ends by FIN (70 %), by an RST from the peer (20 %)
+//! or by a keepalive timeout (10 %), followed by `tcp_destroy_sock`.
+use std::{
+    io::{self, BufWriter, Write},
+    time::Instant,
+};
+
+use kaprobe_common::{
+    AF_INET, CloseInfo, CloseRecord, Header, Owner as RawOwner, ResetRecvRecord, StateRecord,
+    TimerRecord, Tuple, close_flag, kind, tcp_state, timer_flag,
+};
+use kaprobe_user::{
+    correlate::{Clock, Correlator, Settings},
+    decode::{decode, encode},
+    model::{Event, Totals},
+    output::{self, Filter, Format, Output},
+    owner::CgroupPaths,
+    summary::Summary,
+};
+
+const HZ: u32 = 250;
+/// Connections in flight at once (records of different connections interleave).
+const WINDOW: usize = 4096;
+/// Kernel time between two records: 2 µs, i.e. 500k records/s.
+const STEP_NS: u64 = 2_000;
+const CHUNK: usize = 65_536;
+
+/// Counts what the JSON writer produces, and throws it away.
+struct CountingSink(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One connection of the generator: its number and how far along its life it is.
+#[derive(Clone, Copy)]
+struct Slot {
+    conn: u64,
+    stage: u8,
+}
+
+struct Generator {
+    now_ns: u64,
+    next_conn: u64,
+    slots: Vec<Slot>,
+    cursor: usize,
+    owner: RawOwner,
+}
+
+impl Generator {
+    fn new(cgroup_id: u64) -> Self {
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"nginx");
+        Generator {
+            now_ns: 1_000_000_000_000,
+            next_conn: WINDOW as u64,
+            slots: (0..WINDOW as u64)
+                .map(|conn| Slot { conn, stage: 0 })
+                .collect(),
+            cursor: 0,
+            owner: RawOwner {
+                tgid: 4242,
+                _pad: 0,
+                cgroup_id,
+                comm,
+            },
+        }
+    }
+
+    fn jiffies(&self) -> u64 {
+        4_294_000_000 + self.now_ns / (1_000_000_000 / HZ as u64)
+    }
+
+    fn tuple(conn: u64) -> Tuple {
+        let mut t = Tuple {
+            sport: 443,
+            dport: 1024 + (conn % 60_000) as u16,
+            family: AF_INET,
+            netns: 4026531840,
+            ..Tuple::default()
+        };
+        t.saddr[..4].copy_from_slice(&[10, 1, 0, 1]);
+        t.daddr[..4].copy_from_slice(&[10, 2, (conn >> 8) as u8, conn as u8]);
+        t
+    }
+
+    fn header(&self, kind: u32, conn: u64) -> Header {
+        Header {
+            kind,
+            cpu: (conn % 2) as u32,
+            ts_ns: self.now_ns,
+            // Socket addresses are reused, as the kernel's are, once a connection is gone.
+            sk: 0xffff_8881_0000_0000 + (conn % 1_000_000) * 0x1000,
+        }
+    }
+
+    fn close_info(&self, conn: u64, old_state: u8, flags: u32, sk_err: i32) -> CloseInfo {
+        let born = self.now_ns.saturating_sub(30_000_000_000);
+        CloseInfo {
+            birth_ns: born,
+            fin_sent_ns: if flags & close_flag::RST_RECV == 0 {
+                self.now_ns - 1_000_000
+            } else {
+                0
+            },
+            fin_recv_ns: if flags & close_flag::RST_RECV == 0 {
+                self.now_ns - 500_000
+            } else {
+                0
+            },
+            sk_err,
+            reset_reason: kaprobe_common::REASON_UNKNOWN,
+            rcv_tstamp: self.jiffies() as u32,
+            jiffies: self.jiffies() as u32,
+            flags: flags | close_flag::TRACKED | close_flag::KEEPOPEN | close_flag::INBOUND,
+            old_state,
+            probes_out: 0,
+            _pad: [0; 2],
+            bytes_sent: 10_000 + conn % 5000,
+            bytes_received: 700 + conn % 300,
+            segs_out: 14,
+            segs_in: 11,
+        }
+    }
+
+    /// A keepalive timer firing: `before` → `after` unanswered probes.
+    fn timer(&self, conn: u64, before: u8, after: u8, probe: bool, died: bool) -> TimerRecord {
+        let j = self.jiffies();
+        let intvl = 75 * HZ;
+        let mut flags = timer_flag::KEEPOPEN;
+        if probe {
+            flags |= timer_flag::PROBE_BRANCH;
+        }
+        let mut r = TimerRecord {
+            header: self.header(kind::KA_TIMER, conn),
+            tuple: Self::tuple(conn),
+            jiffies: j,
+            expires_after: j + if probe { intvl as u64 } else { 3 * HZ as u64 },
+            rcv_tstamp: (j - if before == 0 { 5 } else { 7200 * HZ as u64 }) as u32,
+            keepalive_time: 7200 * HZ,
+            keepalive_intvl: intvl,
+            user_timeout_ms: 0,
+            packets_out: 0,
+            unacked_bytes: 0,
+            error: 0,
+            reset_reason: kaprobe_common::REASON_UNKNOWN,
+            flags,
+            lrcvtime: (j - 7200 * HZ as u64) as u32,
+            state_before: tcp_state::ESTABLISHED,
+            state_after: tcp_state::ESTABLISHED,
+            probes_before: before,
+            probes_after: after,
+            keepalive_probes: 2,
+            _pad: [0; 3],
+            close: CloseInfo::default(),
+            owner: self.owner,
+        };
+        if died {
+            r.flags |= timer_flag::DIED | timer_flag::ERROR_REPORTED | timer_flag::RST_SENT;
+            r.error = 110;
+            r.reset_reason = 15;
+            r.expires_after = 0;
+            r.state_after = tcp_state::CLOSE;
+            r.close = self.close_info(conn, tcp_state::ESTABLISHED, 0, 110);
+        }
+        r
+    }
+
+    /// The next record of the interleaved stream.
+    fn next(&mut self) -> Vec<u8> {
+        self.now_ns += STEP_NS;
+        let i = self.cursor;
+        self.cursor = (self.cursor + 1) % WINDOW;
+        let Slot { conn, stage } = self.slots[i];
+        let end = conn % 10;
+        let (bytes, done) = match (stage, end) {
+            // A probe goes out, then the next firing sees it answered.
+            (0, _) => (encode(&self.timer(conn, 0, 1, true, false)), false),
+            (1, _) => (encode(&self.timer(conn, 0, 0, false, false)), false),
+            // FIN from this side, then TCP_CLOSE from FIN_WAIT2.
+            (2, 0..=6) => (
+                encode(&StateRecord {
+                    header: self.header(kind::STATE, conn),
+                    tuple: Self::tuple(conn),
+                    old_state: tcp_state::ESTABLISHED,
+                    new_state: tcp_state::FIN_WAIT1,
+                    _pad: [0; 6],
+                    owner: self.owner,
+                }),
+                false,
+            ),
+            (3, 0..=6) => (
+                encode(&CloseRecord {
+                    header: self.header(kind::CLOSE, conn),
+                    tuple: Self::tuple(conn),
+                    close: self.close_info(conn, tcp_state::FIN_WAIT2, 0, 0),
+                    owner: self.owner,
+                }),
+                false,
+            ),
+            // The peer resets the connection.
+            (2, 7 | 8) => (
+                encode(&ResetRecvRecord {
+                    header: self.header(kind::RST_RECV, conn),
+                    tuple: Self::tuple(conn),
+                    packets_out: 0,
+                    state: tcp_state::ESTABLISHED,
+                    probes_out: 0,
+                    keepopen: 1,
+                    _pad: 0,
+                    owner: self.owner,
+                }),
+                false,
+            ),
+            (3, 7 | 8) => (
+                encode(&CloseRecord {
+                    header: self.header(kind::CLOSE, conn),
+                    tuple: Self::tuple(conn),
+                    close: self.close_info(conn, tcp_state::ESTABLISHED, close_flag::RST_RECV, 104),
+                    owner: self.owner,
+                }),
+                false,
+            ),
+            // Keepalive timeout: a second probe unanswered, then death in the timer.
+            (2, _) => (encode(&self.timer(conn, 0, 1, true, false)), false),
+            (3, _) => (encode(&self.timer(conn, 1, 1, true, true)), false),
+            _ => (encode(&self.header(kind::DESTROY, conn)), true),
+        };
+        if done {
+            self.slots[i] = Slot {
+                conn: self.next_conn,
+                stage: 0,
+            };
+            self.next_conn += 1;
+        } else {
+            self.slots[i].stage += 1;
+        }
+        bytes
+    }
+}
+
+/// A real cgroup's id (its directory's inode), so owner resolution finds a path.
+fn some_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/sys/fs/cgroup")
+        .map(|m| m.ino())
+        .unwrap_or(1)
+}
+
+fn main() {
+    let total: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().expect("RECORDS must be a number"))
+        .unwrap_or(2_000_000);
+    let mut reasons = std::collections::HashMap::new();
+    reasons.insert(15, "tcp_keepalive_timeout".to_owned());
+    let clock = Clock {
+        realtime_offset_ns: 1_700_000_000_000_000_000,
+        hz: HZ,
+    };
+    let mut correlator = Correlator::new(Settings {
+        clock,
+        reset_reasons: reasons,
+        max_connections: 65536,
+    });
+    let bytes_out = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sink = BufWriter::with_capacity(64 * 1024, CountingSink(bytes_out.clone()));
+    let mut output = Output::new(Box::new(sink), Format::Json);
+    let filter = Filter::default();
+    let mut totals = Totals::default();
+    let mut summary = Summary::default();
+    let mut cgroups = CgroupPaths::default();
+    let mut scratch: Vec<Event> = Vec::with_capacity(512);
+    let mut generator = Generator::new(some_cgroup_id());
+    let (mut done, mut events, mut bad) = (0u64, 0u64, 0u64);
+    let mut elapsed = std::time::Duration::ZERO;
+
+    let mut write_all = |scratch: &mut Vec<Event>, output: &mut Output, events: &mut u64| {
+        for e in scratch.iter_mut() {
+            if let Some(o) = e.owner.as_mut() {
+                o.resolve(&mut cgroups);
+            }
+            if !filter.matches(e) {
+                continue;
+            }
+            output::count(&mut totals, e);
+            summary.observe(e);
+            output.write(e).expect("sink");
+            *events += 1;
+        }
+        scratch.clear();
+    };
+
+    while done < total {
+        let n = CHUNK.min((total - done) as usize);
+        let chunk: Vec<Vec<u8>> = (0..n).map(|_| generator.next()).collect();
+        let start = Instant::now();
+        for item in &chunk {
+            match decode(item) {
+                Ok(raw) => correlator.handle(&raw, &mut scratch),
+                Err(_) => bad += 1,
+            }
+            if scratch.len() >= 256 {
+                write_all(&mut scratch, &mut output, &mut events);
+            }
+        }
+        write_all(&mut scratch, &mut output, &mut events);
+        output.flush().expect("sink");
+        elapsed += start.elapsed();
+        done += n as u64;
+    }
+    let start = Instant::now();
+    correlator.flush(&mut scratch);
+    write_all(&mut scratch, &mut output, &mut events);
+    output.flush().expect("sink");
+    elapsed += start.elapsed();
+    assert_eq!(bad, 0, "every generated record decodes");
+    println!(
+        "{{\"records\":{done},\"events\":{events},\"bytes\":{},\"seconds\":{:.6},\"tracked_at_end\":{}}}",
+        bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        correlator.tracked()
+    );
+}
