@@ -78,22 +78,14 @@ fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-#[derive(Debug, Args)]
-pub struct WatchArgs {
-    /// Output format [default: human on a terminal, json otherwise].
-    #[arg(long, value_enum)]
-    pub format: Option<Format>,
-    /// Append events to FILE instead of writing them to stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Report the lifecycle (FINs, close) of every TCP connection, not only of those with
-    /// keepalive on or that failed.
-    #[arg(long)]
-    pub all: bool,
-    /// Only events where either end uses this port (repeatable).
+/// The connection filters of `watch` and `ls` (see [`crate::output::Filter`]).
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
+    /// Only connections where either end uses this port (repeatable).
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u16>,
-    /// Only events where either end is in this address block (repeatable), e.g. 10.0.0.0/8.
+    /// Only connections where either end is in this address block (repeatable), e.g.
+    /// 10.0.0.0/8.
     #[arg(long, value_name = "CIDR")]
     pub addr: Vec<Cidr>,
     /// Only connections of this network namespace, by inode number as `ls -L
@@ -110,6 +102,22 @@ pub struct WatchArgs {
     /// e.g. /system.slice/nginx.service.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Output format [default: human on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Append events to FILE instead of writing them to stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Report the lifecycle (FINs, close) of every TCP connection, not only of those with
+    /// keepalive on or that failed.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Size of the kernel ring buffer (power of two).
     #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_size)]
     pub ring_size: u32,
@@ -154,24 +162,8 @@ pub struct LsArgs {
     /// threshold of the risk flags.
     #[arg(long, value_name = "DURATION", default_value = "350s", value_parser = parse_nat_timeout)]
     pub nat_timeout: std::time::Duration,
-    /// Only connections where either end uses this port (repeatable).
-    #[arg(long, value_name = "PORT")]
-    pub port: Vec<u16>,
-    /// Only connections where either end is in this address block (repeatable).
-    #[arg(long, value_name = "CIDR")]
-    pub addr: Vec<Cidr>,
-    /// Only connections held by this process id (repeatable).
-    #[arg(long, value_name = "PID")]
-    pub pid: Vec<u32>,
-    /// Only connections held by a process with this command name (repeatable).
-    #[arg(long, value_name = "COMM")]
-    pub comm: Vec<String>,
-    /// Only connections held by a process in this cgroup v2 path or below (repeatable).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Vec<String>,
-    /// Only this network namespace, by inode number (repeatable).
-    #[arg(long, value_name = "INODE")]
-    pub netns: Vec<u64>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Only connections in this state (repeatable) [default: every state but listen].
     #[arg(long, value_enum, value_name = "STATE")]
     pub state: Vec<crate::ls::StateArg>,

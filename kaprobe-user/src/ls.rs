@@ -25,7 +25,7 @@ use crate::{
     cli::LsArgs,
     error::{Fatal, exit},
     model::{Family, state_name},
-    output::{Cidr, Format},
+    output::{Filter, Format},
     owner::{self, Owner},
     privileges,
 };
@@ -272,61 +272,6 @@ pub fn endpoints(s: &DiagSock) -> (IpAddr, IpAddr, Family) {
     }
 }
 
-/// `--port`, `--addr`, `--pid`, `--comm`, `--cgroup`, `--netns`: AND across kinds, OR
-/// within one kind; an empty kind matches everything.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub ports: Vec<u16>,
-    pub nets: Vec<Cidr>,
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
-    pub cgroups: Vec<String>,
-    pub netns: Vec<u64>,
-}
-
-impl Filter {
-    fn by_owner(&self) -> bool {
-        !(self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty())
-    }
-
-    /// Ports and addresses: either end.
-    pub fn endpoints(&self, saddr: &IpAddr, sport: u16, daddr: &IpAddr, dport: u16) -> bool {
-        (self.ports.is_empty() || self.ports.iter().any(|&p| p == sport || p == dport))
-            && (self.nets.is_empty()
-                || self
-                    .nets
-                    .iter()
-                    .any(|n| n.contains(saddr) || n.contains(daddr)))
-    }
-
-    /// Owner filters; a connection without a known owner matches none of them.
-    pub fn owner(&self, owner: Option<&Owner>) -> bool {
-        if !self.by_owner() {
-            return true;
-        }
-        let Some(o) = owner else { return false };
-        (self.pids.is_empty() || self.pids.contains(&o.pid))
-            && (self.comms.is_empty() || self.comms.contains(&o.comm))
-            && (self.cgroups.is_empty()
-                || o.cgroup
-                    .as_deref()
-                    .is_some_and(|cg| self.cgroups.iter().any(|p| cgroup_under(cg, p))))
-    }
-}
-
-/// Is cgroup path `path` the cgroup `prefix` or inside it (whole path components:
-/// `/system.slice` covers `/system.slice/nginx.service`, not `/system.slice2`)?
-pub fn cgroup_under(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    if prefix.is_empty() {
-        return true;
-    }
-    path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
 /// What one namespace gave.
 struct NsDump {
     inode: u64,
@@ -367,11 +312,11 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
     let mut namespaces = sys::namespaces();
     if !filter.netns.is_empty() {
         for want in &filter.netns {
-            if !namespaces.contains_key(want) {
+            if !namespaces.contains_key(&u64::from(*want)) {
                 log::warn!("no network namespace with inode {want}");
             }
         }
-        namespaces.retain(|inode, _| filter.netns.contains(inode));
+        namespaces.retain(|inode, _| u32::try_from(*inode).is_ok_and(|n| filter.matches_netns(n)));
     }
     let mut dumps = Vec::new();
     let mut first_error = None;
@@ -408,7 +353,7 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
     for d in &dumps {
         for s in &d.socks {
             let (saddr, daddr, family) = endpoints(s);
-            if !filter.endpoints(&saddr, s.sport, &daddr, s.dport) {
+            if !filter.matches_endpoints(&saddr, s.sport, &daddr, s.dport) {
                 continue;
             }
             let held = (s.inode != 0)
@@ -421,7 +366,7 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
                     .or_insert_with(|| owner::owner_of_pid(pid))
                     .clone()
             });
-            if !filter.owner(owner.as_ref()) {
+            if !filter.matches_owner(owner.as_ref()) {
                 continue;
             }
             let opts = held.and_then(|(pid, fd)| {
@@ -500,14 +445,7 @@ pub fn run(args: LsArgs) -> Result<(), Fatal> {
             ),
         ));
     }
-    let filter = Filter {
-        ports: args.port.clone(),
-        nets: args.addr.clone(),
-        pids: args.pid.clone(),
-        comms: args.comm.clone(),
-        cgroups: args.cgroup.clone(),
-        netns: args.netns.clone(),
-    };
+    let filter = Filter::from_args(&args.filter);
     let (mut conns, scanned) = snapshot(&filter, state_mask(&args.state), args.nat_timeout)?;
     if args.at_risk {
         conns.retain(|c| !c.risks.is_empty());

@@ -87,22 +87,44 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, e: &Event) -> bool {
-        let Some(c) = &e.conn else { return true };
-        self.matches_conn(c, e.owner.as_ref())
+    pub fn from_args(a: &crate::cli::FilterArgs) -> Filter {
+        Filter {
+            ports: a.port.clone(),
+            nets: a.addr.clone(),
+            netns: a.netns.clone(),
+            pids: a.pid.clone(),
+            comms: a.comm.clone(),
+            cgroups: a.cgroup.clone(),
+        }
     }
 
-    /// The same test for one connection and its owner.
-    pub fn matches_conn(&self, c: &Endpoints, owner: Option<&Owner>) -> bool {
-        let port_ok =
-            self.ports.is_empty() || self.ports.iter().any(|&p| p == c.sport || p == c.dport);
+    pub fn matches(&self, e: &Event) -> bool {
+        let Some(c) = &e.conn else { return true };
+        self.matches_endpoints(&c.saddr, c.sport, &c.daddr, c.dport)
+            && self.matches_netns(c.netns)
+            && self.matches_owner(e.owner.as_ref())
+    }
+
+    /// `--port` and `--addr` alone: either end.
+    pub fn matches_endpoints(
+        &self,
+        saddr: &IpAddr,
+        sport: u16,
+        daddr: &IpAddr,
+        dport: u16,
+    ) -> bool {
+        let port_ok = self.ports.is_empty() || self.ports.iter().any(|&p| p == sport || p == dport);
         let addr_ok = self.nets.is_empty()
             || self
                 .nets
                 .iter()
-                .any(|n| n.contains(&c.saddr) || n.contains(&c.daddr));
-        let netns_ok = self.netns.is_empty() || self.netns.contains(&c.netns);
-        port_ok && addr_ok && netns_ok && self.matches_owner(owner)
+                .any(|n| n.contains(saddr) || n.contains(daddr));
+        port_ok && addr_ok
+    }
+
+    /// `--netns` alone.
+    pub fn matches_netns(&self, netns: u32) -> bool {
+        self.netns.is_empty() || self.netns.contains(&netns)
     }
 
     /// `--pid`, `--comm` and `--cgroup` alone.
@@ -116,7 +138,7 @@ impl Filter {
         let cgroup_ok = self.cgroups.is_empty()
             || o.cgroup
                 .as_deref()
-                .is_some_and(|path| self.cgroups.iter().any(|p| cgroup_prefix(p, path)));
+                .is_some_and(|path| self.cgroups.iter().any(|p| cgroup_under(path, p)));
         pid_ok && comm_ok && cgroup_ok
     }
 
@@ -126,9 +148,9 @@ impl Filter {
     }
 }
 
-/// `prefix` is `path` or one of its ancestors (`/a/b` is under `/a`, not under `/a/b2`... nor
-/// is `/a/bc` under `/a/b`).
-fn cgroup_prefix(prefix: &str, path: &str) -> bool {
+/// Is cgroup path `path` the cgroup `prefix` or inside it (whole path components:
+/// `/system.slice` covers `/system.slice/nginx.service`, not `/system.slice2`)?
+pub fn cgroup_under(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     prefix.is_empty()
         || path == prefix

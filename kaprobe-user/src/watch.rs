@@ -384,13 +384,14 @@ fn open_output(args: &WatchArgs) -> Result<(Box<dyn Write + Send>, Format), Fata
 /// filters that kind).
 fn kernel_filters(config: &mut kaprobe_common::Config, args: &WatchArgs) {
     use kaprobe_common::MAX_KERNEL_FILTERS;
-    if !args.netns.is_empty() && args.netns.len() <= MAX_KERNEL_FILTERS {
-        config.n_filter_netns = args.netns.len() as u32;
-        config.filter_netns[..args.netns.len()].copy_from_slice(&args.netns);
+    let f = &args.filter;
+    if !f.netns.is_empty() && f.netns.len() <= MAX_KERNEL_FILTERS {
+        config.n_filter_netns = f.netns.len() as u32;
+        config.filter_netns[..f.netns.len()].copy_from_slice(&f.netns);
     }
-    if !args.port.is_empty() && args.port.len() <= MAX_KERNEL_FILTERS {
-        config.n_filter_ports = args.port.len() as u32;
-        config.filter_ports[..args.port.len()].copy_from_slice(&args.port);
+    if !f.port.is_empty() && f.port.len() <= MAX_KERNEL_FILTERS {
+        config.n_filter_ports = f.port.len() as u32;
+        config.filter_ports[..f.port.len()].copy_from_slice(&f.port);
     }
 }
 
@@ -506,14 +507,7 @@ async fn event_loop(
     };
     let mut agent = Agent {
         correlator: Correlator::new(settings),
-        filter: Filter {
-            ports: args.port.clone(),
-            nets: args.addr.clone(),
-            netns: args.netns.clone(),
-            pids: args.pid.clone(),
-            comms: args.comm.clone(),
-            cgroups: args.cgroup.clone(),
-        },
+        filter: Filter::from_args(&args.filter),
         output,
         totals: Totals::default(),
         scratch: Vec::with_capacity(512),

@@ -182,29 +182,29 @@ fn filters_and_across_kinds_or_within_one() {
     let a: IpAddr = "10.0.0.1".parse().unwrap();
     let b: IpAddr = "192.0.2.7".parse().unwrap();
     let all = Filter::default();
-    assert!(all.endpoints(&a, 5000, &b, 80));
-    assert!(all.owner(None));
+    assert!(all.matches_endpoints(&a, 5000, &b, 80));
+    assert!(all.matches_owner(None));
     let ports = Filter {
         ports: vec![443, 80],
         ..Filter::default()
     };
-    assert!(ports.endpoints(&a, 5000, &b, 80));
-    assert!(!ports.endpoints(&a, 5000, &b, 81));
+    assert!(ports.matches_endpoints(&a, 5000, &b, 80));
+    assert!(!ports.matches_endpoints(&a, 5000, &b, 81));
     let both = Filter {
         ports: vec![80],
         nets: vec!["198.51.100.0/24".parse().unwrap()],
         ..Filter::default()
     };
-    assert!(!both.endpoints(&a, 5000, &b, 80));
+    assert!(!both.matches_endpoints(&a, 5000, &b, 80));
 
     let nginx = owner(42, "nginx", Some("/system.slice/nginx.service"));
     let pids = Filter {
         pids: vec![1, 42],
         ..Filter::default()
     };
-    assert!(pids.owner(Some(&nginx)));
+    assert!(pids.matches_owner(Some(&nginx)));
     assert!(
-        !pids.owner(None),
+        !pids.matches_owner(None),
         "owner filters exclude sockets nobody holds"
     );
     let comm_and_pid = Filter {
@@ -212,17 +212,18 @@ fn filters_and_across_kinds_or_within_one() {
         comms: vec!["curl".into()],
         ..Filter::default()
     };
-    assert!(!comm_and_pid.owner(Some(&nginx)));
+    assert!(!comm_and_pid.matches_owner(Some(&nginx)));
     let cg = Filter {
         cgroups: vec!["/system.slice/".into()],
         ..Filter::default()
     };
-    assert!(cg.owner(Some(&nginx)));
-    assert!(!cg.owner(Some(&owner(42, "nginx", None))));
+    assert!(cg.matches_owner(Some(&nginx)));
+    assert!(!cg.matches_owner(Some(&owner(42, "nginx", None))));
 }
 
 #[test]
 fn cgroup_prefixes_match_whole_components() {
+    use crate::output::cgroup_under;
     assert!(cgroup_under("/system.slice/nginx.service", "/system.slice"));
     assert!(cgroup_under(
         "/system.slice/nginx.service",
