@@ -287,6 +287,34 @@ pub fn listen(ns: &NetNs, addr: IpAddr) -> TcpListener {
     ns.run(move || TcpListener::bind(SocketAddr::new(addr, 0)).expect("bind"))
 }
 
+/// `n` connections from inside `from` to `listener`, each client with `ka` set when given:
+/// (clients, the accepted server sockets).
+pub fn connect_many(
+    from: &NetNs,
+    listener: TcpListener,
+    n: usize,
+    ka: Option<Keepalive>,
+) -> (Vec<TcpStream>, Vec<TcpStream>) {
+    let to = listener.local_addr().expect("listener address");
+    let acceptor = thread::spawn(move || {
+        (0..n)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect::<Vec<_>>()
+    });
+    let clients = from.run(move || {
+        (0..n)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+                if let Some(ka) = ka {
+                    set_keepalive(&c, ka);
+                }
+                c
+            })
+            .collect()
+    });
+    (clients, acceptor.join().expect("acceptor"))
+}
+
 /// A connection made from inside `ns`.
 pub fn connect(ns: &NetNs, to: SocketAddr) -> TcpStream {
     ns.run(move || TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect"))

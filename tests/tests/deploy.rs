@@ -1,7 +1,7 @@
 //! Production deployment: Prometheus scraping the metrics endpoint, least privilege as the
 //! systemd unit and the DaemonSet grant it, and the deployment files' own validators.
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -115,26 +115,12 @@ fn prometheus_sees_the_timeout_counter_rise_by_the_timeouts_caused() {
         "a first sample of the counter, before any timeout"
     );
 
-    let acceptor = std::thread::spawn(move || {
-        (0..N)
-            .map(|_| listener.accept().expect("accept").0)
-            .collect::<Vec<_>>()
-    });
     let ka = Keepalive {
         idle_s: 1,
         intvl_s: 1,
         count: 2,
     };
-    let clients: Vec<TcpStream> = link.a.run(move || {
-        (0..N)
-            .map(|_| {
-                let c = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
-                set_keepalive(&c, ka);
-                c
-            })
-            .collect()
-    });
-    let _servers = acceptor.join().expect("acceptor");
+    let (clients, _servers) = connect_many(&link.a, listener, N, Some(ka));
     link.silence_b();
     for c in &clients {
         assert_eq!(read_until_error(c), ETIMEDOUT, "each client sees ETIMEDOUT");

@@ -114,7 +114,11 @@ fn dead_peer(v6: bool, agent_args: &[&str]) {
     );
     assert_eq!(timeout["family"], if v6 { "ipv6" } else { "ipv4" });
     let rst = the_one(&all, ns, sport, "reset_sent");
-    assert_eq!(rst["reason"], expected_reset_reason(&all, "tcp_keepalive_timeout"), "{rst}");
+    assert_eq!(
+        rst["reason"],
+        expected_reset_reason(&all, "tcp_keepalive_timeout"),
+        "{rst}"
+    );
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
     assert_eq!(closed["error"], "ETIMEDOUT", "{closed}");
@@ -310,27 +314,12 @@ fn hundreds_of_connections_time_out_at_once() {
     let link = Link::new("mass");
     let agent = Agent::start(&[]);
     let listener: TcpListener = listen(&link.b, link.b4);
-    let to = listener.local_addr().expect("addr");
-    let acceptor = std::thread::spawn(move || {
-        (0..N)
-            .map(|_| listener.accept().expect("accept").0)
-            .collect::<Vec<_>>()
-    });
     let ka = Keepalive {
         idle_s: 1,
         intvl_s: 1,
         count: 2,
     };
-    let clients: Vec<TcpStream> = link.a.run(move || {
-        (0..N)
-            .map(|_| {
-                let c = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
-                set_keepalive(&c, ka);
-                c
-            })
-            .collect()
-    });
-    let _servers = acceptor.join().expect("acceptor");
+    let (clients, _servers) = connect_many(&link.a, listener, N, Some(ka));
     let ns = link.a.inode();
     let ports: std::collections::HashSet<u64> = clients.iter().map(|c| port(c) as u64).collect();
     link.silence_b();

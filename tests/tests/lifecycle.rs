@@ -530,27 +530,12 @@ fn a_full_agent_table_evicts_and_says_so() {
     let link = Link::new("evict");
     let agent = Agent::start(&["--max-connections", "64"]);
     let listener = listen(&link.b, link.b4);
-    let to = listener.local_addr().expect("addr");
-    let acceptor = std::thread::spawn(move || {
-        (0..N)
-            .map(|_| listener.accept().expect("accept").0)
-            .collect::<Vec<_>>()
-    });
     let ka = Keepalive {
         idle_s: 1,
         intvl_s: 1,
         count: 2,
     };
-    let clients: Vec<TcpStream> = link.a.run(move || {
-        (0..N)
-            .map(|_| {
-                let c = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
-                set_keepalive(&c, ka);
-                c
-            })
-            .collect()
-    });
-    let _servers = acceptor.join().expect("acceptor");
+    let (clients, _servers) = connect_many(&link.a, listener, N, Some(ka));
     link.silence_b();
     for c in &clients {
         assert_eq!(read_until_error(c), ETIMEDOUT);

@@ -3,10 +3,7 @@
 //!
 //! Alone in its own test binary (cargo runs test binaries one after another), because the
 //! kernel's loss counters are global: another test's records would share the ring.
-use std::{
-    net::TcpStream,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use kaprobe_tests::*;
 use serde_json::Value;
@@ -22,18 +19,7 @@ fn small_ring_every_timeout_is_delivered_or_counted_lost() {
     // 4 KiB: room for about twenty keepalive timer records.
     let agent = Agent::start(&["--ring-size", "4K", "-v"]);
     let listener = listen(&link.b, link.b4);
-    let to = listener.local_addr().expect("addr");
-    let acceptor = std::thread::spawn(move || {
-        (0..N)
-            .map(|_| listener.accept().expect("accept").0)
-            .collect::<Vec<_>>()
-    });
-    let clients: Vec<TcpStream> = link.a.run(move || {
-        (0..N)
-            .map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect"))
-            .collect()
-    });
-    let _servers = acceptor.join().expect("acceptor");
+    let (clients, _servers) = connect_many(&link.a, listener, N, None);
     link.silence_b();
     // Armed in one quick loop: the timers of all connections fire within a few jiffies.
     let ka = Keepalive {
