@@ -82,6 +82,17 @@ struct Conn {
     owner: Option<Owner>,
 }
 
+impl Conn {
+    /// Takes the owner a record names (the kernel's is authoritative), keeping the one
+    /// learned before when the record has none; returns the connection's owner.
+    fn learn_owner(&mut self, raw: &kaprobe_common::Owner) -> Option<Owner> {
+        if let Some(o) = Owner::from_kernel(raw) {
+            self.owner = Some(o);
+        }
+        self.owner.clone()
+    }
+}
+
 /// A close waiting [`CLOSE_GRACE_NS`] for a trailing RST.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -193,15 +204,9 @@ impl Correlator {
     /// The owner a record names, else the one learned earlier for the connection (which
     /// learns it).
     fn owner(&mut self, sk: u64, tuple: &Tuple, raw: &kaprobe_common::Owner) -> Option<Owner> {
-        let from_record = Owner::from_kernel(raw);
         match self.known(sk, tuple) {
-            Some(c) => {
-                if from_record.is_some() {
-                    c.owner = from_record.clone();
-                }
-                c.owner.clone()
-            }
-            None => from_record,
+            Some(c) => c.learn_owner(raw),
+            None => Owner::from_kernel(raw),
         }
     }
 
@@ -281,10 +286,7 @@ impl Correlator {
         let mut events = Vec::new();
         let by_rearm = self.probe_by_rearm(r);
         let conn = self.conn(r.header.sk, &r.tuple, ts);
-        if let Some(o) = Owner::from_kernel(&r.owner) {
-            conn.owner = Some(o);
-        }
-        let owner = conn.owner.clone();
+        let owner = conn.learn_owner(&r.owner);
         if r.probes_before == 0 && conn.unanswered > 0 {
             // The peer was heard (icsk_probes_out went back to 0) at rcv_tstamp.
             let heard_ns = ts
@@ -402,10 +404,7 @@ impl Correlator {
     fn on_state(&mut self, r: &StateRecord, out: &mut Vec<Event>) {
         let ts = r.header.ts_ns;
         let conn = self.conn(r.header.sk, &r.tuple, ts);
-        if let Some(o) = Owner::from_kernel(&r.owner) {
-            conn.owner = Some(o);
-        }
-        let owner = conn.owner.clone();
+        let owner = conn.learn_owner(&r.owner);
         let body = match r.new_state {
             tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
                 conn.fin_sent_ns = ts;

@@ -306,6 +306,18 @@ pub struct Event {
     pub body: Body,
 }
 
+impl Event {
+    /// An event of the agent itself (no connection, no owner).
+    pub fn agent(ts: Timestamp, body: Body) -> Event {
+        Event {
+            ts,
+            conn: None,
+            owner: None,
+            body,
+        }
+    }
+}
+
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]

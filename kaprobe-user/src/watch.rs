@@ -189,15 +189,13 @@ impl Agent {
         let Some(s) = self.summary.replace(Summary::default()) else {
             return Ok(());
         };
-        self.write(&Event {
-            ts: self.clock.wall(monotonic_ns()),
-            conn: None,
-            owner: None,
-            body: Body::Summary {
+        self.write(&Event::agent(
+            self.clock.wall(monotonic_ns()),
+            Body::Summary {
                 interval_ms: interval.as_millis() as u64,
                 summary: s.report(),
             },
-        })?;
+        ))?;
         self.flush()
     }
 
@@ -222,17 +220,15 @@ impl Agent {
         log::warn!(
             "{count} connections no longer followed: the agent's table was full (raise --max-connections)"
         );
-        self.write(&Event {
-            ts: self.clock.wall(now_mono),
-            conn: None,
-            owner: None,
-            body: Body::EventsLost {
+        self.write(&Event::agent(
+            self.clock.wall(now_mono),
+            Body::EventsLost {
                 count,
                 source: "agent_conn_table",
                 total,
                 records: None,
             },
-        })
+        ))
     }
 
     /// What the records lost since the last call were; updates the totals.
@@ -266,17 +262,15 @@ impl Agent {
                 "{count} hook runs skipped by the kernel (a program was already running on that CPU)"
             );
             let now = self.clock.wall(monotonic_ns());
-            self.write(&Event {
-                ts: now,
-                conn: None,
-                owner: None,
-                body: Body::EventsLost {
+            self.write(&Event::agent(
+                now,
+                Body::EventsLost {
                     count,
                     source: "recursion",
                     total: skipped,
                     records: None,
                 },
-            })?;
+            ))?;
         }
         let pairing = stats.timer_unpaired();
         if pairing != self.timer_pairing {
@@ -299,17 +293,15 @@ impl Agent {
                 "{count} records lost: the ring buffer was full (raise --ring-size); {} connection ends will not be reported",
                 records.connection_ends
             );
-            self.write(&Event {
-                ts: now,
-                conn: None,
-                owner: None,
-                body: Body::EventsLost {
+            self.write(&Event::agent(
+                now,
+                Body::EventsLost {
                     count,
                     source: "ring_buffer",
                     total: ring,
                     records: Some(records),
                 },
-            })?;
+            ))?;
         }
         let conns = stats.conn_table_full();
         if conns > self.totals.untracked_sockets {
@@ -318,17 +310,15 @@ impl Agent {
             log::warn!(
                 "{count} sockets not tracked: the kernel connection table was full (raise --max-connections)"
             );
-            self.write(&Event {
-                ts: now,
-                conn: None,
-                owner: None,
-                body: Body::EventsLost {
+            self.write(&Event::agent(
+                now,
+                Body::EventsLost {
                     count,
                     source: "kernel_conn_table",
                     total: conns,
                     records: None,
                 },
-            })?;
+            ))?;
         }
         self.flush()
     }
@@ -537,11 +527,9 @@ async fn event_loop(
         tokio::spawn(metrics::serve(listener, m.clone()));
         agent.metrics = Some(m);
     }
-    let start = Event {
-        ts: clock.wall(monotonic_ns()),
-        conn: None,
-        owner: None,
-        body: Body::AgentStart {
+    let start = Event::agent(
+        clock.wall(monotonic_ns()),
+        Body::AgentStart {
             version: env!("CARGO_PKG_VERSION"),
             kernel: facts.release.clone(),
             mode,
@@ -559,7 +547,7 @@ async fn event_loop(
             ring_buffer_bytes: args.ring_size,
             max_connections: args.max_connections,
         },
-    };
+    );
     agent.write(&start)?;
     agent.flush()?;
     log::info!("tracing started in {} ms", started.elapsed().as_millis());
@@ -611,16 +599,14 @@ async fn event_loop(
     );
     agent.report_evictions(monotonic_ns())?;
     agent.totals.filtered_in_kernel = stats.records_filtered();
-    let stop = Event {
-        ts: clock.wall(monotonic_ns()),
-        conn: None,
-        owner: None,
-        body: Body::AgentStop {
+    let stop = Event::agent(
+        clock.wall(monotonic_ns()),
+        Body::AgentStop {
             duration_ms: started.elapsed().as_millis() as u64,
             totals: agent.totals.clone(),
             summary: agent.summary_all.report(),
         },
-    };
+    );
     agent.write(&stop)?;
     agent.flush()?;
     drop(loaded);
