@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use kaprobe_common::{
-    CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet, TimerScratch, conn_flag, stat,
+    CloseRecord, ConnState, ListenKey, Owner, Tuple, RecentReset, Record, SOCK_WAYS, SockSet, TimerScratch, conn_flag, stat,
 };
 
 /// Every record goes through this one ring buffer. Its size is set by the agent
@@ -106,19 +106,24 @@ pub fn claim_conn(key: u64) -> Option<&'static mut ConnState> {
     Some(slot)
 }
 
-/// The slot of the socket with key `key`, if it has one (nothing is claimed).
+/// The set of the socket with key `key` and the way it holds it, if any (free ways have
+/// key 0, which is never a socket's).
 #[inline(always)]
-pub fn find_conn(key: u64) -> Option<&'static mut ConnState> {
+fn find_slot(key: u64) -> Option<(&'static mut SockSet, usize)> {
     if key == 0 {
-        return None; // free slots have key 0
+        return None;
     }
     let set = sock_set(key)?;
-    for i in 0..SOCK_WAYS {
-        if set.keys[i] == key {
-            return set.slots.get_mut(i);
-        }
-    }
-    None
+    let i = (0..SOCK_WAYS).find(|&i| set.keys[i] == key)?;
+    Some((set, i))
+}
+
+/// The owner recorded for the socket with key `key` and addresses `tuple` (see
+/// [`owner_of_slot`]), nothing claimed.
+#[inline(always)]
+pub fn owner_of_sock(key: u64, tuple: &Tuple) -> Owner {
+    let slot = find_slot(key).and_then(|(set, i)| set.slots.get(i));
+    owner_of_slot(slot, tuple.netns, tuple.sport)
 }
 
 /// The process running now (call only in process context: connect, listen). Its name is
@@ -167,14 +172,9 @@ pub fn owner_of_slot(conn: Option<&ConnState>, netns: u32, sport: u16) -> Owner 
 /// it held.
 #[inline(always)]
 pub fn take_conn(key: u64) -> Option<ConnState> {
-    let set = sock_set(key)?;
-    for i in 0..SOCK_WAYS {
-        if set.keys[i] == key {
-            set.keys[i] = 0;
-            return set.slots.get(i).copied();
-        }
-    }
-    None
+    let (set, i) = find_slot(key)?;
+    *set.keys.get_mut(i)? = 0;
+    set.slots.get(i).copied()
 }
 
 /// `--netns` and `--port`, applied here so that other connections' records cost neither
@@ -225,15 +225,22 @@ fn sent<T: Record>(record: &T, ok: bool) -> bool {
     ok
 }
 
-/// Sends a record to the agent (waking it up if it waits), counting it when the ring
-/// buffer is full. For rare records: keepalive, resets, errors. False if it was lost.
+/// The one way out: a record the filters keep goes into the ring with `flags`, and its
+/// fate is counted. False only if it was lost.
 #[inline(always)]
-pub fn emit<T: Record + 'static>(record: &T) -> bool {
+fn output<T: Record + 'static>(record: &T, flags: u64) -> bool {
     if !wanted(record) {
         count(stat::FILTERED);
         return true;
     }
-    sent(record, EVENTS.output::<T>(record, 0).is_ok())
+    sent(record, EVENTS.output::<T>(record, flags).is_ok())
+}
+
+/// Sends a record to the agent (waking it up if it waits), counting it when the ring
+/// buffer is full. For rare records: keepalive, resets, errors. False if it was lost.
+#[inline(always)]
+pub fn emit<T: Record + 'static>(record: &T) -> bool {
+    output(record, 0)
 }
 
 /// Sends a high-volume record (closes, FINs) without waking the agent, unless the ring
@@ -241,16 +248,12 @@ pub fn emit<T: Record + 'static>(record: &T) -> bool {
 /// the record. The agent drains the ring every 100 ms anyway.
 #[inline(always)]
 pub fn emit_bulk<T: Record + 'static>(record: &T) -> bool {
-    if !wanted(record) {
-        count(stat::FILTERED);
-        return true;
-    }
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= crate::conf!(wakeup_bytes) as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    sent(record, EVENTS.output::<T>(record, flags).is_ok())
+    output(record, flags)
 }
 
 /// The keepalive timer scratch of this CPU.

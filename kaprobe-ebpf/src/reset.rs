@@ -9,7 +9,7 @@ use kaprobe_common::{
 use crate::{
     conf,
     kernel::{Mem, flag_set, header, now_ns, sk_flags, state, tuple_of_incoming_skb, tuple_of_sock, tuple_of_sock_common},
-    maps::{emit, emit_bulk, find_conn, owner_of_slot, recent_reset, running_timer_of},
+    maps::{emit, emit_bulk, owner_of_sock, recent_reset, running_timer_of},
 };
 
 /// Is the keepalive timer of `sk` running on this CPU? Then the record in the scratch is
@@ -50,7 +50,7 @@ pub fn on_send_reset<M: Mem>(sk: u64, skb: u64, reason: u32) {
                 recent.reason = reason;
             }
             rec.tuple = tuple_of_sock::<M>(sk, M::tcp_sock(sk));
-            rec.owner = owner_of_slot(find_conn(M::sock_key(sk)).as_deref(), rec.tuple.netns, rec.tuple.sport);
+            rec.owner = owner_of_sock(M::sock_key(sk), &rec.tuple);
         }
         rec.state = st;
     }
@@ -78,7 +78,7 @@ pub fn on_receive_reset<M: Mem>(sk: u64) {
         probes_out: M::read::<u8>(tp, conf!(icsk_probes_out)),
         keepopen: flag_set(sk_flags::<M>(sk), conf!(sock_flag_keepopen)) as u8,
         _pad: 0,
-        owner: owner_of_slot(find_conn(M::sock_key(sk)).as_deref(), tuple.netns, tuple.sport),
+        owner: owner_of_sock(M::sock_key(sk), &tuple),
     };
     let _ = emit(&rec);
 }
@@ -103,7 +103,7 @@ pub fn on_error_report<M: Mem>(sk: u64) {
         error,
         state: state::<M>(sk),
         _pad: [0; 3],
-        owner: owner_of_slot(find_conn(M::sock_key(sk)).as_deref(), tuple.netns, tuple.sport),
+        owner: owner_of_sock(M::sock_key(sk), &tuple),
     };
     let _ = emit(&rec);
 }

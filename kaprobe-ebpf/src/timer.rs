@@ -13,7 +13,7 @@ use kaprobe_common::{TimerRecord, kind, stat, tcp_state, timer_flag};
 use crate::{
     conf,
     kernel::{Mem, Probe, flag_set, header, jiffies, read, sk_flags, sk_net, state, tuple_of_sock},
-    maps::{count, emit, find_conn, owner_of_slot, timer_scratch},
+    maps::{count, emit, owner_of_sock, timer_scratch},
 };
 
 /// `M` reads the `struct timer_list`; the socket behind it, found by subtraction, is not a
@@ -49,7 +49,7 @@ pub fn on_entry<M: Mem>(timer: u64) {
     *rec = TimerRecord::default();
     rec.header = header(kind::KA_TIMER, sk);
     rec.tuple = tuple_of_sock::<Probe>(sk, sk);
-    rec.owner = owner_of_slot(find_conn(M::sock_key_of_address(sk)).as_deref(), rec.tuple.netns, rec.tuple.sport);
+    rec.owner = owner_of_sock(M::sock_key_of_address(sk), &rec.tuple);
     rec.jiffies = jiffies();
     rec.rcv_tstamp = read::<u32>(sk, conf!(tp_rcv_tstamp));
     let mut flags = 0;
