@@ -129,7 +129,7 @@ impl Filter {
 
     /// `--pid`, `--comm` and `--cgroup` alone.
     pub fn matches_owner(&self, owner: Option<&Owner>) -> bool {
-        if self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty() {
+        if !self.by_owner() {
             return true;
         }
         let Some(o) = owner else { return false };
@@ -142,8 +142,8 @@ impl Filter {
         pid_ok && comm_ok && cgroup_ok
     }
 
-    /// Whether any owner filter is set (then the owner must be resolved before filtering).
-    pub fn by_owner(&self) -> bool {
+    /// Whether any owner filter is set.
+    fn by_owner(&self) -> bool {
         !(self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty())
     }
 }

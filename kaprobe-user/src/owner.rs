@@ -127,17 +127,9 @@ pub fn owner_of_pid(pid: u32) -> Option<Owner> {
     Some(Owner::new(pid, comm, cgroup_of_pid(pid)))
 }
 
-/// Socket inode → the process holding it (the lowest pid when several share it, e.g.
-/// after fork): one pass over /proc/*/fd. For snapshots (`ls`), not per event.
-pub fn socket_inodes() -> HashMap<u64, u32> {
-    socket_fds()
-        .into_iter()
-        .map(|(inode, (pid, _))| (inode, pid))
-        .collect()
-}
-
-/// Socket inode → (pid, fd): the process holding it as in [`socket_inodes`], and one of
-/// its descriptors for it. One pass over /proc/*/fd.
+/// Socket inode → (pid, fd): the process holding it (the lowest pid when several share
+/// it, e.g. after fork) and one of its descriptors for it. One pass over /proc/*/fd: for
+/// snapshots (`ls`), not per event.
 pub fn socket_fds() -> HashMap<u64, (u32, i32)> {
     let mut owners = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
