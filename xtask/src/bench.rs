@@ -126,8 +126,7 @@ pub fn run(o: Options) -> Result<()> {
     {
         bail!("building the benchmark helpers failed");
     }
-    // build::run names <workspace>/target; cargo may have built elsewhere (CARGO_TARGET_DIR).
-    let release = target_dir()?.join("release");
+    let release = build::target_dir()?.join("release");
     let tools = Tools {
         kaprobe: release.join("kaprobe"),
         throughput: release.join("examples/agent_throughput"),
@@ -340,19 +339,6 @@ fn run_out(program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Where cargo puts build output (it honours CARGO_TARGET_DIR and configuration).
-fn target_dir() -> Result<PathBuf> {
-    let out = build::cargo(&["metadata", "--format-version", "1", "--no-deps"]).output()?;
-    if !out.status.success() {
-        bail!("cargo metadata failed");
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    v["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow!("cargo metadata: no target_directory"))
 }
 
 /// A sysctl set for the benchmark, restored when dropped.

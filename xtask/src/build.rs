@@ -28,6 +28,25 @@ pub fn cargo(args: &[&str]) -> Command {
     cmd
 }
 
+/// Where cargo puts what it builds: `target_directory` from `cargo metadata`, which honours
+/// CARGO_TARGET_DIR and cargo's configuration. Asked once.
+pub fn target_dir() -> Result<PathBuf> {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(d) = DIR.get() {
+        return Ok(d.clone());
+    }
+    let out = cargo(&["metadata", "--format-version", "1", "--no-deps"]).output()?;
+    if !out.status.success() {
+        bail!("cargo metadata failed");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let dir = v["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("cargo metadata: no target_directory"))?;
+    Ok(DIR.get_or_init(|| dir).clone())
+}
+
 /// Builds everything; returns the path of the `kaprobe` binary.
 pub fn run(o: &Options) -> Result<PathBuf> {
     setup::ensure()?;
@@ -39,8 +58,5 @@ pub fn run(o: &Options) -> Result<PathBuf> {
         bail!("build failed");
     }
     let profile = if o.release { "release" } else { "debug" };
-    Ok(setup::workspace_root()
-        .join("target")
-        .join(profile)
-        .join("kaprobe"))
+    Ok(target_dir()?.join(profile).join("kaprobe"))
 }

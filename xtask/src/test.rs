@@ -30,7 +30,7 @@ pub fn run(o: Options) -> Result<()> {
         "all" => (true, &[vm::Series::V6_1, vm::Series::V6_12]),
         _ => (true, &[]),
     };
-    let bin = vm::built_binary(&build::run(&build::Options { release: false })?);
+    let bin = build::run(&build::Options { release: false })?;
     if vms.is_empty() {
         return run_host(&o, &bin);
     }

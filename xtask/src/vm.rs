@@ -83,26 +83,6 @@ impl Series {
     }
 }
 
-/// Where cargo puts what it builds (honours CARGO_TARGET_DIR).
-pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => setup::workspace_root().join(d),
-        _ => setup::workspace_root().join("target"),
-    }
-}
-
-/// `build::run` names the binary under `<workspace>/target`; with CARGO_TARGET_DIR it is
-/// elsewhere.
-pub fn built_binary(bin: &Path) -> PathBuf {
-    let profile = bin
-        .parent()
-        .and_then(|p| p.file_name())
-        .expect("target/<profile>/kaprobe");
-    target_dir()
-        .join(profile)
-        .join(bin.file_name().expect("file name"))
-}
-
 fn kernels_root() -> PathBuf {
     setup::workspace_root().join("target/kernels")
 }
@@ -642,11 +622,11 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Boots the kernel and runs the cases; prints each result as it arrives.
 fn run_cases(kernel: &Kernel, cases: &[Case], kaprobe: &Path) -> Result<KernelReport> {
-    let work = target_dir().join("vm").join(&kernel.release);
+    let work = build::target_dir()?.join("vm").join(&kernel.release);
     let _ = fs::remove_dir_all(&work);
     let results = work.join("results");
     fs::create_dir_all(&results)?;
-    let kvm = use_kvm(kernel, &target_dir().join("vm"))?;
+    let kvm = use_kvm(kernel, &build::target_dir()?.join("vm"))?;
     let script = work.join("guest.sh");
     fs::write(&script, guest_script(cases, &results, kaprobe))?;
     let console = work.join("console.log");
