@@ -184,7 +184,10 @@ pub fn count(t: &mut Totals, e: &Event) {
 pub struct Output {
     out: Box<dyn Write + Send>,
     format: Format,
+    /// The line being made (reused: no allocation per event once it has grown).
     line: String,
+    /// The same for JSON, which is serialised as bytes.
+    json: Vec<u8>,
 }
 
 impl Output {
@@ -193,6 +196,7 @@ impl Output {
             out,
             format,
             line: String::with_capacity(512),
+            json: Vec::with_capacity(1024),
         }
     }
 
@@ -202,17 +206,22 @@ impl Output {
     }
 
     pub fn write(&mut self, e: &Event) -> io::Result<()> {
-        self.line.clear();
         match self.format {
             Format::Json => {
-                // Serialising our own model cannot fail (no maps with non-string keys).
-                let json = serde_json::to_string(e).map_err(io::Error::other)?;
-                self.line.push_str(&json);
+                self.json.clear();
+                // Serialising our own model into memory cannot fail (no maps with
+                // non-string keys).
+                serde_json::to_writer(&mut self.json, e).map_err(io::Error::other)?;
+                self.json.push(b'\n');
+                self.out.write_all(&self.json)
             }
-            Format::Human => human(&mut self.line, e),
+            Format::Human => {
+                self.line.clear();
+                human(&mut self.line, e);
+                self.line.push('\n');
+                self.out.write_all(self.line.as_bytes())
+            }
         }
-        self.line.push('\n');
-        self.out.write_all(self.line.as_bytes())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
