@@ -23,6 +23,7 @@ use kaprobe_common::{
 };
 
 use crate::{
+    FastMap,
     decode::RawEvent,
     model::{Body, Cause, Endpoints, Event, Owner, Side, Timestamp, errno_name, state_name},
 };
@@ -114,8 +115,8 @@ pub struct CorrelatorStats {
 
 pub struct Correlator {
     settings: Settings,
-    conns: HashMap<u64, Conn>,
-    pending: HashMap<u64, Pending>,
+    conns: FastMap<u64, Conn>,
+    pending: FastMap<u64, Pending>,
     /// `(close time, socket)` of pending closes, in arrival order (records come in time
     /// order, per CPU). Entries whose close was reported meanwhile are skipped lazily.
     due: VecDeque<(u64, u64)>,
@@ -132,8 +133,8 @@ impl Correlator {
     pub fn new(settings: Settings) -> Self {
         Correlator {
             settings,
-            conns: HashMap::new(),
-            pending: HashMap::new(),
+            conns: FastMap::default(),
+            pending: FastMap::default(),
             due: VecDeque::new(),
             stats: Default::default(),
         }

@@ -21,3 +21,8 @@ pub mod watch;
 
 #[cfg(test)]
 mod fuzz_tests;
+
+/// A hash map with a fast hasher (foldhash), for the tables touched per event: keys are
+/// socket addresses, cgroup ids and endpoints, for which SipHash's cost buys nothing (the
+/// tables that grow with outside input are bounded).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -11,6 +11,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::FastMap;
+
 /// Where the cgroup v2 hierarchy usually is (`/sys/fs/cgroup/unified` on hybrid hosts).
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -169,7 +171,7 @@ pub fn socket_fds() -> HashMap<u64, (u32, i32)> {
 /// at most once per [`CgroupPaths::RESCAN`], so a burst of unknown ids costs one walk.
 pub struct CgroupPaths {
     root: PathBuf,
-    paths: HashMap<u64, String>,
+    paths: FastMap<u64, String>,
     scanned: Option<Instant>,
 }
 
@@ -185,7 +187,7 @@ impl CgroupPaths {
     pub fn new(root: &Path) -> CgroupPaths {
         CgroupPaths {
             root: root.to_path_buf(),
-            paths: HashMap::new(),
+            paths: FastMap::default(),
             scanned: None,
         }
     }

@@ -10,15 +10,14 @@
 //! Memory is bounded: each table keeps at most [`MAX_GROUPS`] groups (later ones are
 //! counted under an `other` group) and each group at most [`MAX_SAMPLES`] samples for its
 //! medians (reservoir sampling beyond).
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt::Write as _,
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::model::{Body, Cause, Event, Owner, Side};
+use crate::{
+    FastMap,
+    model::{Body, Cause, Event, Owner, Side},
+};
 
 /// Groups per table.
 pub const MAX_GROUPS: usize = 1000;
@@ -227,7 +226,7 @@ impl Closes {
 /// A bounded map: past [`MAX_GROUPS`] keys, new keys go to `other`.
 #[derive(Debug, Clone)]
 struct Table<K, V> {
-    groups: HashMap<K, V>,
+    groups: FastMap<K, V>,
     other: V,
     others: u64,
 }
@@ -235,7 +234,7 @@ struct Table<K, V> {
 impl<K, V: Default> Default for Table<K, V> {
     fn default() -> Self {
         Table {
-            groups: HashMap::new(),
+            groups: FastMap::default(),
             other: V::default(),
             others: 0,
         }
