@@ -87,10 +87,17 @@ impl Conn {
     /// Takes the owner a record names (the kernel's is authoritative), keeping the one
     /// learned before when the record has none; returns the connection's owner.
     fn learn_owner(&mut self, raw: &kaprobe_common::Owner) -> Option<Owner> {
-        if let Some(o) = Owner::from_kernel(raw) {
-            self.owner = Some(o);
-        }
+        self.owner = owner_named(raw, self.owner.take());
         self.owner.clone()
+    }
+}
+
+/// The owner a record names, else `known`; `known` itself when the record names the same
+/// owner (no new texts).
+fn owner_named(raw: &kaprobe_common::Owner, known: Option<Owner>) -> Option<Owner> {
+    match known {
+        Some(o) if raw.tgid == 0 || o.is_from_kernel(raw) => Some(o),
+        _ => Owner::from_kernel(raw),
     }
 }
 
@@ -440,8 +447,7 @@ impl Correlator {
             self.finish(p, None, out);
         }
         let conn = self.conns.remove(&sk).filter(|c| c.tuple == r.tuple);
-        let owner =
-            Owner::from_kernel(&r.owner).or_else(|| conn.as_ref().and_then(|c| c.owner.clone()));
+        let owner = owner_named(&r.owner, conn.as_ref().and_then(|c| c.owner.clone()));
         let p = Pending {
             ts_ns: r.header.ts_ns,
             tuple: r.tuple,

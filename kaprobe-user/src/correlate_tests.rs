@@ -781,7 +781,7 @@ fn owner_and_byte_counts_reach_every_event_of_the_connection() {
     for e in &out {
         let owner = e.owner.as_ref().expect("every event has the owner");
         assert_eq!(
-            (owner.pid, owner.comm.as_str(), owner.cgroup_id),
+            (owner.pid, &*owner.comm, owner.cgroup_id),
             (4242, "curl", 77)
         );
     }

@@ -134,7 +134,7 @@ impl Filter {
         }
         let Some(o) = owner else { return false };
         let pid_ok = self.pids.is_empty() || self.pids.contains(&o.pid);
-        let comm_ok = self.comms.is_empty() || self.comms.contains(&o.comm);
+        let comm_ok = self.comms.is_empty() || self.comms.iter().any(|c| **c == *o.comm);
         let cgroup_ok = self.cgroups.is_empty()
             || o.cgroup
                 .as_deref()

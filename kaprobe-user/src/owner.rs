@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,18 +32,19 @@ pub fn cgroup2_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(CGROUP_ROOT))
 }
 
-/// The process a connection belongs to.
+/// The process a connection belongs to. Its texts are shared (every event of a
+/// connection names the same owner): a clone allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Owner {
     /// Thread-group id (what `ps` calls the pid).
     pub pid: u32,
     /// The process's command name (`comm`, at most 15 bytes).
-    pub comm: String,
+    pub comm: Arc<str>,
     /// cgroup v2 path, e.g. `/system.slice/nginx.service`; null when unknown.
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Arc<str>>,
     /// Container id when the cgroup path shows one (docker, containerd, CRI-O, podman).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
     /// cgroup v2 id as the kernel recorded it (0: none); resolved into `cgroup` by the
     /// agent.
     #[serde(skip)]
@@ -51,11 +53,11 @@ pub struct Owner {
 
 impl Owner {
     pub fn new(pid: u32, comm: String, cgroup: Option<String>) -> Owner {
-        let container_id = cgroup.as_deref().and_then(container_id);
+        let container_id = cgroup.as_deref().and_then(container_id).map(Arc::from);
         Owner {
             pid,
-            comm,
-            cgroup,
+            comm: comm.into(),
+            cgroup: cgroup.map(Arc::from),
             container_id,
             cgroup_id: 0,
         }
@@ -65,18 +67,30 @@ impl Owner {
     pub fn from_kernel(raw: &kaprobe_common::Owner) -> Option<Owner> {
         (raw.tgid != 0).then(|| Owner {
             pid: raw.tgid,
-            comm: comm_text(&raw.comm),
+            comm: comm_text(&raw.comm).into(),
             cgroup: None,
             container_id: None,
             cgroup_id: raw.cgroup_id,
         })
     }
 
+    /// Is this the owner a kernel record names (as [`Owner::from_kernel`] would make it,
+    /// before [`Owner::resolve`])?
+    pub fn is_from_kernel(&self, raw: &kaprobe_common::Owner) -> bool {
+        self.pid == raw.tgid
+            && self.cgroup_id == raw.cgroup_id
+            && self.cgroup.is_none()
+            // (A name that is not UTF-8 was changed by from_kernel: never equal.)
+            && self.comm.as_bytes() == comm_bytes(&raw.comm)
+    }
+
     /// Fills `cgroup` and `container_id` from `cgroup_id`.
     pub fn resolve(&mut self, paths: &mut CgroupPaths) {
         if self.cgroup.is_none() && self.cgroup_id != 0 {
-            self.cgroup = paths.path(self.cgroup_id);
-            self.container_id = self.cgroup.as_deref().and_then(container_id);
+            if let Some(cgroup) = paths.cgroup(self.cgroup_id) {
+                self.cgroup = Some(cgroup.path.clone());
+                self.container_id = cgroup.container_id.clone();
+            }
         }
     }
 }
@@ -104,8 +118,13 @@ pub fn container_id(path: &str) -> Option<String> {
 
 /// A NUL-padded `comm` from the kernel as text.
 pub fn comm_text(raw: &[u8]) -> String {
+    String::from_utf8_lossy(comm_bytes(raw)).into_owned()
+}
+
+/// A NUL-padded `comm` without its padding.
+fn comm_bytes(raw: &[u8]) -> &[u8] {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    &raw[..end]
 }
 
 /// The cgroup v2 path of a process (`0::<path>` in /proc/PID/cgroup).
@@ -171,8 +190,25 @@ pub fn socket_fds() -> HashMap<u64, (u32, i32)> {
 /// at most once per [`CgroupPaths::RESCAN`], so a burst of unknown ids costs one walk.
 pub struct CgroupPaths {
     root: PathBuf,
-    paths: FastMap<u64, String>,
+    paths: FastMap<u64, Cgroup>,
     scanned: Option<Instant>,
+}
+
+/// A cgroup as owners name it.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    pub path: Arc<str>,
+    /// [`container_id`] of the path.
+    pub container_id: Option<Arc<str>>,
+}
+
+impl Cgroup {
+    fn new(path: String) -> Cgroup {
+        Cgroup {
+            container_id: container_id(&path).map(Arc::from),
+            path: path.into(),
+        }
+    }
 }
 
 impl Default for CgroupPaths {
@@ -193,18 +229,22 @@ impl CgroupPaths {
     }
 
     /// The path of cgroup `id`, if it exists (or existed at the last scan).
-    pub fn path(&mut self, id: u64) -> Option<String> {
+    pub fn path(&mut self, id: u64) -> Option<Arc<str>> {
+        self.cgroup(id).map(|c| c.path.clone())
+    }
+
+    /// Cgroup `id`, if it exists (or existed at the last scan).
+    pub fn cgroup(&mut self, id: u64) -> Option<&Cgroup> {
         if id == 0 {
             return None;
         }
-        if let Some(p) = self.paths.get(&id) {
-            return Some(p.clone());
+        if !self.paths.contains_key(&id) {
+            if self.scanned.is_some_and(|t| t.elapsed() < Self::RESCAN) {
+                return None;
+            }
+            self.rescan();
         }
-        if self.scanned.is_some_and(|t| t.elapsed() < Self::RESCAN) {
-            return None;
-        }
-        self.rescan();
-        self.paths.get(&id).cloned()
+        self.paths.get(&id)
     }
 
     fn rescan(&mut self) {
@@ -212,7 +252,7 @@ impl CgroupPaths {
         let mut stack = vec![(self.root.clone(), String::from("/"))];
         while let Some((dir, path)) = stack.pop() {
             if let Ok(meta) = std::fs::metadata(&dir) {
-                self.paths.insert(meta.ino(), path.clone());
+                self.paths.insert(meta.ino(), Cgroup::new(path.clone()));
             }
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -267,6 +307,34 @@ mod tests {
     }
 
     #[test]
+    fn kernel_owners_are_recognised() {
+        let mut raw = kaprobe_common::Owner {
+            tgid: 7,
+            cgroup_id: 99,
+            ..kaprobe_common::Owner::default()
+        };
+        raw.comm[..4].copy_from_slice(b"curl");
+        let o = Owner::from_kernel(&raw).unwrap();
+        assert!(o.is_from_kernel(&raw));
+        let mut other = raw;
+        other.tgid = 8;
+        assert!(!o.is_from_kernel(&other));
+        other = raw;
+        other.cgroup_id = 98;
+        assert!(!o.is_from_kernel(&other));
+        other = raw;
+        other.comm[4] = b'2';
+        assert!(!o.is_from_kernel(&other));
+        // Not UTF-8: from_kernel's text differs from the bytes.
+        other = raw;
+        other.comm[0] = 0xff;
+        assert!(!Owner::from_kernel(&other).unwrap().is_from_kernel(&other));
+        let mut resolved = o.clone();
+        resolved.cgroup = Some("/x".into());
+        assert!(!resolved.is_from_kernel(&raw));
+    }
+
+    #[test]
     fn comm_is_cut_at_nul() {
         assert_eq!(comm_text(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
         assert_eq!(comm_text(b"0123456789abcdef"), "0123456789abcdef");
@@ -283,7 +351,7 @@ mod tests {
             let ino =
                 std::fs::metadata(format!("{}{cg}", cgroup2_root().display())).map(|m| m.ino());
             if let Ok(ino) = ino {
-                assert_eq!(paths.path(ino).as_deref(), Some(cg.as_str()));
+                assert_eq!(paths.path(ino).as_deref(), Some(&**cg));
             }
         }
     }

@@ -10,7 +10,7 @@
 //! Memory is bounded: each table keeps at most [`MAX_GROUPS`] groups (later ones are
 //! counted under an `other` group) and each group at most [`MAX_SAMPLES`] samples for its
 //! medians (reservoir sampling beyond).
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -37,8 +37,8 @@ pub struct Remote {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct OwnerKey {
     pub pid: u32,
-    pub comm: String,
-    pub cgroup: Option<String>,
+    pub comm: Arc<str>,
+    pub cgroup: Option<Arc<str>>,
 }
 
 /// A listening port in a namespace.
