@@ -65,14 +65,7 @@ impl Activity {
             Body::KeepaliveProbe { .. } => self.keepalive_probes += 1,
             Body::KeepaliveAck { .. } => self.keepalive_acks += 1,
             Body::KeepaliveTimeout { .. } => self.keepalive_timeouts += 1,
-            Body::ResetSent { reason, .. } => {
-                *self
-                    .resets
-                    .entry("sent")
-                    .or_default()
-                    .entry(reason.clone())
-                    .or_default() += 1
-            }
+            Body::ResetSent { reason, .. } => self.add_reset("sent", reason),
             Body::ResetReceived {
                 during_keepalive, ..
             } => {
@@ -81,17 +74,23 @@ impl Activity {
                 } else {
                     "peer_reset"
                 };
-                *self
-                    .resets
-                    .entry("received")
-                    .or_default()
-                    .entry(why.to_owned())
-                    .or_default() += 1
+                self.add_reset("received", why)
             }
             Body::ConnectionClosed { cause, .. } => {
                 *self.closes_by_cause.entry(cause.as_str()).or_default() += 1
             }
             _ => {}
+        }
+    }
+
+    /// Counts a reset (allocating only for a reason not seen before).
+    fn add_reset(&mut self, direction: &'static str, reason: &str) {
+        let reasons = self.resets.entry(direction).or_default();
+        match reasons.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                reasons.insert(reason.to_owned(), 1);
+            }
         }
     }
 
@@ -243,11 +242,16 @@ impl<K, V: Default> Default for Table<K, V> {
 
 impl<K: std::hash::Hash + Eq, V: Default> Table<K, V> {
     fn get(&mut self, key: K) -> &mut V {
-        if self.groups.len() >= MAX_GROUPS && !self.groups.contains_key(&key) {
-            self.others += 1;
-            return &mut self.other;
+        if self.groups.len() < MAX_GROUPS {
+            return self.groups.entry(key).or_default();
         }
-        self.groups.entry(key).or_default()
+        match self.groups.get_mut(&key) {
+            Some(v) => v,
+            None => {
+                self.others += 1;
+                &mut self.other
+            }
+        }
     }
 }
 
