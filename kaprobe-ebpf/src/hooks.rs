@@ -46,16 +46,26 @@ macro_rules! hook {
 }
 
 // timer_expire_entry(struct timer_list *timer, unsigned long baseclk)
-hook!("timer_expire_entry", kp_timer_entry, kr_timer_entry, |arg, M| timer::on_entry::<M>(arg(0)));
+hook!(
+    "timer_expire_entry",
+    kp_timer_entry,
+    kr_timer_entry,
+    |arg, M| timer::on_entry::<M>(arg(0))
+);
 // timer_expire_exit(struct timer_list *timer)
-hook!("timer_expire_exit", kp_timer_exit, kr_timer_exit, |arg, M| timer::on_exit::<M>(arg(0)));
+hook!(
+    "timer_expire_exit",
+    kp_timer_exit,
+    kr_timer_exit,
+    |arg, M| timer::on_exit::<M>(arg(0))
+);
 // inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
-hook!("inet_sock_set_state", kp_set_state, kr_set_state, |arg, M, ctx| state::on_state::<M, _>(
-    ctx,
-    arg(0),
-    arg(1) as u8,
-    arg(2) as u8
-));
+hook!(
+    "inet_sock_set_state",
+    kp_set_state,
+    kr_set_state,
+    |arg, M, ctx| state::on_state::<M, _>(ctx, arg(0), arg(1) as u8, arg(2) as u8)
+);
 // tcp_send_reset(const struct sock *sk, const struct sk_buff *skb[, const enum sk_rst_reason reason])
 hook!("tcp_send_reset", kp_send_reset, kr_send_reset, |arg, M| {
     let reason = if conf!(flags) & config_flag::RESET_HAS_REASON != 0 {
@@ -66,8 +76,20 @@ hook!("tcp_send_reset", kp_send_reset, kr_send_reset, |arg, M| {
     reset::on_send_reset::<M>(arg(0), arg(1), reason)
 });
 // tcp_receive_reset(struct sock *sk)
-hook!("tcp_receive_reset", kp_recv_reset, kr_recv_reset, |arg, M| reset::on_receive_reset::<M>(arg(0)));
+hook!(
+    "tcp_receive_reset",
+    kp_recv_reset,
+    kr_recv_reset,
+    |arg, M| reset::on_receive_reset::<M>(arg(0))
+);
 // inet_sk_error_report(const struct sock *sk)
-hook!("inet_sk_error_report", kp_sk_error, kr_sk_error, |arg, M| reset::on_error_report::<M>(arg(0)));
+hook!(
+    "inet_sk_error_report",
+    kp_sk_error,
+    kr_sk_error,
+    |arg, M| reset::on_error_report::<M>(arg(0))
+);
 // tcp_destroy_sock(struct sock *sk)
-hook!("tcp_destroy_sock", kp_destroy, kr_destroy, |arg, M| reset::on_destroy::<M>(arg(0)));
+hook!("tcp_destroy_sock", kp_destroy, kr_destroy, |arg, M| {
+    reset::on_destroy::<M>(arg(0))
+});

@@ -44,7 +44,11 @@ impl Mem for Probe {
 
     #[inline(always)]
     fn tcp_sock(sk: u64) -> u64 {
-        if sk != 0 && Probe::read::<u16>(sk, conf!(sk_protocol)) == IPPROTO_TCP { sk } else { 0 }
+        if sk != 0 && Probe::read::<u16>(sk, conf!(sk_protocol)) == IPPROTO_TCP {
+            sk
+        } else {
+            0
+        }
     }
 
     /// The socket's address (an untyped value here, so it can be hashed).
@@ -184,8 +188,14 @@ pub fn tuple_of_sock_common<M: Mem>(sk: u64) -> Tuple {
         t.saddr[..4].copy_from_slice(&s);
         t.daddr[..4].copy_from_slice(&d);
     } else if family == AF_INET6 {
-        let s = [M::read::<u64>(sk, conf!(skc_v6_rcv_saddr)), M::read::<u64>(sk, conf!(skc_v6_rcv_saddr) + 8)];
-        let d = [M::read::<u64>(sk, conf!(skc_v6_daddr)), M::read::<u64>(sk, conf!(skc_v6_daddr) + 8)];
+        let s = [
+            M::read::<u64>(sk, conf!(skc_v6_rcv_saddr)),
+            M::read::<u64>(sk, conf!(skc_v6_rcv_saddr) + 8),
+        ];
+        let d = [
+            M::read::<u64>(sk, conf!(skc_v6_daddr)),
+            M::read::<u64>(sk, conf!(skc_v6_daddr) + 8),
+        ];
         t.saddr[..8].copy_from_slice(&s[0].to_ne_bytes());
         t.saddr[8..].copy_from_slice(&s[1].to_ne_bytes());
         t.daddr[..8].copy_from_slice(&d[0].to_ne_bytes());
@@ -231,4 +241,3 @@ pub fn tuple_of_incoming_skb(skb: u64) -> Tuple {
     }
     t
 }
-

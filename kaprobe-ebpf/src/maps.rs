@@ -8,7 +8,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use kaprobe_common::{
-    CloseRecord, ConnState, ListenKey, Owner, Tuple, RecentReset, Record, SOCK_WAYS, SockSet, TimerScratch, conn_flag, stat,
+    CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet,
+    TimerScratch, Tuple, conn_flag, stat,
 };
 
 /// Every record goes through this one ring buffer. Its size is set by the agent
@@ -150,7 +151,11 @@ pub fn current_owner() -> Owner {
 /// The owner of the listener on `port` in namespace `netns`, if one was seen.
 #[inline(always)]
 pub fn listener_owner(netns: u32, port: u16) -> Owner {
-    let key = ListenKey { netns, port, _pad: 0 };
+    let key = ListenKey {
+        netns,
+        port,
+        _pad: 0,
+    };
     // SAFETY: the value is copied out at once; a concurrent update can at worst tear it,
     // giving a wrong but harmless owner.
     unsafe { LISTENERS.get(&key) }.copied().unwrap_or_default()

@@ -2,13 +2,16 @@
 //! `tcp:tcp_destroy_sock`: rare events, each sent as it happens, except inside the
 //! keepalive timer of the same socket, where they are folded into the timer's record.
 use kaprobe_common::{
-    ErrorRecord, REASON_UNKNOWN, ResetRecvRecord, ResetSentRecord, TimerRecord, close_flag,
-    kind, tcp_state, timer_flag,
+    ErrorRecord, REASON_UNKNOWN, ResetRecvRecord, ResetSentRecord, TimerRecord, close_flag, kind,
+    tcp_state, timer_flag,
 };
 
 use crate::{
     conf,
-    kernel::{Mem, flag_set, header, now_ns, sk_flags, state, tuple_of_incoming_skb, tuple_of_sock, tuple_of_sock_common},
+    kernel::{
+        Mem, flag_set, header, now_ns, sk_flags, state, tuple_of_incoming_skb, tuple_of_sock,
+        tuple_of_sock_common,
+    },
     maps::{emit, emit_bulk, owner_of_sock, recent_reset, running_timer_of},
 };
 
@@ -27,7 +30,11 @@ fn in_keepalive_timer(sk: u64, f: impl FnOnce(&mut TimerRecord)) -> bool {
 
 #[inline(always)]
 pub fn on_send_reset<M: Mem>(sk: u64, skb: u64, reason: u32) {
-    let mut rec = ResetSentRecord { header: header(kind::RST_SENT, sk), reason, ..ResetSentRecord::default() };
+    let mut rec = ResetSentRecord {
+        header: header(kind::RST_SENT, sk),
+        reason,
+        ..ResetSentRecord::default()
+    };
     if sk == 0 {
         rec.tuple = tuple_of_incoming_skb(skb);
         rec.no_socket = 1;

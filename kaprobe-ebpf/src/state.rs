@@ -7,13 +7,15 @@
 //! `TCP_CLOSE`; FIN transitions of keepalive sockets are also sent as they happen.
 use aya_ebpf::EbpfContext;
 use kaprobe_common::{
-    CloseInfo, CloseRecord, ConnState, ListenKey, NO_FIELD, REASON_UNKNOWN, StateRecord, close_flag,
-    config_flag, conn_flag, kind, tcp_state, timer_flag,
+    CloseInfo, CloseRecord, ConnState, ListenKey, NO_FIELD, REASON_UNKNOWN, StateRecord,
+    close_flag, config_flag, conn_flag, kind, tcp_state, timer_flag,
 };
 
 use crate::{
     conf,
-    kernel::{Mem, flag_set, header, jiffies, now_ns, sk_flags, tuple_of_sock, tuple_of_sock_common},
+    kernel::{
+        Mem, flag_set, header, jiffies, now_ns, sk_flags, tuple_of_sock, tuple_of_sock_common,
+    },
     maps::{
         LISTENERS, claim_conn, close_scratch, current_owner, emit, emit_bulk, owner_of_slot,
         recent_reset, running_timer_of, take_conn,
@@ -46,7 +48,11 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     if new == tcp_state::LISTEN {
         // listen(), in the owner's context (rare): its accepted connections inherit it.
         let t = tuple_of_sock_common::<M>(sk);
-        let key = ListenKey { netns: t.netns, port: t.sport, _pad: 0 };
+        let key = ListenKey {
+            netns: t.netns,
+            port: t.sport,
+            _pad: 0,
+        };
         let _ = LISTENERS.insert(&key, &current_owner(), 0);
         return;
     }
@@ -66,7 +72,10 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     let now = now_ns();
     if born {
         // A new connection on this socket (a socket can connect() again after failing).
-        *conn = ConnState { birth_ns: now, ..ConnState::default() };
+        *conn = ConnState {
+            birth_ns: now,
+            ..ConnState::default()
+        };
         if new == tcp_state::SYN_SENT {
             // connect(): the process is current.
             conn.owner = current_owner();
@@ -91,7 +100,14 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     if keepopen && (fin_sent || fin_recv) {
         let tuple = tuple_of_sock::<M>(sk, tp);
         let owner = owner_of_slot(Some(conn), tuple.netns, tuple.sport);
-        let rec = StateRecord { header: header(kind::STATE, sk), tuple, old_state: old, new_state: new, _pad: [0; 6], owner };
+        let rec = StateRecord {
+            header: header(kind::STATE, sk),
+            tuple,
+            old_state: old,
+            new_state: new,
+            _pad: [0; 6],
+            owner,
+        };
         let _ = emit_bulk(&rec);
     }
 }
@@ -135,12 +151,15 @@ fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all
     info.flags = rst_flags;
     info.old_state = old;
     info.probes_out = M::read::<u8>(tp, conf!(icsk_probes_out));
-    info.bytes_sent =
-        M::read::<u64>(tp, conf!(tp_bytes_sent)).wrapping_sub(M::read::<u64>(tp, conf!(tp_bytes_retrans)));
+    info.bytes_sent = M::read::<u64>(tp, conf!(tp_bytes_sent))
+        .wrapping_sub(M::read::<u64>(tp, conf!(tp_bytes_retrans)));
     info.bytes_received = M::read::<u64>(tp, conf!(tp_bytes_received));
     // The peer's FIN advanced rcv_nxt by one: not a byte of data.
     let shutdown = conf!(sk_shutdown);
-    if shutdown != NO_FIELD && M::read::<u8>(sk, shutdown) & RCV_SHUTDOWN != 0 && info.bytes_received > 0 {
+    if shutdown != NO_FIELD
+        && M::read::<u8>(sk, shutdown) & RCV_SHUTDOWN != 0
+        && info.bytes_received > 0
+    {
         info.bytes_received -= 1;
     }
     info.segs_out = M::read::<u32>(tp, conf!(tp_segs_out));

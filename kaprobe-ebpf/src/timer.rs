@@ -90,7 +90,9 @@ pub fn on_entry<M: Mem>(timer: u64) {
     // segment or data from the peer) for the keepalive time, nothing in flight. One jiffy of
     // slack: the kernel may read jiffies a tick later than this hook.
     let now = rec.jiffies as u32;
-    let idle = now.wrapping_sub(rec.rcv_tstamp).min(now.wrapping_sub(rec.lrcvtime));
+    let idle = now
+        .wrapping_sub(rec.rcv_tstamp)
+        .min(now.wrapping_sub(rec.lrcvtime));
     let fin_wait2_orphan = st == tcp_state::FIN_WAIT2 && orphan;
     if keepopen
         && !fin_wait2_orphan
@@ -113,7 +115,10 @@ pub fn on_exit<M: Mem>(timer: u64) {
     };
     if scratch.timer == 0 || scratch.timer != timer {
         if M::read::<u64>(timer, conf!(timer_function)) == conf!(keepalive_timer_fn)
-            && flag_set(sk_flags::<Probe>(timer.wrapping_sub(conf!(sk_timer) as u64)), conf!(sock_flag_keepopen))
+            && flag_set(
+                sk_flags::<Probe>(timer.wrapping_sub(conf!(sk_timer) as u64)),
+                conf!(sock_flag_keepopen),
+            )
         {
             count(stat::TIMER_UNPAIRED);
         }
