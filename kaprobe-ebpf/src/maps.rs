@@ -1,8 +1,7 @@
 //! The maps shared by the programs, and the one way records leave the kernel.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id,
     },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -60,51 +59,100 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// The set of `SOCKS` where the socket with key `key` ([`crate::kernel::Mem::sock_key`])
-/// lives.
+/// Set number `index` of `SOCKS` (masked to the table's size).
 #[inline(always)]
-fn sock_set(key: u64) -> Option<&'static mut SockSet> {
-    // No mixing: socket cookies are handed out in sequence (in per-CPU batches), and socket
-    // addresses are slab-packed (~2.5 KB apart, hence the shift), so sockets born close in
-    // time share few cache lines of the table. Measured: a mixing hash made every claim and
-    // release two cache misses in a 5 MB table.
-    let index = ((key ^ (key >> 11)) as u32) & crate::conf!(sock_sets_mask);
+fn sock_set(index: u64) -> Option<&'static mut SockSet> {
+    let index = index as u32 & crate::conf!(sock_sets_mask);
     // SAFETY: array slot from a successful lookup, valid for the program's run. Two CPUs
     // may write the same set at once only for different sockets of the same set: at worst
     // one of them loses its entry, as with an eviction.
     SOCKS.get_ptr_mut(index).map(|p| unsafe { &mut *p })
 }
 
-/// The slot of the socket with key `key`, claimed if it has none: a free slot of its set,
-/// or else the set's oldest entry (evicted: counted).
+/// The set where the socket with key `key` ([`crate::kernel::Mem::sock_key`]) lives if it
+/// can: eight sockets with consecutive keys share one. Cookies are handed out in sequence
+/// (in per-CPU batches), so the sockets born one after another on a CPU find their set's key
+/// line in the cache: under churn a birth or a close costs no cache miss. (With one socket
+/// per set, each birth touched a set not seen for a whole turn of the table, a miss on a
+/// cold line that was a third of `inet_sock_set_state`'s time: docs/design.md.) Addresses (raw tracepoints) are slab-packed ~2.5 KB apart: the
+/// shifts spread them too. The high bits move the grouping on every turn of the table.
 #[inline(always)]
-pub fn claim_conn(key: u64) -> Option<&'static mut ConnState> {
-    let set = sock_set(key)?;
+fn primary_set(key: u64) -> Option<&'static mut SockSet> {
+    sock_set((key >> 3) ^ (key >> 17))
+}
+
+/// Where a socket goes when its primary set is full: anywhere (a multiplicative hash).
+/// Without it, eight long-lived connections opened together fill their primary set, and
+/// the eight sockets of the next turn of the table that share it would evict them.
+#[inline(always)]
+fn alternate_set(key: u64) -> Option<&'static mut SockSet> {
+    sock_set(key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40)
+}
+
+/// The way of `set` that holds `key`, or else its first free way (`free` true).
+#[inline(always)]
+fn way_for(set: &SockSet, key: u64) -> Option<(usize, bool)> {
     let mut free = SOCK_WAYS;
     for i in 0..SOCK_WAYS {
         if set.keys[i] == key {
-            return set.slots.get_mut(i);
+            return Some((i, false));
         }
         if set.keys[i] == 0 && free == SOCK_WAYS {
             free = i;
         }
     }
-    let i = if free < SOCK_WAYS {
-        free
-    } else {
-        count(stat::CONN_TABLE_FULL);
-        let mut oldest = 0;
-        for i in 1..SOCK_WAYS {
-            if set.slots[i].birth_ns < set.slots[oldest].birth_ns {
-                oldest = i;
-            }
-        }
-        oldest
-    };
-    *set.keys.get_mut(i)? = key;
+    (free < SOCK_WAYS).then_some((free, true))
+}
+
+/// Way `i` of `set`, now held by `key`; zeroed if it was free or another socket's.
+#[inline(always)]
+fn take_way(
+    set: &'static mut SockSet,
+    i: usize,
+    key: u64,
+    fresh: bool,
+) -> Option<&'static mut ConnState> {
     let slot = set.slots.get_mut(i)?;
-    *slot = ConnState::default();
+    if fresh {
+        *set.keys.get_mut(i)? = key;
+        crate::kernel::zero(slot);
+    }
     Some(slot)
+}
+
+/// A slot for a socket being born (or first seen) with key `key`: in its primary set if
+/// that has room, else in its alternate set, else the alternate set's oldest entry is
+/// evicted (counted in `stat::CONN_TABLE_FULL`). A new slot is zeroed. Only the primary
+/// set is searched for an existing entry when it has room: a socket is in its alternate
+/// set only if the primary was full when it came, see [`claim_conn`].
+#[inline(always)]
+pub fn claim_new(key: u64) -> Option<&'static mut ConnState> {
+    let set = primary_set(key)?;
+    if let Some((i, fresh)) = way_for(set, key) {
+        return take_way(set, i, key, fresh);
+    }
+    let set = alternate_set(key)?;
+    if let Some((i, fresh)) = way_for(set, key) {
+        return take_way(set, i, key, fresh);
+    }
+    count(stat::CONN_TABLE_FULL);
+    let mut oldest = 0;
+    for i in 1..SOCK_WAYS {
+        if set.slots[i].birth_ns < set.slots[oldest].birth_ns {
+            oldest = i;
+        }
+    }
+    take_way(set, oldest, key, true)
+}
+
+/// The slot of the socket with key `key`, wherever it is; claimed ([`claim_new`]) if it has
+/// none.
+#[inline(always)]
+pub fn claim_conn(key: u64) -> Option<&'static mut ConnState> {
+    match find_slot(key) {
+        Some((set, i)) => set.slots.get_mut(i),
+        None => claim_new(key),
+    }
 }
 
 /// The set of the socket with key `key` and the way it holds it, if any (free ways have
@@ -114,7 +162,11 @@ fn find_slot(key: u64) -> Option<(&'static mut SockSet, usize)> {
     if key == 0 {
         return None;
     }
-    let set = sock_set(key)?;
+    let set = primary_set(key)?;
+    if let Some(i) = (0..SOCK_WAYS).find(|&i| set.keys[i] == key) {
+        return Some((set, i));
+    }
+    let set = alternate_set(key)?;
     let i = (0..SOCK_WAYS).find(|&i| set.keys[i] == key)?;
     Some((set, i))
 }
@@ -130,12 +182,16 @@ pub fn owner_of_sock(key: u64, tuple: &Tuple) -> Owner {
 /// The process running now (call only in process context: connect, listen). Its name is
 /// the process's (the thread group leader's `comm`), not the calling thread's.
 #[inline(always)]
-pub fn current_owner() -> Owner {
-    // SAFETY: helper without arguments; the task pointer is only read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    let leader = crate::kernel::read::<u64>(task, crate::conf!(task_group_leader));
-    let mut comm = crate::kernel::read::<[u8; 16]>(leader, crate::conf!(task_comm));
+pub fn current_owner<M: crate::kernel::Mem>() -> Owner {
+    let task = M::current_task();
+    let leader = M::read::<u64>(task, crate::conf!(task_group_leader));
+    let comm_at = crate::conf!(task_comm);
+    // Two 8-byte loads: reading the array whole would be a byte-at-a-time copy.
+    let lo = M::read::<u64>(leader, comm_at);
+    let hi = M::read::<u64>(leader, comm_at + 8);
+    let mut comm = [0u8; 16];
+    comm[..8].copy_from_slice(&lo.to_ne_bytes());
+    comm[8..].copy_from_slice(&hi.to_ne_bytes());
     if comm[0] == 0 {
         comm = bpf_get_current_comm().unwrap_or_default();
     }
@@ -253,12 +309,38 @@ pub fn emit<T: Record + 'static>(record: &T) -> bool {
 /// the record. The agent drains the ring every 100 ms anyway.
 #[inline(always)]
 pub fn emit_bulk<T: Record + 'static>(record: &T) -> bool {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= crate::conf!(wakeup_bytes) as u64 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let flags =
+        if EVENTS.query(BPF_RB_AVAIL_DATA) >= crate::conf!(wakeup_bytes) as u64 && wakeup_due() {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
     output(record, flags)
+}
+
+/// The jiffy of this CPU's last forced wakeup.
+#[map(name = "LAST_WAKEUP")]
+pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// At most one forced wakeup per jiffy and CPU. While the agent is behind, the ring stays
+/// above the wakeup mark: a wakeup with every record (an irq_work each) then cost ~2 µs per
+/// record in `inet_sock_set_state` under `--all` (measured with a debug build of the agent),
+/// making the kernel slower exactly when the agent cannot keep up.
+#[inline(always)]
+fn wakeup_due() -> bool {
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return true;
+    };
+    let now = crate::kernel::jiffies();
+    // SAFETY: per-CPU array slot, valid for the program's run and private to this CPU (see
+    // `count` on the harmless race with a softirq).
+    unsafe {
+        if *last == now {
+            return false;
+        }
+        *last = now;
+    }
+    true
 }
 
 /// The keepalive timer scratch of this CPU.
@@ -280,8 +362,11 @@ const TIMER_STALE_NS: u64 = 1_000_000_000;
 #[inline(always)]
 pub fn running_timer_of(sk: u64) -> Option<&'static mut TimerScratch> {
     let s = timer_scratch()?;
+    if s.timer == 0 || s.record.header.sk != sk {
+        return None; // first, as a clock read costs ~50 ns in a VM
+    }
     let fresh = crate::kernel::now_ns().wrapping_sub(s.record.header.ts_ns) < TIMER_STALE_NS;
-    (s.timer != 0 && s.record.header.sk == sk && fresh).then_some(s)
+    fresh.then_some(s)
 }
 
 /// Per-CPU room to build a [`CloseRecord`] (too big for the 512-byte BPF stack together

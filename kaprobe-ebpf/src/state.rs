@@ -7,18 +7,19 @@
 //! `TCP_CLOSE`; FIN transitions of keepalive sockets are also sent as they happen.
 use aya_ebpf::EbpfContext;
 use kaprobe_common::{
-    CloseInfo, CloseRecord, ConnState, ListenKey, NO_FIELD, REASON_UNKNOWN, StateRecord,
-    close_flag, config_flag, conn_flag, kind, tcp_state, timer_flag,
+    CloseRecord, ListenKey, NO_FIELD, REASON_UNKNOWN, StateRecord, close_flag, config_flag,
+    conn_flag, kind, tcp_state, timer_flag,
 };
 
 use crate::{
     conf,
     kernel::{
-        Mem, flag_set, header, jiffies, now_ns, sk_flags, tuple_of_sock, tuple_of_sock_common,
+        Mem, copy, flag_set, header, jiffies, now_ns, sk_flags, tuple_of_sock,
+        tuple_of_sock_common, zero,
     },
     maps::{
-        LISTENERS, claim_conn, close_scratch, current_owner, emit, emit_bulk, owner_of_slot,
-        recent_reset, running_timer_of, take_conn,
+        LISTENERS, claim_conn, claim_new, close_scratch, current_owner, emit, emit_bulk,
+        owner_of_slot, recent_reset, running_timer_of, take_conn,
     },
 };
 
@@ -53,32 +54,44 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
             port: t.sport,
             _pad: 0,
         };
-        let _ = LISTENERS.insert(&key, &current_owner(), 0);
+        let _ = LISTENERS.insert(&key, &current_owner::<M>(), 0);
         return;
     }
-    let tp = M::tcp_sock(sk);
-    if tp == 0 {
+    if !M::is_tcp(sk) {
         return; // not TCP (MPTCP's meta socket, SCTP)
     }
     if new == tcp_state::CLOSE {
-        on_close::<M>(sk, tp, old, skflags, keepopen, all);
+        on_close::<M>(sk, old, skflags, keepopen, all);
         return;
+    }
+    let fin_sent = new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK;
+    let fin_recv = new == tcp_state::CLOSE_WAIT || new == tcp_state::CLOSING;
+    if !born && !fin_sent && !fin_recv && !keepopen {
+        return; // --all: nothing to remember of this transition (the close is reported anyway)
     }
     let report = keepopen || all;
     let key = M::sock_key(sk);
-    let Some(conn) = claim_conn(key) else {
+    let conn = if born {
+        claim_new(key)
+    } else {
+        claim_conn(key)
+    };
+    let Some(conn) = conn else {
         return;
     };
-    let now = now_ns();
+    // Only when a time is kept: a clock read costs ~50 ns in a VM.
+    let now = if born || fin_sent || fin_recv {
+        now_ns()
+    } else {
+        0
+    };
     if born {
         // A new connection on this socket (a socket can connect() again after failing).
-        *conn = ConnState {
-            birth_ns: now,
-            ..ConnState::default()
-        };
+        zero(conn);
+        conn.birth_ns = now;
         if new == tcp_state::SYN_SENT {
             // connect(): the process is current.
-            conn.owner = current_owner();
+            conn.owner = current_owner::<M>();
             conn.flags |= conn_flag::ACTIVE;
         } else {
             // A child of a listener, born in softirq: the listener's owner, when needed.
@@ -88,8 +101,6 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     if !report {
         return;
     }
-    let fin_sent = new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK;
-    let fin_recv = new == tcp_state::CLOSE_WAIT || new == tcp_state::CLOSING;
     conn.flags |= conn_flag::REPORT;
     if fin_sent && conn.fin_sent_ns == 0 {
         conn.fin_sent_ns = now;
@@ -98,7 +109,7 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
         conn.fin_recv_ns = now;
     }
     if keepopen && (fin_sent || fin_recv) {
-        let tuple = tuple_of_sock::<M>(sk, tp);
+        let tuple = tuple_of_sock::<M>(sk, M::tcp_sock(sk));
         let owner = owner_of_slot(Some(conn), tuple.netns, tuple.sport);
         let rec = StateRecord {
             header: header(kind::STATE, sk),
@@ -113,7 +124,7 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
 }
 
 #[inline(always)]
-fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
+fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     if old == tcp_state::LISTEN {
         return; // a listener closing is not a connection ending
     }
@@ -138,12 +149,16 @@ fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all
     if scratch.is_none() && !(tracked || keepopen || all || failed) {
         return;
     }
+    let tp = M::tcp_sock(sk);
+    if tp == 0 {
+        return;
+    }
     // Built in place in this CPU's scratch: the record is too big for the BPF stack.
     let Some(rec) = close_scratch() else {
         return;
     };
     let info = &mut rec.close;
-    *info = CloseInfo::default();
+    zero(info);
     info.reset_reason = rst_reason;
     info.sk_err = sk_err;
     info.rcv_tstamp = M::read::<u32>(tp, conf!(tp_rcv_tstamp));
@@ -186,7 +201,7 @@ fn on_close<M: Mem>(sk: u64, tp: u64, old: u8, skflags: u64, keepopen: bool, all
     }
     if let Some(scratch) = scratch {
         scratch.record.flags |= timer_flag::DIED;
-        scratch.record.close = rec.close;
+        copy(&mut scratch.record.close, &rec.close);
         return;
     }
     rec.header = header(kind::CLOSE, sk);
