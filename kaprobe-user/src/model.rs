@@ -17,7 +17,7 @@ pub use crate::owner::Owner;
 pub struct Timestamp(pub u64);
 
 /// `2025-11-24T16:00:00.123456Z`.
-const RFC3339_MICROS_LEN: usize = 27;
+pub(crate) const RFC3339_MICROS_LEN: usize = 27;
 /// Its date and time, `2025-11-24T16:00:00`.
 const RFC3339_SECONDS_LEN: usize = 19;
 
@@ -35,7 +35,7 @@ impl Timestamp {
 
     /// The text of [`Timestamp::rfc3339`] (what humantime's `format_rfc3339_micros`
     /// writes), made in `buf`.
-    fn rfc3339_str<'a>(&self, buf: &'a mut [u8; RFC3339_MICROS_LEN]) -> &'a str {
+    pub(crate) fn rfc3339_str<'a>(&self, buf: &'a mut [u8; RFC3339_MICROS_LEN]) -> &'a str {
         let secs = self.0 / 1_000_000_000;
         let micros = (self.0 % 1_000_000_000 / 1_000) as u32;
         let date_time = LAST_SECOND.with(|last| {

@@ -211,7 +211,7 @@ impl Output {
                 self.json.clear();
                 // Serialising our own model into memory cannot fail (no maps with
                 // non-string keys).
-                serde_json::to_writer(&mut self.json, e).map_err(io::Error::other)?;
+                crate::json::write_event(&mut self.json, e).map_err(io::Error::other)?;
                 self.json.push(b'\n');
                 self.out.write_all(&self.json)
             }

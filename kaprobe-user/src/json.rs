@@ -1,0 +1,492 @@
+//! JSON Lines for connection events, written directly into a byte buffer.
+//!
+//! The serde model ([`crate::model`], documented in docs/events.md) defines the JSON; this
+//! module writes the very same bytes for the events that come at high rates (keepalive,
+//! reset, FIN and close events), without serde_json's per-field map machinery and string
+//! escaping of every key. Every other event goes through serde_json. The tests check the
+//! two against each other, and each writer below destructures its type completely, so a
+//! field added to the model does not compile until it is written here too.
+use std::{io::Write as _, net::IpAddr};
+
+use crate::model::{Body, Endpoints, Event, Family, Owner, RFC3339_MICROS_LEN, Side, Timestamp};
+
+/// Appends `e` as serde_json would serialise it (without a newline).
+pub fn write_event(out: &mut Vec<u8>, e: &Event) -> serde_json::Result<()> {
+    let Event {
+        ts,
+        conn,
+        owner,
+        body,
+    } = e;
+    let Some(conn) = conn else {
+        return serde_json::to_writer(out, e);
+    };
+    if !is_connection_body(body) {
+        return serde_json::to_writer(out, e);
+    }
+    out.extend_from_slice(b"{\"ts\":");
+    timestamp(out, ts);
+    out.extend_from_slice(b",\"event\":");
+    string(out, body.name());
+    out.push(b',');
+    endpoints(out, conn);
+    out.extend_from_slice(b",\"owner\":");
+    match owner {
+        Some(o) => write_owner(out, o),
+        None => out.extend_from_slice(b"null"),
+    }
+    connection_body(out, body);
+    out.push(b'}');
+    Ok(())
+}
+
+/// The bodies [`connection_body`] writes.
+fn is_connection_body(body: &Body) -> bool {
+    match body {
+        Body::KeepaliveProbe { .. }
+        | Body::KeepaliveAck { .. }
+        | Body::KeepaliveTimeout { .. }
+        | Body::ResetSent { .. }
+        | Body::ResetReceived { .. }
+        | Body::FinSent { .. }
+        | Body::FinReceived { .. }
+        | Body::ConnectionClosed { .. } => true,
+        Body::AgentStart { .. }
+        | Body::AgentStop { .. }
+        | Body::Summary { .. }
+        | Body::EventsLost { .. } => false,
+    }
+}
+
+fn timestamp(out: &mut Vec<u8>, ts: &Timestamp) {
+    out.push(b'"');
+    out.extend_from_slice(ts.rfc3339_str(&mut [0; RFC3339_MICROS_LEN]).as_bytes());
+    out.push(b'"');
+}
+
+/// The fields of [`Endpoints`] (flattened into the event).
+fn endpoints(out: &mut Vec<u8>, c: &Endpoints) {
+    let Endpoints {
+        saddr,
+        sport,
+        daddr,
+        dport,
+        family,
+        netns,
+    } = c;
+    out.extend_from_slice(b"\"saddr\":");
+    ip(out, saddr);
+    out.extend_from_slice(b",\"sport\":");
+    uint(out, *sport);
+    out.extend_from_slice(b",\"daddr\":");
+    ip(out, daddr);
+    out.extend_from_slice(b",\"dport\":");
+    uint(out, *dport);
+    out.extend_from_slice(match family {
+        Family::Ipv4 => b",\"family\":\"ipv4\",\"netns\":",
+        Family::Ipv6 => b",\"family\":\"ipv6\",\"netns\":",
+    });
+    uint(out, *netns);
+}
+
+fn write_owner(out: &mut Vec<u8>, o: &Owner) {
+    let Owner {
+        pid,
+        comm,
+        cgroup,
+        container_id,
+        cgroup_id: _,
+    } = o;
+    out.extend_from_slice(b"{\"pid\":");
+    uint(out, *pid);
+    out.extend_from_slice(b",\"comm\":");
+    string(out, comm);
+    out.extend_from_slice(b",\"cgroup\":");
+    opt_string(out, cgroup.as_deref());
+    if let Some(id) = container_id {
+        out.extend_from_slice(b",\"container_id\":");
+        string(out, id);
+    }
+    out.push(b'}');
+}
+
+/// The fields of a connection event's body, each after a comma.
+fn connection_body(out: &mut Vec<u8>, body: &Body) {
+    match body {
+        Body::KeepaliveProbe {
+            probe,
+            max_probes,
+            idle_ms,
+            interval_ms,
+        } => {
+            out.extend_from_slice(b",\"probe\":");
+            uint(out, *probe);
+            out.extend_from_slice(b",\"max_probes\":");
+            uint(out, *max_probes);
+            out.extend_from_slice(b",\"idle_ms\":");
+            uint(out, *idle_ms);
+            out.extend_from_slice(b",\"interval_ms\":");
+            uint(out, *interval_ms);
+        }
+        Body::KeepaliveAck { probes_unanswered } => {
+            out.extend_from_slice(b",\"probes_unanswered\":");
+            uint(out, *probes_unanswered);
+        }
+        Body::KeepaliveTimeout {
+            probes,
+            max_probes,
+            idle_ms,
+            error,
+            user_timeout_ms,
+        } => {
+            out.extend_from_slice(b",\"probes\":");
+            uint(out, *probes);
+            out.extend_from_slice(b",\"max_probes\":");
+            uint(out, *max_probes);
+            out.extend_from_slice(b",\"idle_ms\":");
+            uint(out, *idle_ms);
+            out.extend_from_slice(b",\"error\":");
+            opt_string(out, *error);
+            out.extend_from_slice(b",\"user_timeout_ms\":");
+            opt_uint(out, *user_timeout_ms);
+        }
+        Body::ResetSent { reason, state } => {
+            out.extend_from_slice(b",\"reason\":");
+            string(out, reason);
+            out.extend_from_slice(b",\"state\":");
+            opt_string(out, *state);
+        }
+        Body::ResetReceived {
+            during_keepalive,
+            state,
+        } => {
+            out.extend_from_slice(b",\"during_keepalive\":");
+            boolean(out, *during_keepalive);
+            out.extend_from_slice(b",\"state\":");
+            string(out, state);
+        }
+        Body::FinSent { state } | Body::FinReceived { state } => {
+            out.extend_from_slice(b",\"state\":");
+            string(out, state);
+        }
+        Body::ConnectionClosed {
+            cause,
+            error,
+            closed_by,
+            time_wait,
+            lifetime_ms,
+            keepalive_probes,
+            keepalive_acks,
+            last_state,
+            bytes_sent,
+            bytes_received,
+            direction,
+            segments,
+            segments_sent,
+            segments_received,
+        } => {
+            out.extend_from_slice(b",\"cause\":");
+            string(out, cause.as_str());
+            out.extend_from_slice(b",\"error\":");
+            opt_string(out, *error);
+            out.extend_from_slice(match closed_by {
+                Side::Local => b",\"closed_by\":\"local\",\"time_wait\":",
+                Side::Remote => b",\"closed_by\":\"remote\",\"time_wait\":",
+            });
+            boolean(out, *time_wait);
+            out.extend_from_slice(b",\"lifetime_ms\":");
+            opt_uint(out, *lifetime_ms);
+            out.extend_from_slice(b",\"keepalive_probes\":");
+            uint(out, *keepalive_probes);
+            out.extend_from_slice(b",\"keepalive_acks\":");
+            uint(out, *keepalive_acks);
+            out.extend_from_slice(b",\"last_state\":");
+            opt_string(out, *last_state);
+            out.extend_from_slice(b",\"bytes_sent\":");
+            opt_uint(out, *bytes_sent);
+            out.extend_from_slice(b",\"bytes_received\":");
+            opt_uint(out, *bytes_received);
+            out.extend_from_slice(b",\"direction\":");
+            opt_string(out, *direction);
+            out.extend_from_slice(b",\"segments\":");
+            opt_uint(out, *segments);
+            out.extend_from_slice(b",\"segments_sent\":");
+            opt_uint(out, *segments_sent);
+            out.extend_from_slice(b",\"segments_received\":");
+            opt_uint(out, *segments_received);
+        }
+        Body::AgentStart { .. }
+        | Body::AgentStop { .. }
+        | Body::Summary { .. }
+        | Body::EventsLost { .. } => unreachable!("not a connection body: {}", body.name()),
+    }
+}
+
+fn ip(out: &mut Vec<u8>, a: &IpAddr) {
+    out.push(b'"');
+    match a {
+        IpAddr::V4(a) => {
+            let [a, b, c, d] = a.octets();
+            uint(out, a);
+            out.push(b'.');
+            uint(out, b);
+            out.push(b'.');
+            uint(out, c);
+            out.push(b'.');
+            uint(out, d);
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(a) => write!(out, "{a}").expect("write to memory"),
+    }
+    out.push(b'"');
+}
+
+fn uint(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn opt_uint(out: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
+    match n {
+        Some(n) => uint(out, n),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn boolean(out: &mut Vec<u8>, b: bool) {
+    out.extend_from_slice(if b { b"true" } else { b"false" });
+}
+
+/// A JSON string, escaped exactly as serde_json escapes it.
+fn string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // Rare (names and paths the kernel or the user chose): serde_json's escaping.
+        serde_json::to_writer(out, s).expect("write to memory");
+        return;
+    }
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::Cause;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z_.-]{0,12}".boxed(),
+            "[/a-z0-9.-]{0,40}".boxed(),
+            any::<String>().boxed(),
+            // Every character serde_json escapes.
+            proptest::collection::vec(0u8..0x80, 0..20)
+                .prop_map(|b| String::from_utf8(b).unwrap())
+                .boxed(),
+        ]
+    }
+
+    fn static_text() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "established",
+            "fin_wait1",
+            "ETIMEDOUT",
+            "inbound",
+            "outbound",
+            "",
+            "a\"b\\c\n\u{1}",
+        ])
+    }
+
+    fn ip_addr() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+            any::<u128>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+            any::<u32>().prop_map(|a| IpAddr::V6(Ipv4Addr::from(a).to_ipv6_mapped())),
+            Just(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            (any::<u16>(), any::<u16>())
+                .prop_map(|(a, b)| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, a, b))),
+        ]
+    }
+
+    fn endpoints() -> impl Strategy<Value = Endpoints> {
+        (
+            ip_addr(),
+            any::<u16>(),
+            ip_addr(),
+            any::<u16>(),
+            any::<bool>(),
+            any::<u32>(),
+        )
+            .prop_map(|(saddr, sport, daddr, dport, v6, netns)| Endpoints {
+                saddr,
+                sport,
+                daddr,
+                dport,
+                family: if v6 { Family::Ipv6 } else { Family::Ipv4 },
+                netns,
+            })
+    }
+
+    fn owner() -> impl Strategy<Value = Option<Owner>> {
+        proptest::option::of(
+            (
+                any::<u32>(),
+                text(),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                any::<u64>(),
+            )
+                .prop_map(|(pid, comm, cgroup, container_id, cgroup_id)| Owner {
+                    pid,
+                    comm: comm.into(),
+                    cgroup: cgroup.map(Into::into),
+                    container_id: container_id.map(Into::into),
+                    cgroup_id,
+                }),
+        )
+    }
+
+    fn cause() -> impl Strategy<Value = Cause> {
+        prop::sample::select(Cause::ALL.to_vec())
+    }
+
+    fn body() -> impl Strategy<Value = Body> {
+        let s = || proptest::option::of(static_text());
+        prop_oneof![
+            (any::<u8>(), any::<u8>(), any::<u64>(), any::<u64>()).prop_map(
+                |(probe, max_probes, idle_ms, interval_ms)| Body::KeepaliveProbe {
+                    probe,
+                    max_probes,
+                    idle_ms,
+                    interval_ms,
+                }
+            ),
+            any::<u8>().prop_map(|probes_unanswered| Body::KeepaliveAck { probes_unanswered }),
+            (
+                any::<u8>(),
+                any::<u8>(),
+                any::<u64>(),
+                s(),
+                proptest::option::of(any::<u32>())
+            )
+                .prop_map(|(probes, max_probes, idle_ms, error, user_timeout_ms)| {
+                    Body::KeepaliveTimeout {
+                        probes,
+                        max_probes,
+                        idle_ms,
+                        error,
+                        user_timeout_ms,
+                    }
+                }),
+            (text(), s()).prop_map(|(reason, state)| Body::ResetSent { reason, state }),
+            (any::<bool>(), static_text()).prop_map(|(during_keepalive, state)| {
+                Body::ResetReceived {
+                    during_keepalive,
+                    state,
+                }
+            }),
+            static_text().prop_map(|state| Body::FinSent { state }),
+            static_text().prop_map(|state| Body::FinReceived { state }),
+            (
+                (cause(), s(), any::<bool>(), any::<bool>()),
+                (
+                    proptest::option::of(any::<u64>()),
+                    any::<u32>(),
+                    any::<u32>(),
+                    s()
+                ),
+                (
+                    proptest::option::of(any::<u64>()),
+                    proptest::option::of(any::<u64>()),
+                    s(),
+                    proptest::option::of(any::<u64>()),
+                    proptest::option::of(any::<u32>()),
+                    proptest::option::of(any::<u32>()),
+                ),
+            )
+                .prop_map(
+                    |(
+                        (cause, error, remote, time_wait),
+                        (lifetime_ms, keepalive_probes, keepalive_acks, last_state),
+                        (
+                            bytes_sent,
+                            bytes_received,
+                            direction,
+                            segments,
+                            segments_sent,
+                            segments_received,
+                        ),
+                    )| Body::ConnectionClosed {
+                        cause,
+                        error,
+                        closed_by: if remote { Side::Remote } else { Side::Local },
+                        time_wait,
+                        lifetime_ms,
+                        keepalive_probes,
+                        keepalive_acks,
+                        last_state,
+                        bytes_sent,
+                        bytes_received,
+                        direction,
+                        segments,
+                        segments_sent,
+                        segments_received,
+                    }
+                ),
+            any::<u64>().prop_map(|count| Body::EventsLost {
+                count,
+                source: "ring_buffer",
+                total: count,
+                records: None,
+            }),
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        (
+            any::<u64>(),
+            proptest::option::of(endpoints()),
+            owner(),
+            body(),
+        )
+            .prop_map(|(ts, conn, owner, body)| Event {
+                ts: Timestamp(ts),
+                conn,
+                owner,
+                body,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn same_bytes_as_serde_json(e in event()) {
+            let mut fast = Vec::new();
+            write_event(&mut fast, &e).unwrap();
+            let serde = serde_json::to_vec(&e).unwrap();
+            prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(serde).unwrap());
+        }
+    }
+
+    #[test]
+    fn causes_are_named_as_serde_names_them() {
+        for c in Cause::ALL {
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.as_str())
+            );
+        }
+    }
+}
