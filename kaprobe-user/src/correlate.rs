@@ -92,6 +92,21 @@ impl Conn {
     }
 }
 
+fn conn_event(
+    clock: &Clock,
+    ts_ns: u64,
+    tuple: Option<&Tuple>,
+    owner: &Option<Owner>,
+    body: Body,
+) -> Event {
+    Event {
+        ts: clock.wall(ts_ns),
+        conn: tuple.map(Endpoints::from_tuple),
+        owner: owner.clone(),
+        body,
+    }
+}
+
 /// The owner a record names, else `known`; `known` itself when the record names the same
 /// owner (no new texts).
 fn owner_named(raw: &kaprobe_common::Owner, known: Option<Owner>) -> Option<Owner> {
@@ -201,12 +216,7 @@ impl Correlator {
     }
 
     fn event(&self, ts_ns: u64, tuple: Option<&Tuple>, owner: &Option<Owner>, body: Body) -> Event {
-        Event {
-            ts: self.settings.clock.wall(ts_ns),
-            conn: tuple.map(Endpoints::from_tuple),
-            owner: owner.clone(),
-            body,
-        }
+        conn_event(&self.settings.clock, ts_ns, tuple, owner, body)
     }
 
     /// The owner a record names, else the one learned earlier for the connection (which
@@ -231,18 +241,18 @@ impl Correlator {
 
     /// The entry of `sk`, created (or replaced, if `sk` now carries other addresses).
     fn conn(&mut self, sk: u64, tuple: &Tuple, ts_ns: u64) -> &mut Conn {
-        let stale = self.conns.get(&sk).is_some_and(|c| c.tuple != *tuple);
-        if stale {
-            self.conns.remove(&sk);
-            self.stats.replaced += 1;
-        }
-        if !self.conns.contains_key(&sk) && self.conns.len() >= self.settings.max_connections {
+        if self.conns.len() >= self.settings.max_connections && !self.conns.contains_key(&sk) {
             self.evict();
         }
-        let c = self.conns.entry(sk).or_insert_with(|| Conn {
+        let fresh = || Conn {
             tuple: *tuple,
             ..Conn::default()
-        });
+        };
+        let c = self.conns.entry(sk).or_insert_with(fresh);
+        if c.tuple != *tuple {
+            *c = fresh();
+            self.stats.replaced += 1;
+        }
         c.last_seen_ns = ts_ns;
         c
     }
@@ -291,7 +301,6 @@ impl Correlator {
             .wrapping_sub(r.rcv_tstamp)
             .min(now_j.wrapping_sub(r.lrcvtime));
         let idle_ms = clock.jiffies_to_ms(idle_j);
-        let mut events = Vec::new();
         let by_rearm = self.probe_by_rearm(r);
         let conn = self.conn(r.header.sk, &r.tuple, ts);
         let owner = conn.learn_owner(&r.owner);
@@ -300,8 +309,11 @@ impl Correlator {
             let heard_ns = ts
                 .saturating_sub(idle_ms * 1_000_000)
                 .max(conn.last_probe_ns);
-            events.push((
+            out.push(conn_event(
+                &clock,
                 heard_ns,
+                Some(&r.tuple),
+                &owner,
                 Body::KeepaliveAck {
                     probes_unanswered: conn.unanswered,
                 },
@@ -321,8 +333,11 @@ impl Correlator {
             conn.probes += 1;
             conn.last_probe_ns = ts;
             conn.unanswered = r.probes_before.wrapping_add(1);
-            events.push((
+            out.push(conn_event(
+                &clock,
                 ts,
+                Some(&r.tuple),
+                &owner,
                 Body::KeepaliveProbe {
                     probe: r.probes_before.wrapping_add(1),
                     max_probes: r.keepalive_probes,
@@ -330,9 +345,6 @@ impl Correlator {
                     interval_ms: clock.jiffies_to_ms(r.keepalive_intvl),
                 },
             ));
-        }
-        for (t, body) in events {
-            out.push(self.event(t, Some(&r.tuple), &owner, body));
         }
         if !died {
             return;
@@ -670,7 +682,7 @@ impl Correlator {
         // FINs aggregated in the kernel for sockets whose FINs were not sent live.
         let live_sent = conn.as_ref().is_some_and(|c| c.fin_sent_ns != 0);
         let live_recv = conn.as_ref().is_some_and(|c| c.fin_recv_ns != 0);
-        let mut fins = Vec::new();
+        let mut fins: [Option<(u64, Body)>; 2] = [None, None];
         let sent_first = info.fin_sent_ns != 0
             && (info.fin_recv_ns == 0 || info.fin_sent_ns <= info.fin_recv_ns);
         if info.fin_sent_ns != 0 && !live_sent {
@@ -679,7 +691,7 @@ impl Correlator {
             } else {
                 tcp_state::LAST_ACK
             };
-            fins.push((
+            fins[0] = Some((
                 info.fin_sent_ns,
                 Body::FinSent {
                     state: state_name(state),
@@ -692,15 +704,20 @@ impl Correlator {
             } else {
                 tcp_state::CLOSE_WAIT
             };
-            fins.push((
+            fins[1] = Some((
                 info.fin_recv_ns,
                 Body::FinReceived {
                     state: state_name(state),
                 },
             ));
         }
-        fins.sort_by_key(|(t, _)| *t);
-        for (t, body) in fins {
+        // In time order (the FIN sent first when both have the same time).
+        if let [Some((sent, _)), Some((recv, _))] = &fins {
+            if recv < sent {
+                fins.swap(0, 1);
+            }
+        }
+        for (t, body) in fins.into_iter().flatten() {
             out.push(self.event(t, Some(&tuple), &owner, body));
         }
         let error = if info.sk_err != 0 {

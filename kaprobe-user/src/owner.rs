@@ -67,7 +67,10 @@ impl Owner {
     pub fn from_kernel(raw: &kaprobe_common::Owner) -> Option<Owner> {
         (raw.tgid != 0).then(|| Owner {
             pid: raw.tgid,
-            comm: comm_text(&raw.comm).into(),
+            comm: match std::str::from_utf8(comm_bytes(&raw.comm)) {
+                Ok(text) => text.into(),
+                Err(_) => comm_text(&raw.comm).into(),
+            },
             cgroup: None,
             container_id: None,
             cgroup_id: raw.cgroup_id,
