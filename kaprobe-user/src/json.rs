@@ -59,8 +59,10 @@ fn is_connection_body(body: &Body) -> bool {
 }
 
 fn timestamp(out: &mut Vec<u8>, ts: &Timestamp) {
+    let mut text = [0; RFC3339_MICROS_LEN];
+    ts.rfc3339_ascii(&mut text);
     out.push(b'"');
-    out.extend_from_slice(ts.rfc3339_str(&mut [0; RFC3339_MICROS_LEN]).as_bytes());
+    out.extend_from_slice(&text);
     out.push(b'"');
 }
 
@@ -223,22 +225,44 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
 }
 
 fn ip(out: &mut Vec<u8>, a: &IpAddr) {
-    out.push(b'"');
     match a {
         IpAddr::V4(a) => {
-            let [a, b, c, d] = a.octets();
-            uint(out, a);
-            out.push(b'.');
-            uint(out, b);
-            out.push(b'.');
-            uint(out, c);
-            out.push(b'.');
-            uint(out, d);
+            // `"255.255.255.255"`
+            let mut text = [0; 17];
+            text[0] = b'"';
+            let mut n = 1;
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                n += decimal_u8(&mut text[n..n + 3], octet);
+            }
+            text[n] = b'"';
+            out.extend_from_slice(&text[..=n]);
         }
-        // Writing into a Vec cannot fail.
-        IpAddr::V6(a) => write!(out, "{a}").expect("write to memory"),
+        IpAddr::V6(a) => {
+            // Writing into a Vec cannot fail.
+            write!(out, "\"{a}\"").expect("write to memory");
+        }
     }
-    out.push(b'"');
+}
+
+/// `v` in decimal at the start of `buf`; returns its length.
+fn decimal_u8(buf: &mut [u8], v: u8) -> usize {
+    if v >= 100 {
+        buf[0] = b'0' + v / 100;
+        buf[1] = b'0' + v / 10 % 10;
+        buf[2] = b'0' + v % 10;
+        3
+    } else if v >= 10 {
+        buf[0] = b'0' + v / 10;
+        buf[1] = b'0' + v % 10;
+        2
+    } else {
+        buf[0] = b'0' + v;
+        1
+    }
 }
 
 fn uint(out: &mut Vec<u8>, n: impl itoa::Integer) {
@@ -258,7 +282,11 @@ fn boolean(out: &mut Vec<u8>, b: bool) {
 
 /// A JSON string, escaped exactly as serde_json escapes it.
 fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    // No early exit: short strings, and the loop vectorises.
+    let escapes = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if escapes {
         // Rare (names and paths the kernel or the user chose): serde_json's escaping.
         serde_json::to_writer(out, s).expect("write to memory");
         return;

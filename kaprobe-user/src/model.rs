@@ -33,9 +33,15 @@ impl Timestamp {
         self.rfc3339_str(&mut [0; RFC3339_MICROS_LEN]).to_owned()
     }
 
+    /// The text of [`Timestamp::rfc3339`], made in `buf`.
+    fn rfc3339_str<'a>(&self, buf: &'a mut [u8; RFC3339_MICROS_LEN]) -> &'a str {
+        self.rfc3339_ascii(buf);
+        std::str::from_utf8(buf).expect("ASCII digits and separators")
+    }
+
     /// The text of [`Timestamp::rfc3339`] (what humantime's `format_rfc3339_micros`
-    /// writes), made in `buf`.
-    pub(crate) fn rfc3339_str<'a>(&self, buf: &'a mut [u8; RFC3339_MICROS_LEN]) -> &'a str {
+    /// writes) as ASCII, into `buf`.
+    pub(crate) fn rfc3339_ascii(&self, buf: &mut [u8; RFC3339_MICROS_LEN]) {
         let secs = self.0 / 1_000_000_000;
         let micros = (self.0 % 1_000_000_000 / 1_000) as u32;
         let date_time = LAST_SECOND.with(|last| {
@@ -62,7 +68,6 @@ impl Timestamp {
             rest /= 10;
         }
         buf[RFC3339_MICROS_LEN - 1] = b'Z';
-        std::str::from_utf8(buf).expect("ASCII digits and separators")
     }
 }
 
