@@ -385,6 +385,18 @@ fn kernel_filters(config: &mut kaprobe_common::Config, args: &WatchArgs) {
     }
 }
 
+/// Gives the heap memory that start-up used and freed (the two parsed copies of the
+/// kernel BTF, ours and the loader's: many small allocations) back to the system; glibc
+/// keeps such free pages in the process otherwise, for the whole run.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions: it only returns free memory of glibc's
+    // allocator to the system, and may be called at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn run(args: WatchArgs) -> Result<(), Fatal> {
     let missing = privileges::missing_for_watch(privileges::effective_caps());
     if !missing.is_empty() {
@@ -408,8 +420,12 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
             })
         })
         .transpose()?;
-    let btf = kernel::load_btf(Path::new(kernel::VMLINUX_BTF)).map_err(kernel_fatal)?;
-    let mut facts = kernel::probe(&btf).map_err(kernel_fatal)?;
+    // The parsed kernel BTF (its types and names: about 15 MB for a distribution kernel)
+    // is needed only to find the facts, not for the rest of the run.
+    let mut facts = {
+        let btf = kernel::load_btf(Path::new(kernel::VMLINUX_BTF)).map_err(kernel_fatal)?;
+        kernel::probe(&btf).map_err(kernel_fatal)?
+    };
     if args.all {
         facts.config.flags |= config_flag::ALL;
     }
@@ -432,6 +448,7 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
         },
     )
     .map_err(|e| Fatal::new(exit::UNSUPPORTED_KERNEL, e))?;
+    release_freed_memory();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
