@@ -60,10 +60,10 @@ pub struct Options {
     /// target/bench/quick.md, not docs/benchmarks.md; fails on harness errors.
     #[arg(long)]
     pub quick: bool,
-    /// Alternating rounds of the churn benchmark (default 8; 1 with --quick).
+    /// Alternating rounds of the churn benchmark (default 16; 1 with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
-    /// Seconds of each wrk run (default 5; 1 with --quick).
+    /// Seconds of each wrk run (default 3; 1 with --quick).
     #[arg(long)]
     pub seconds: Option<u64>,
     /// Write the report here instead.
@@ -89,8 +89,8 @@ impl Plan {
         let q = o.quick;
         Plan {
             quick: q,
-            rounds: o.rounds.unwrap_or(if q { 1 } else { 8 }).max(1),
-            secs: o.seconds.unwrap_or(if q { 1 } else { 5 }).max(1),
+            rounds: o.rounds.unwrap_or(if q { 1 } else { 16 }).max(1),
+            secs: o.seconds.unwrap_or(if q { 1 } else { 3 }).max(1),
             keepalive_rounds: if q { 1 } else { 3 },
             throughput_records: if q { 200_000 } else { 4_000_000 },
             throughput_runs: if q { 1 } else { 5 },
@@ -769,7 +769,11 @@ fn rounds(
         .collect();
     let kind = if close { "close" } else { "keepalive" };
     for round in 0..n {
-        for (i, &t) in tracers.iter().enumerate() {
+        // The order turns by one each round, so that no configuration always follows the
+        // same one or sits at the same place in a round (drift within a round).
+        for k in 0..tracers.len() {
+            let i = (round + k) % tracers.len();
+            let t = tracers[i];
             let tag = format!("{kind}-{round}-{i}");
             let mut tracer = start_tracer(t, tools, work, &tag)?;
             let res = wrk(port, plan.secs, close)?;
@@ -1634,25 +1638,71 @@ fn verdict(ok: Option<bool>) -> &'static str {
     }
 }
 
-fn series_median(s: &[Series], t: Tracer) -> Option<f64> {
-    s.iter()
-        .find(|x| x.tracer == Some(t))
-        .map(|x| median(&x.rps()))
-        .filter(|m| m.is_finite())
+/// Throughput of `t` relative to no tracer, round by round: each run is divided by the
+/// no-tracer run of the same round, which cancels the machine's slow drifts (this VM's
+/// speed wanders by ±10 % over seconds to minutes).
+fn paired_ratios(s: &[Series], t: Tracer) -> Vec<f64> {
+    let find = |t| s.iter().find(|x| x.tracer == Some(t));
+    let (Some(base), Some(x)) = (find(Tracer::None), find(t)) else {
+        return vec![];
+    };
+    base.runs
+        .iter()
+        .zip(&x.runs)
+        .filter(|(b, _)| b.rps > 0.0)
+        .map(|(b, x)| x.rps / b.rps)
+        .collect()
+}
+
+/// The median of `v` and a 95 % bootstrap confidence interval of it (2000 resamples, a
+/// fixed seed: the same data give the same interval).
+fn median_ci(v: &[f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize
+    };
+    let mut meds: Vec<f64> = (0..2000)
+        .map(|_| median(&(0..v.len()).map(|_| v[next() % v.len()]).collect::<Vec<_>>()))
+        .collect();
+    meds.sort_by(|a, b| a.total_cmp(b));
+    (median(v), meds[50], meds[1949])
+}
+
+/// Median paired ratio of `t` (see [`paired_ratios`]).
+fn ratio_of(s: &[Series], t: Tracer) -> Option<(f64, f64, f64)> {
+    let r = median_ci(&paired_ratios(s, t));
+    r.0.is_finite().then_some(r)
 }
 
 fn targets(plan: &Plan, r: &Report) -> Vec<Target> {
     let mut out = vec![];
-    let base = series_median(&r.churn.close, Tracer::None);
-    let ratio = |t| Some(series_median(&r.churn.close, t)? / base?);
-    let (d, a, e) = (
+    let ratio = |t| ratio_of(&r.churn.close, t);
+    let (dr, ar, er) = (
         ratio(Tracer::Default),
         ratio(Tracer::All),
         ratio(Tracer::Empty),
     );
+    let pct = |r: Option<(f64, f64, f64)>| {
+        r.map_or("-".into(), |(m, lo, hi)| {
+            format!(
+                "{:.1} % (95 % CI {:.1}–{:.1})",
+                m * 100.0,
+                lo * 100.0,
+                hi * 100.0
+            )
+        })
+    };
+    let (d, a, e) = (dr.map(|x| x.0), ar.map(|x| x.0), er.map(|x| x.0));
     out.push(Target {
         name: "churn, kaprobe default ≥ 97 % of no tracer",
-        measured: d.map_or("-".into(), |d| format!("{:.1} %", d * 100.0)),
+        measured: pct(dr),
         verdict: verdict(d.map(|d| d >= 0.97)),
     });
     out.push(Target {
@@ -1670,7 +1720,7 @@ fn targets(plan: &Plan, r: &Report) -> Vec<Target> {
     });
     out.push(Target {
         name: "churn, kaprobe --all ≥ 90 % of no tracer",
-        measured: a.map_or("-".into(), |a| format!("{:.1} %", a * 100.0)),
+        measured: pct(ar),
         verdict: verdict(a.map(|a| a >= 0.90)),
     });
     let tp = Some(median(&r.throughput.records_per_s)).filter(|x| x.is_finite());
@@ -1766,9 +1816,14 @@ fn render(plan: &Plan, r: &Report) -> String {
     }
     let _ = writeln!(
         w,
-        "A shared 2-vCPU VM is noisy: the same configuration varies by several per cent \
-         from run to run, so the rounds alternate the configurations and the tables give \
-         medians with their min–max spread.\n"
+        "A shared 2-vCPU VM is noisy: the same configuration varies by 10-20 % from run to \
+         run (coefficient of variation of 2-second runs without any tracer, measured on a \
+         quiet machine; pinning wrk and nginx to CPUs did not reduce it). So the rounds \
+         alternate the configurations (in an order that turns by one every round), each \
+         ratio is the median over rounds of the run divided by the same round's no-tracer \
+         run, and its 95 % confidence interval (bootstrap over rounds) says how far that \
+         median can be trusted: differences of a per cent or two are within it. The per-hook \
+         costs (section 2, bpf_stats) are measured by the kernel and much steadier.\n"
     );
 
     let _ = writeln!(
@@ -1785,7 +1840,8 @@ fn render(plan: &Plan, r: &Report) -> String {
         w,
         "nginx (one process, `keepalive_timeout 0`, a {}-byte file) on 127.0.0.1, loaded by \
          `wrk -t1 -c32 -d{}s -H 'Connection: close'`: every request is a new TCP connection. \
-         Tracers write to /dev/null. {} alternating round(s) (each configuration once per round). \
+         Tracers write to /dev/null. {} alternating round(s) (each configuration once per round; \
+         ratios are medians of per-round ratios, see above). \
          CPU is the whole machine's busy time per request (/proc/stat).\n",
         "kaprobe benchmark ".len() * 32 + 27,
         plan.secs,
@@ -1844,6 +1900,49 @@ fn render(plan: &Plan, r: &Report) -> String {
             h.tracer.label(),
             total,
             h.rps
+        );
+    }
+    // The steady estimate: what kaprobe's programs add to the empty ones, per request,
+    // against the CPU a request costs without a tracer.
+    let per_req = |t: Tracer| {
+        r.hooks.iter().find(|h| h.tracer == t).map(|h| {
+            h.progs.iter().map(|p| p.ns as f64).sum::<f64>() / h.requests.max(1) as f64
+        })
+    };
+    let base_cpu = r
+        .churn
+        .close
+        .iter()
+        .find(|s| s.tracer == Some(Tracer::None))
+        .map(|s| median(&s.runs.iter().map(|x| x.cpu_us).collect::<Vec<_>>()))
+        .filter(|c| c.is_finite() && *c > 0.0);
+    if let (Some(empty), Some(cpu)) = (per_req(Tracer::Empty), base_cpu) {
+        let _ = writeln!(
+            w,
+            "\nIn program time (bpf_stats), against {cpu:.1} µs of CPU per request without a \
+             tracer (table above): the empty programs take {:.2} µs per request ({:.2} %)",
+            empty / 1000.0,
+            empty / 10.0 / cpu
+        );
+        for t in [Tracer::Default, Tracer::All] {
+            if let Some(k) = per_req(t) {
+                let _ = writeln!(
+                    w,
+                    "- {}: {:.2} µs per request ({:.2} %), {:.2} µs more than the empty \
+                     programs ({:.2} %, {:.1} × their program time)",
+                    t.label(),
+                    k / 1000.0,
+                    k / 10.0 / cpu,
+                    (k - empty) / 1000.0,
+                    (k - empty) / 10.0 / cpu,
+                    k / empty
+                );
+            }
+        }
+        let _ = writeln!(
+            w,
+            "\nThis leaves out what bpf_stats cannot see (the tracepoint's dispatch to the \
+             program, the agent's CPU time), which the throughput table includes."
         );
     }
     if let Some(h) = r.hooks.iter().find(|h| h.tracer == Tracer::Default) {
@@ -1993,29 +2092,30 @@ fn render(plan: &Plan, r: &Report) -> String {
 }
 
 fn table(w: &mut String, series: &[Series]) {
-    let base = series
-        .iter()
-        .find(|s| s.tracer == Some(Tracer::None))
-        .map(|s| median(&s.rps()));
     let _ = writeln!(
         w,
-        "| tracer | requests/s median | min–max | ratio to no tracer | cost | CPU µs/request | errors |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "| tracer | requests/s median | min–max | ratio to no tracer (median of rounds) | 95 % CI | cost | CPU µs/request | errors |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for s in series {
         let rps = s.rps();
         let m = median(&rps);
         let (lo, hi) = min_max(&rps);
-        let ratio = base.map(|b| m / b).unwrap_or(f64::NAN);
+        let (ratio, rlo, rhi) = s
+            .tracer
+            .and_then(|t| ratio_of(series, t))
+            .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         let cpu = median(&s.runs.iter().map(|r| r.cpu_us).collect::<Vec<_>>());
         let errors: u64 = s.runs.iter().map(|r| r.errors).sum();
         let _ = writeln!(
             w,
-            "| {} | {:.0} | {:.0}–{:.0} | {:.3} | {:.1} % | {:.1} | {} |",
+            "| {} | {:.0} | {:.0}–{:.0} | {:.3} | {:.3}–{:.3} | {:.1} % | {:.1} | {} |",
             s.tracer.map_or("?", |t| t.label()),
             m,
             lo,
             hi,
             ratio,
+            rlo,
+            rhi,
             (1.0 - ratio) * 100.0,
             cpu,
             errors
@@ -2032,6 +2132,29 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0.0));
         let t = parse_rfc3339("2025-11-28T02:13:57.250000Z").expect("parses");
         assert!((t - 1_764_296_037.25).abs() < 1e-6, "{t}");
+    }
+
+    #[test]
+    fn paired() {
+        let run = |rps| WrkResult {
+            rps,
+            ..WrkResult::default()
+        };
+        let series = vec![
+            Series {
+                tracer: Some(Tracer::None),
+                runs: vec![run(100.0), run(200.0), run(150.0)],
+            },
+            Series {
+                tracer: Some(Tracer::Default),
+                runs: vec![run(90.0), run(190.0), run(150.0)],
+            },
+        ];
+        assert_eq!(paired_ratios(&series, Tracer::Default), vec![0.9, 0.95, 1.0]);
+        let (m, lo, hi) = ratio_of(&series, Tracer::Default).expect("a ratio");
+        assert_eq!(m, 0.95);
+        assert!(lo >= 0.9 && hi <= 1.0 && lo <= m && m <= hi, "{lo} {m} {hi}");
+        assert!(ratio_of(&series, Tracer::All).is_none());
     }
 
     #[test]
