@@ -294,11 +294,12 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Everything at once, for `watch`.
-pub fn probe(btf: &Btf) -> Result<KernelFacts, KernelError> {
+/// Everything at once, for `watch` (`keepalive_timer_fn`: [`keepalive_timer_address`],
+/// looked up while the BTF is parsed).
+pub fn probe(btf: &Btf, keepalive_timer_fn: u64) -> Result<KernelFacts, KernelError> {
     let release = kernel_release();
     let (mut config, tracepoints) = config_from_btf(btf)?;
-    config.keepalive_timer_fn = keepalive_timer_address()?;
+    config.keepalive_timer_fn = keepalive_timer_fn;
     let (hz, hz_source) = kernel_hz(&release)?;
     Ok(KernelFacts {
         release,

@@ -103,13 +103,14 @@ pub fn sock_sets(max_connections: u32) -> u32 {
 }
 
 /// Loads the object with `facts.config`, and attaches every hook (tp_btf, else raw_tp).
-pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError> {
+/// `btf` is the kernel's (`aya::Btf::from_sys_fs`), for attaching BTF tracepoints: parsed by
+/// the caller while it does other start-up work. (The loader parses it again: aya 0.14's
+/// `EbpfLoader::new` always does.)
+pub fn load(facts: &KernelFacts, opts: LoadOptions, btf: &aya::Btf) -> Result<Loaded, LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let btf = aya::Btf::from_sys_fs()?;
     let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
         .override_global(CONFIG_GLOBAL, &facts.config, true)
         .map_max_entries(map_name::EVENTS, opts.ring_bytes)
         .map_max_entries(map_name::SOCKS, sock_sets(opts.max_connections))
@@ -126,7 +127,7 @@ pub fn load(facts: &KernelFacts, opts: LoadOptions) -> Result<Loaded, LoadError>
         .iter()
         .filter(|_| opts.attach != Attach::RawTracepoint)
     {
-        match attach_btf(&mut ebpf, btf_prog, tracepoint, &btf) {
+        match attach_btf(&mut ebpf, btf_prog, tracepoint, btf) {
             Ok(()) => {
                 hooks.push(HookInfo {
                     tracepoint: tracepoint.into(),
