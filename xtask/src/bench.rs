@@ -1638,6 +1638,19 @@ fn verdict(ok: Option<bool>) -> &'static str {
     }
 }
 
+/// The verdict on a target that a statistic with confidence interval `(x, lo, hi)` meets
+/// when `ok(value)`, `ok` being monotonic: PASS or MISS only when the whole interval
+/// agrees, else inconclusive (with what the point estimate says).
+fn verdict_ci(r: Option<(f64, f64, f64)>, ok: impl Fn(f64) -> bool) -> &'static str {
+    match r {
+        None => "NOT MEASURED",
+        Some((_, lo, hi)) if ok(lo) && ok(hi) => "PASS",
+        Some((_, lo, hi)) if !ok(lo) && !ok(hi) => "MISS",
+        Some((x, _, _)) if ok(x) => "INCONCLUSIVE (median passes)",
+        Some(_) => "INCONCLUSIVE (median misses)",
+    }
+}
+
 /// Throughput of `t` relative to no tracer, round by round: each run is divided by the
 /// no-tracer run of the same round, which cancels the machine's slow drifts (this VM's
 /// speed wanders by ±10 % over seconds to minutes).
@@ -1654,10 +1667,11 @@ fn paired_ratios(s: &[Series], t: Tracer) -> Vec<f64> {
         .collect()
 }
 
-/// The median of `v` and a 95 % bootstrap confidence interval of it (2000 resamples, a
-/// fixed seed: the same data give the same interval).
-fn median_ci(v: &[f64]) -> (f64, f64, f64) {
-    if v.is_empty() {
+/// `stat` over all `n` rounds, and a 95 % bootstrap confidence interval of it: `stat` of
+/// 2000 resamplings of the round indices with replacement (a fixed seed: the same data
+/// give the same interval).
+fn bootstrap(n: usize, stat: impl Fn(&[usize]) -> f64) -> (f64, f64, f64) {
+    if n == 0 {
         return (f64::NAN, f64::NAN, f64::NAN);
     }
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -1668,11 +1682,19 @@ fn median_ci(v: &[f64]) -> (f64, f64, f64) {
         state ^= state >> 27;
         (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize
     };
-    let mut meds: Vec<f64> = (0..2000)
-        .map(|_| median(&(0..v.len()).map(|_| v[next() % v.len()]).collect::<Vec<_>>()))
+    let all: Vec<usize> = (0..n).collect();
+    let mut stats: Vec<f64> = (0..2000)
+        .map(|_| stat(&(0..n).map(|_| next() % n).collect::<Vec<_>>()))
         .collect();
-    meds.sort_by(|a, b| a.total_cmp(b));
-    (median(v), meds[50], meds[1949])
+    stats.sort_by(|a, b| a.total_cmp(b));
+    (stat(&all), stats[50], stats[1949])
+}
+
+/// The median of `v` and its 95 % bootstrap confidence interval.
+fn median_ci(v: &[f64]) -> (f64, f64, f64) {
+    bootstrap(v.len(), |idx| {
+        median(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>())
+    })
 }
 
 /// Median paired ratio of `t` (see [`paired_ratios`]).
@@ -1699,29 +1721,42 @@ fn targets(plan: &Plan, r: &Report) -> Vec<Target> {
             )
         })
     };
-    let (d, a, e) = (dr.map(|x| x.0), ar.map(|x| x.0), er.map(|x| x.0));
+    let (d, e) = (dr.map(|x| x.0), er.map(|x| x.0));
     out.push(Target {
         name: "churn, kaprobe default ≥ 97 % of no tracer",
         measured: pct(dr),
-        verdict: verdict(d.map(|d| d >= 0.97)),
+        verdict: verdict_ci(dr, |x| x >= 0.97),
+    });
+    // kaprobe's cost minus 1.5 × the floor's, over the same resampled rounds.
+    let pd = paired_ratios(&r.churn.close, Tracer::Default);
+    let pe = paired_ratios(&r.churn.close, Tracer::Empty);
+    let excess = (pd.len() == pe.len() && !pd.is_empty()).then(|| {
+        bootstrap(pd.len(), |idx| {
+            let m = |v: &[f64]| median(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>());
+            (1.0 - m(&pd)) - 1.5 * (1.0 - m(&pe))
+        })
     });
     out.push(Target {
         name: "churn, kaprobe's cost ≤ 1.5 × the empty programs' cost",
-        measured: match (d, e) {
-            (Some(d), Some(e)) => format!(
-                "kaprobe {:.1} %, empty {:.1} % (limit {:.1} %)",
+        measured: match (d, e, excess) {
+            (Some(d), Some(e), Some((x, lo, hi))) => format!(
+                "kaprobe {:.1} %, empty {:.1} % (limit {:.1} %); kaprobe − limit {:+.1} \
+                 points (95 % CI {:+.1} to {:+.1})",
                 (1.0 - d) * 100.0,
                 (1.0 - e) * 100.0,
-                1.5 * (1.0 - e) * 100.0
+                1.5 * (1.0 - e) * 100.0,
+                x * 100.0,
+                lo * 100.0,
+                hi * 100.0
             ),
             _ => "-".into(),
         },
-        verdict: verdict(d.zip(e).map(|(d, e)| 1.0 - d <= 1.5 * (1.0 - e))),
+        verdict: verdict_ci(excess, |x| x <= 0.0),
     });
     out.push(Target {
         name: "churn, kaprobe --all ≥ 90 % of no tracer",
         measured: pct(ar),
-        verdict: verdict(a.map(|a| a >= 0.90)),
+        verdict: verdict_ci(ar, |x| x >= 0.90),
     });
     let tp = Some(median(&r.throughput.records_per_s)).filter(|x| x.is_finite());
     let tpe = Some(median(&r.throughput.events_per_s)).filter(|x| x.is_finite());
@@ -1905,9 +1940,10 @@ fn render(plan: &Plan, r: &Report) -> String {
     // The steady estimate: what kaprobe's programs add to the empty ones, per request,
     // against the CPU a request costs without a tracer.
     let per_req = |t: Tracer| {
-        r.hooks.iter().find(|h| h.tracer == t).map(|h| {
-            h.progs.iter().map(|p| p.ns as f64).sum::<f64>() / h.requests.max(1) as f64
-        })
+        r.hooks
+            .iter()
+            .find(|h| h.tracer == t)
+            .map(|h| h.progs.iter().map(|p| p.ns as f64).sum::<f64>() / h.requests.max(1) as f64)
     };
     let base_cpu = r
         .churn
@@ -2100,10 +2136,10 @@ fn table(w: &mut String, series: &[Series]) {
         let rps = s.rps();
         let m = median(&rps);
         let (lo, hi) = min_max(&rps);
-        let (ratio, rlo, rhi) = s
-            .tracer
-            .and_then(|t| ratio_of(series, t))
-            .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+        let (ratio, rlo, rhi) =
+            s.tracer
+                .and_then(|t| ratio_of(series, t))
+                .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         let cpu = median(&s.runs.iter().map(|r| r.cpu_us).collect::<Vec<_>>());
         let errors: u64 = s.runs.iter().map(|r| r.errors).sum();
         let _ = writeln!(
@@ -2150,11 +2186,33 @@ mod tests {
                 runs: vec![run(90.0), run(190.0), run(150.0)],
             },
         ];
-        assert_eq!(paired_ratios(&series, Tracer::Default), vec![0.9, 0.95, 1.0]);
+        assert_eq!(
+            paired_ratios(&series, Tracer::Default),
+            vec![0.9, 0.95, 1.0]
+        );
         let (m, lo, hi) = ratio_of(&series, Tracer::Default).expect("a ratio");
         assert_eq!(m, 0.95);
-        assert!(lo >= 0.9 && hi <= 1.0 && lo <= m && m <= hi, "{lo} {m} {hi}");
+        assert!(
+            lo >= 0.9 && hi <= 1.0 && lo <= m && m <= hi,
+            "{lo} {m} {hi}"
+        );
         assert!(ratio_of(&series, Tracer::All).is_none());
+    }
+
+    #[test]
+    fn verdicts_with_intervals() {
+        let at_least = |x: f64| x >= 0.97;
+        assert_eq!(verdict_ci(Some((0.98, 0.975, 0.99)), at_least), "PASS");
+        assert_eq!(verdict_ci(Some((0.95, 0.94, 0.96)), at_least), "MISS");
+        assert_eq!(
+            verdict_ci(Some((0.98, 0.95, 0.99)), at_least),
+            "INCONCLUSIVE (median passes)"
+        );
+        assert_eq!(
+            verdict_ci(Some((0.96, 0.95, 0.99)), at_least),
+            "INCONCLUSIVE (median misses)"
+        );
+        assert_eq!(verdict_ci(None, at_least), "NOT MEASURED");
     }
 
     #[test]
