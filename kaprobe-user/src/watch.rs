@@ -398,6 +398,7 @@ fn release_startup_memory<T>(leftovers: T) {
     unsafe {
         libc::malloc_trim(0);
     }
+    log::info!("start-up memory released");
 }
 
 pub fn run(args: WatchArgs) -> Result<(), Fatal> {

@@ -1357,7 +1357,8 @@ fn memory(tools: &Tools, work: &Path, n: usize) -> Result<Memory> {
         Some(work.join(format!("mem-{n}.stderr"))),
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !agent.stderr().contains("tracing started") {
+    // Idle: once the agent has freed what only start-up needed (after agent_start).
+    while !agent.stderr().contains("start-up memory released") {
         agent.check_alive()?;
         if Instant::now() > deadline {
             bail!("kaprobe did not start: {}", agent.stderr());
