@@ -74,8 +74,9 @@ fn sock_set(index: u64) -> Option<&'static mut SockSet> {
 /// (in per-CPU batches), so the sockets born one after another on a CPU find their set's key
 /// line in the cache: under churn a birth or a close costs no cache miss. (With one socket
 /// per set, each birth touched a set not seen for a whole turn of the table, a miss on a
-/// cold line that was a third of `inet_sock_set_state`'s time: docs/design.md.) Addresses (raw tracepoints) are slab-packed ~2.5 KB apart: the
-/// shifts spread them too. The high bits move the grouping on every turn of the table.
+/// cold line that was a third of `inet_sock_set_state`'s time: docs/design.md.) Addresses
+/// (raw tracepoints) are slab-packed ~2.5 KB apart: the shifts spread them too. The high
+/// bits move the grouping on every turn of the table.
 #[inline(always)]
 fn primary_set(key: u64) -> Option<&'static mut SockSet> {
     sock_set((key >> 3) ^ (key >> 17))
@@ -89,51 +90,52 @@ fn alternate_set(key: u64) -> Option<&'static mut SockSet> {
     sock_set(key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40)
 }
 
-/// The way of `set` that holds `key`, or else its first free way (`free` true).
+/// The way of `set` that holds `key`, if any (free ways have key 0, never a socket's).
 #[inline(always)]
-fn way_for(set: &SockSet, key: u64) -> Option<(usize, bool)> {
-    let mut free = SOCK_WAYS;
-    for i in 0..SOCK_WAYS {
-        if set.keys[i] == key {
-            return Some((i, false));
-        }
-        if set.keys[i] == 0 && free == SOCK_WAYS {
-            free = i;
-        }
-    }
-    (free < SOCK_WAYS).then_some((free, true))
+fn way_of(set: &SockSet, key: u64) -> Option<usize> {
+    (0..SOCK_WAYS).find(|&i| set.keys[i] == key)
 }
 
-/// Way `i` of `set`, now held by `key`; zeroed if it was free or another socket's.
+/// The way of `set` that holds `key`, or else its first free way (one pass: a birth's
+/// key is almost never there).
 #[inline(always)]
-fn take_way(
-    set: &'static mut SockSet,
-    i: usize,
-    key: u64,
-    fresh: bool,
-) -> Option<&'static mut ConnState> {
-    let slot = set.slots.get_mut(i)?;
-    if fresh {
-        *set.keys.get_mut(i)? = key;
-        crate::kernel::zero(slot);
+fn way_for(set: &SockSet, key: u64) -> Option<usize> {
+    let mut free = None;
+    for i in 0..SOCK_WAYS {
+        if set.keys[i] == key {
+            return Some(i);
+        }
+        if set.keys[i] == 0 && free.is_none() {
+            free = Some(i);
+        }
     }
+    free
+}
+
+/// Way `i` of `set`, now held by `key`, zeroed.
+#[inline(always)]
+fn take_way(set: &'static mut SockSet, i: usize, key: u64) -> Option<&'static mut ConnState> {
+    *set.keys.get_mut(i)? = key;
+    let slot = set.slots.get_mut(i)?;
+    crate::kernel::zero(slot);
     Some(slot)
 }
 
-/// A slot for a socket being born (or first seen) with key `key`: in its primary set if
-/// that has room, else in its alternate set, else the alternate set's oldest entry is
-/// evicted (counted in `stat::CONN_TABLE_FULL`). A new slot is zeroed. Only the primary
-/// set is searched for an existing entry when it has room: a socket is in its alternate
-/// set only if the primary was full when it came, see [`claim_conn`].
+/// A zeroed slot for a socket being born (or first seen) with key `key`: in its primary set
+/// if that has room, else in its alternate set, else the alternate set's oldest entry is
+/// evicted (counted in `stat::CONN_TABLE_FULL`). An entry the socket already has is reused
+/// (a socket that connects again); only the primary set is searched for it when that has
+/// room: a socket is in its alternate set only if the primary was full when it came, see
+/// [`claim_conn`].
 #[inline(always)]
 pub fn claim_new(key: u64) -> Option<&'static mut ConnState> {
     let set = primary_set(key)?;
-    if let Some((i, fresh)) = way_for(set, key) {
-        return take_way(set, i, key, fresh);
+    if let Some(i) = way_for(set, key) {
+        return take_way(set, i, key);
     }
     let set = alternate_set(key)?;
-    if let Some((i, fresh)) = way_for(set, key) {
-        return take_way(set, i, key, fresh);
+    if let Some(i) = way_for(set, key) {
+        return take_way(set, i, key);
     }
     count(stat::CONN_TABLE_FULL);
     let mut oldest = 0;
@@ -142,7 +144,7 @@ pub fn claim_new(key: u64) -> Option<&'static mut ConnState> {
             oldest = i;
         }
     }
-    take_way(set, oldest, key, true)
+    take_way(set, oldest, key)
 }
 
 /// The slot of the socket with key `key`, wherever it is; claimed ([`claim_new`]) if it has
@@ -155,19 +157,18 @@ pub fn claim_conn(key: u64) -> Option<&'static mut ConnState> {
     }
 }
 
-/// The set of the socket with key `key` and the way it holds it, if any (free ways have
-/// key 0, which is never a socket's).
+/// The set of the socket with key `key` and the way it holds it, if any.
 #[inline(always)]
 fn find_slot(key: u64) -> Option<(&'static mut SockSet, usize)> {
     if key == 0 {
         return None;
     }
     let set = primary_set(key)?;
-    if let Some(i) = (0..SOCK_WAYS).find(|&i| set.keys[i] == key) {
+    if let Some(i) = way_of(set, key) {
         return Some((set, i));
     }
     let set = alternate_set(key)?;
-    let i = (0..SOCK_WAYS).find(|&i| set.keys[i] == key)?;
+    let i = way_of(set, key)?;
     Some((set, i))
 }
 

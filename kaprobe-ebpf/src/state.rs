@@ -86,8 +86,8 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
         0
     };
     if born {
-        // A new connection on this socket (a socket can connect() again after failing).
-        zero(conn);
+        // A new connection on this socket (a socket can connect() again after failing):
+        // claim_new gave a zeroed slot.
         conn.birth_ns = now;
         if new == tcp_state::SYN_SENT {
             // connect(): the process is current.
