@@ -13,7 +13,9 @@
 //!   downloaded then. Delete its directory to fetch the newest again.
 //! - Results: the guest runs one test at a time and writes its output and exit status into
 //!   a directory shared read-write with the host (the VM's stdout is not reliable); a VM
-//!   that dies or hangs (timeout) fails the run, with its console log.
+//!   that dies or runs out of time fails the run, with its console log; a guest that stops
+//!   writing its heartbeat (a hung kernel) is killed and the remaining tests run in a new VM,
+//!   once.
 use std::{
     fs,
     io::BufRead,
@@ -48,6 +50,13 @@ const TEST_TIMEOUT_S: u64 = 300;
 /// Boot until the guest script starts (about 20 s under TCG here); also added to the whole
 /// run's time limit.
 const BOOT_TIMEOUT_S: u64 = 120;
+/// The guest script writes a heartbeat every few seconds from a background loop. A guest
+/// whose heartbeat stops for this long is hung: its kernel no longer runs user space. Seen
+/// once under TCG on a busy host (6.1: both vCPUs in timer softirqs for minutes, RCU stalls,
+/// soft lockups), where the whole-run limit alone would have held CI for 50 minutes.
+const HEARTBEAT_STALL_S: u64 = 90;
+/// After a hung guest, the remaining tests run in a freshly booted VM, this many times.
+const HUNG_REBOOTS: usize = 1;
 
 /// A kernel series we can boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -551,8 +560,9 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The script the guest runs: each test alone, its output and status into `results`.
-fn guest_script(cases: &[Case], results: &Path, kaprobe: &Path) -> String {
+/// The script the guest runs: each test alone (`cases` with their indices), its output and
+/// status into `results`, and a heartbeat.
+fn guest_script(cases: &[(usize, &Case)], results: &Path, kaprobe: &Path) -> String {
     let mut s = String::from(
         "#!/bin/bash\n# Written by `cargo xtask test --kernel`; runs inside the VM.\n",
     );
@@ -563,6 +573,17 @@ mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 ulimit -l unlimited
 uname -r >"$out/uname.tmp" && mv "$out/uname.tmp" "$out/uname"
+# The host's proof that the guest still runs user space.
+(
+    set +x
+    n=0
+    while :; do
+        n=$((n + 1))
+        echo $n >"$out/heartbeat.tmp" && mv "$out/heartbeat.tmp" "$out/heartbeat"
+        sleep 5
+    done
+) &
+heartbeat=$!
 run() {
     local i=$1; shift
     local t0=$(date +%s%N)
@@ -596,14 +617,14 @@ run() {
         "cd {}\n",
         quote(&setup::workspace_root().join("tests").display().to_string())
     );
-    for (i, c) in cases.iter().enumerate() {
+    for (i, c) in cases {
         s += &format!(
             "run {i} {} {}\n",
             quote(&c.binary.display().to_string()),
             quote(&c.name)
         );
     }
-    s += "touch \"$out/done\"\nsync\n";
+    s += "kill $heartbeat\ntouch \"$out/done\"\nsync\n";
     s
 }
 
@@ -620,113 +641,257 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Boots the kernel and runs the cases; prints each result as it arrives.
-fn run_cases(kernel: &Kernel, cases: &[Case], kaprobe: &Path) -> Result<KernelReport> {
-    let work = build::target_dir()?.join("vm").join(&kernel.release);
-    let _ = fs::remove_dir_all(&work);
-    let results = work.join("results");
-    fs::create_dir_all(&results)?;
-    let kvm = use_kvm(kernel, &build::target_dir()?.join("vm"))?;
-    let script = work.join("guest.sh");
-    fs::write(&script, guest_script(cases, &results, kaprobe))?;
-    let console = work.join("console.log");
-    eprintln!(
-        "xtask: [{}] booting {} ({}, {} CPUs, {}) for {} test(s); console log: {}",
-        kernel.series.label(),
-        kernel.release,
-        if kvm { "KVM" } else { "TCG" },
-        VM_CPUS,
-        VM_MEMORY,
-        cases.len(),
-        console.display()
-    );
-    // Each test may run twice (a failure is retried once, and reported).
-    let timeout =
-        Duration::from_secs(BOOT_TIMEOUT_S + (2 * TEST_TIMEOUT_S + 20) * cases.len() as u64);
-    let mut vm = Vm::boot(kernel, kvm, &work, &script, &console)?;
-    let label = kernel.series.label();
-    let mut booted: Option<Duration> = None;
-    let mut reported = 0;
-    let (mut passed, mut failed) = (0, 0);
-    let mut failures = Vec::new();
-    let mut report_ready = |reported: &mut usize, passed: &mut usize, failed: &mut usize| {
-        while *reported < cases.len() {
-            let i = *reported;
-            let Ok(status) = fs::read_to_string(results.join(format!("{i}.status"))) else {
+/// How one boot of the VM ended.
+enum BootEnd {
+    /// QEMU exited by itself.
+    Exited,
+    /// The guest script never started.
+    NoBoot,
+    /// The guest stopped running user space (no heartbeat).
+    Hung(Duration),
+    /// The whole run's time limit passed.
+    TimedOut(Duration),
+}
+
+/// Results of the cases so far (they arrive in order).
+struct Tally<'a> {
+    label: &'a str,
+    cases: &'a [Case],
+    results: PathBuf,
+    reported: usize,
+    passed: usize,
+    failed: usize,
+    failures: Vec<usize>,
+}
+
+impl Tally<'_> {
+    /// Reads the statuses the guest has written since the last call; prints each.
+    fn update(&mut self) {
+        let label = self.label;
+        while self.reported < self.cases.len() {
+            let i = self.reported;
+            let Ok(status) = fs::read_to_string(self.results.join(format!("{i}.status"))) else {
                 break;
             };
-            let ms: u64 = fs::read_to_string(results.join(format!("{i}.ms")))
+            let ms: u64 = fs::read_to_string(self.results.join(format!("{i}.ms")))
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0);
-            let c = &cases[i];
+            let c = &self.cases[i];
             let status = status.trim();
-            let first = fs::read_to_string(results.join(format!("{i}.first"))).ok();
+            let first = fs::read_to_string(self.results.join(format!("{i}.first"))).ok();
+            let secs = ms as f64 / 1000.0;
             if status == "0" {
-                *passed += 1;
+                self.passed += 1;
                 match &first {
                     None => eprintln!(
-                        "xtask: [{label}] PASS {}::{} ({:.1} s)",
-                        c.target,
-                        c.name,
-                        ms as f64 / 1000.0
+                        "xtask: [{label}] PASS {}::{} ({secs:.1} s)",
+                        c.target, c.name
                     ),
                     Some(rc) => {
-                        let log = fs::read_to_string(results.join(format!("{i}.first.log")))
+                        let log = fs::read_to_string(self.results.join(format!("{i}.first.log")))
                             .unwrap_or_default();
                         eprintln!(
-                            "xtask: [{label}] PASS ON RETRY {}::{} ({:.1} s; the first attempt failed with status {}):\n{}",
+                            "xtask: [{label}] PASS ON RETRY {}::{} ({secs:.1} s; the first attempt failed with status {}):\n{}",
                             c.target,
                             c.name,
-                            ms as f64 / 1000.0,
                             rc.trim(),
                             tail(&log, 40)
                         );
                     }
                 }
             } else {
-                *failed += 1;
+                self.failed += 1;
                 let why = if status == "124" || status == "137" {
                     format!("timed out after {TEST_TIMEOUT_S} s")
                 } else {
                     format!("exit status {status}")
                 };
                 eprintln!(
-                    "xtask: [{label}] FAIL {}::{} ({why}, {:.1} s)",
-                    c.target,
-                    c.name,
-                    ms as f64 / 1000.0
+                    "xtask: [{label}] FAIL {}::{} ({why}, {secs:.1} s)",
+                    c.target, c.name
                 );
-                failures.push(i);
+                self.failures.push(i);
             }
-            *reported += 1;
+            self.reported += 1;
         }
-    };
-    let exited = loop {
+    }
+
+    /// The output so far of the case that was running when a boot ended.
+    fn print_partial(&self) {
+        let Some(c) = self.cases.get(self.reported) else {
+            return;
+        };
+        for name in [
+            format!("{}.first.log", self.reported),
+            format!("{}.log", self.reported),
+        ] {
+            if let Ok(partial) = fs::read_to_string(self.results.join(&name)) {
+                eprintln!(
+                    "---- [{}] output so far of {} ({name}) ----\n{}",
+                    self.label,
+                    c.name,
+                    partial.trim_end()
+                );
+            }
+        }
+        if let Ok(guest) = fs::read_to_string(self.results.join("guest.log")) {
+            eprintln!(
+                "---- [{}] guest script log ----\n{}",
+                self.label,
+                tail(&guest, 40)
+            );
+        }
+    }
+}
+
+/// Boots the VM once for `todo` (indices into `tally.cases`) and follows it until it ends.
+fn boot_once(
+    kernel: &Kernel,
+    kvm: bool,
+    work: &Path,
+    boot: usize,
+    todo: &[usize],
+    kaprobe: &Path,
+    tally: &mut Tally,
+) -> Result<(Vm, BootEnd, Option<Duration>)> {
+    let results = &tally.results.clone();
+    for stale in ["uname", "heartbeat", "done", "guest.log"] {
+        let _ = fs::remove_file(results.join(stale));
+    }
+    let indexed: Vec<(usize, &Case)> = todo.iter().map(|&i| (i, &tally.cases[i])).collect();
+    let script = work.join(format!("guest-{boot}.sh"));
+    fs::write(&script, guest_script(&indexed, results, kaprobe))?;
+    let console = work.join(if boot == 1 {
+        "console.log".to_owned()
+    } else {
+        format!("console-{boot}.log")
+    });
+    let label = tally.label;
+    eprintln!(
+        "xtask: [{label}] booting {} ({}, {} CPUs, {}) for {} test(s); console log: {}",
+        kernel.release,
+        if kvm { "KVM" } else { "TCG" },
+        VM_CPUS,
+        VM_MEMORY,
+        todo.len(),
+        console.display()
+    );
+    // Each test may run twice (a failure is retried once, and reported).
+    let limit = Duration::from_secs(BOOT_TIMEOUT_S + (2 * TEST_TIMEOUT_S + 20) * todo.len() as u64);
+    let mut vm = Vm::boot(kernel, kvm, work, &script, &console)?;
+    let mut booted: Option<Duration> = None;
+    let mut heartbeat = (String::new(), Instant::now());
+    let end = loop {
         if booted.is_none() && results.join("uname").exists() {
             let t = vm.started.elapsed();
             booted = Some(t);
+            heartbeat.1 = Instant::now();
             eprintln!("xtask: [{label}] guest up after {:.1} s", t.as_secs_f64());
         }
-        report_ready(&mut reported, &mut passed, &mut failed);
+        tally.update();
         if let Ok(Some(_)) = vm.child.try_wait() {
-            break true;
+            break BootEnd::Exited;
         }
-        let hung_at_boot = booted.is_none()
-            && (vm.started.elapsed() > Duration::from_secs(BOOT_TIMEOUT_S)
-                || (kvm && vm.kvm_failed()));
-        if hung_at_boot || vm.started.elapsed() > timeout {
-            break false;
+        if booted.is_none() {
+            if vm.started.elapsed() > Duration::from_secs(BOOT_TIMEOUT_S)
+                || (kvm && vm.kvm_failed())
+            {
+                break BootEnd::NoBoot;
+            }
+        } else {
+            let beat = fs::read_to_string(results.join("heartbeat")).unwrap_or_default();
+            if beat != heartbeat.0 {
+                heartbeat = (beat, Instant::now());
+            }
+            let silent = heartbeat.1.elapsed();
+            if silent > Duration::from_secs(HEARTBEAT_STALL_S) && !results.join("done").exists() {
+                break BootEnd::Hung(silent);
+            }
+        }
+        if vm.started.elapsed() > limit {
+            break BootEnd::TimedOut(limit);
         }
         std::thread::sleep(Duration::from_millis(250));
     };
-    if !exited {
+    if !matches!(end, BootEnd::Exited) {
         vm.kill();
     }
-    report_ready(&mut reported, &mut passed, &mut failed);
-    let total = vm.started.elapsed();
-    let done = results.join("done").exists();
-    for &i in &failures {
+    tally.update();
+    Ok((vm, end, booted))
+}
+
+/// Boots the kernel and runs the cases; prints each result as it arrives. A guest that
+/// hangs is killed and the remaining cases run in a new VM (once).
+fn run_cases(kernel: &Kernel, cases: &[Case], kaprobe: &Path) -> Result<KernelReport> {
+    let work = build::target_dir()?.join("vm").join(&kernel.release);
+    let _ = fs::remove_dir_all(&work);
+    let results = work.join("results");
+    fs::create_dir_all(&results)?;
+    let kvm = use_kvm(kernel, &build::target_dir()?.join("vm"))?;
+    let label = kernel.series.label();
+    let mut tally = Tally {
+        label,
+        cases,
+        results: results.clone(),
+        reported: 0,
+        passed: 0,
+        failed: 0,
+        failures: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut first_boot = None;
+    let mut hangs = 0;
+    let mut why_incomplete = None;
+    for boot in 1.. {
+        let todo: Vec<usize> = (tally.reported..cases.len()).collect();
+        if todo.is_empty() {
+            break;
+        }
+        let (vm, end, booted) = boot_once(kernel, kvm, &work, boot, &todo, kaprobe, &mut tally)?;
+        first_boot = first_boot.or(booted);
+        let done = results.join("done").exists();
+        let why = match end {
+            BootEnd::Exited if done && tally.reported == cases.len() => break,
+            BootEnd::Exited if booted.is_none() => {
+                "the VM exited before the guest started the tests".to_owned()
+            }
+            BootEnd::Exited => "the VM exited before the tests finished".to_owned(),
+            BootEnd::NoBoot if kvm && vm.kvm_failed() => {
+                "KVM cannot run this guest (set KAPROBE_VM_ACCEL=tcg): VM killed".to_owned()
+            }
+            BootEnd::NoBoot => {
+                format!("the guest did not start within {BOOT_TIMEOUT_S} s: VM killed")
+            }
+            BootEnd::Hung(silent) => format!(
+                "the guest hung (no heartbeat for {} s, its kernel no longer runs user space): VM killed",
+                silent.as_secs()
+            ),
+            BootEnd::TimedOut(limit) => {
+                format!("the VM ran out of time: killed after {} s", limit.as_secs())
+            }
+        };
+        let missing = cases.len() - tally.reported;
+        eprintln!("xtask: [{label}] {why}; {missing} test(s) without a result");
+        tally.print_partial();
+        eprintln!(
+            "---- [{label}] console log (last 150 lines of {}) ----\n{}\n---- end of console log ----",
+            vm.console.display(),
+            tail(&vm.console_text(), 150)
+        );
+        drop(vm);
+        if matches!(end, BootEnd::Hung(_)) && hangs < HUNG_REBOOTS {
+            hangs += 1;
+            eprintln!(
+                "xtask: [{label}] GUEST HUNG: booting a new VM for the {missing} remaining test(s), {} being rerun (hung guests: {hangs} of at most {HUNG_REBOOTS})",
+                cases[tally.reported].name
+            );
+            continue;
+        }
+        why_incomplete = Some(why);
+        break;
+    }
+    for &i in &tally.failures {
         let c = &cases[i];
         let log = fs::read_to_string(results.join(format!("{i}.log"))).unwrap_or_default();
         eprintln!(
@@ -737,48 +902,26 @@ fn run_cases(kernel: &Kernel, cases: &[Case], kaprobe: &Path) -> Result<KernelRe
             c.name
         );
     }
-    let mut ok = failed == 0 && done && reported == cases.len();
-    if !done || reported < cases.len() {
-        ok = false;
-        let missing = cases.len() - reported;
-        failed += missing;
-        let why = if !exited && booted.is_none() && kvm && vm.kvm_failed() {
-            "KVM cannot run this guest (set KAPROBE_VM_ACCEL=tcg): VM killed".to_owned()
-        } else if !exited && booted.is_none() {
-            format!("the guest did not start within {BOOT_TIMEOUT_S} s: VM killed")
-        } else if !exited {
-            format!("the VM hung: killed after {} s", timeout.as_secs())
-        } else if booted.is_none() {
-            "the VM exited before the guest started the tests".to_owned()
-        } else {
-            "the VM exited before the tests finished".to_owned()
-        };
-        eprintln!("xtask: [{label}] FAILED: {why}; {missing} test(s) without a result");
-        for c in &cases[reported..] {
+    let mut failed = tally.failed;
+    if why_incomplete.is_some() {
+        failed += cases.len() - tally.reported;
+        for c in &cases[tally.reported..] {
             eprintln!("xtask: [{label}] FAIL {}::{} (no result)", c.target, c.name);
         }
-        if let Ok(partial) = fs::read_to_string(results.join(format!("{reported}.log"))) {
-            eprintln!(
-                "---- [{label}] output so far of {} ----\n{}",
-                cases[reported.min(cases.len() - 1)].name,
-                partial.trim_end()
-            );
-        }
-        if let Ok(guest) = fs::read_to_string(results.join("guest.log")) {
-            eprintln!("---- [{label}] guest script log ----\n{}", tail(&guest, 40));
-        }
-        eprintln!(
-            "---- [{label}] console log (last 150 lines of {}) ----\n{}\n---- end of console log ----",
-            console.display(),
-            tail(&vm.console_text(), 150)
-        );
     }
+    let ok = failed == 0 && tally.reported == cases.len();
     eprintln!(
-        "xtask: [{label}] kernel {}: boot {}, total {:.1} s",
+        "xtask: [{label}] kernel {}: boot {}, total {:.1} s{}",
         kernel.release,
-        booted.map_or("n/a".to_owned(), |b| format!("{:.1} s", b.as_secs_f64())),
-        total.as_secs_f64()
+        first_boot.map_or("n/a".to_owned(), |b| format!("{:.1} s", b.as_secs_f64())),
+        started.elapsed().as_secs_f64(),
+        if hangs > 0 {
+            format!(" ({hangs} hung guest(s) replaced)")
+        } else {
+            String::new()
+        }
     );
+    let passed = tally.passed;
     println!("{label}: {passed} passed, {failed} failed");
     Ok(KernelReport {
         label: label.to_owned(),
