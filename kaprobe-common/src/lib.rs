@@ -119,7 +119,13 @@ pub mod stat {
     /// First of the per-kind counts of records lost because the ring buffer was full:
     /// `LOST_BY_KIND + kind` for each [`super::kind`] (1..=7).
     pub const LOST_BY_KIND: u32 = 8;
-    pub const COUNT: u32 = 16;
+    /// Firings of keepalive timers (`timer_expire_entry` of `tcp_keepalive_timer`).
+    pub const TIMER_FIRINGS: u32 = 16;
+    /// ... of which on a socket without `SO_KEEPALIVE` (nothing to follow).
+    pub const TIMER_NOT_KEEPOPEN: u32 = 17;
+    /// ... of which paired with their exit but not sent: no probe was due, none out.
+    pub const TIMER_QUIET: u32 = 18;
+    pub const COUNT: u32 = 24;
 }
 
 /// Every ring-buffer record starts with a [`Header`].

@@ -28,6 +28,7 @@ pub fn on_entry<M: Mem>(timer: u64) {
     if function == 0 || function != conf!(keepalive_timer_fn) {
         return;
     }
+    count(stat::TIMER_FIRINGS);
     let Some(scratch) = timer_scratch() else {
         return;
     };
@@ -43,6 +44,7 @@ pub fn on_entry<M: Mem>(timer: u64) {
     // Without SO_KEEPALIVE the timer does nothing, except for an orphaned FIN_WAIT2 socket,
     // whose end it decides (that is not keepalive, but the socket may die here).
     if !keepopen && st != tcp_state::FIN_WAIT2 {
+        count(stat::TIMER_NOT_KEEPOPEN);
         return;
     }
     let rec = &mut scratch.record;
@@ -140,7 +142,9 @@ pub fn on_exit<M: Mem>(timer: u64) {
     let worth_it = rec.flags & (timer_flag::DIED | timer_flag::PROBE_BRANCH) != 0
         || rec.probes_before != 0
         || rec.probes_after != rec.probes_before;
-    if worth_it && !emit::<TimerRecord>(rec) && rec.flags & timer_flag::DIED != 0 {
+    if !worth_it {
+        count(stat::TIMER_QUIET);
+    } else if !emit::<TimerRecord>(rec) && rec.flags & timer_flag::DIED != 0 {
         count(stat::LOST_TIMER_DEATHS);
     }
 }

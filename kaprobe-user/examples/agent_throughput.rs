@@ -280,6 +280,7 @@ fn main() {
         clock,
         reset_reasons: reasons,
         max_connections: 65536,
+        traced_since_ns: 0,
     });
     let bytes_out = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sink = BufWriter::with_capacity(64 * 1024, CountingSink(bytes_out.clone()));

@@ -38,6 +38,7 @@ fn correlator() -> Correlator {
         },
         reset_reasons: reasons,
         max_connections: 1000,
+        traced_since_ns: 0,
     })
 }
 
@@ -800,5 +801,58 @@ fn owner_and_byte_counts_reach_every_event_of_the_connection() {
     assert_eq!(
         (*segments, *segments_sent, *segments_received),
         (Some(16), Some(7), Some(9))
+    );
+}
+
+fn probes_of(events: &[Event]) -> Vec<(u8, bool, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e.body {
+            Body::KeepaliveProbe {
+                probe, inferred, ..
+            } => Some((probe, inferred, e.ts.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_probe_whose_firing_was_not_traced_is_inferred_from_the_next_firing() {
+    // Probe 1 at 2 s; the firing at 3 s that sent probe 2 never reached the tracepoint;
+    // the one at 4 s finds 2 probes out and sends the third.
+    let mut c = correlator();
+    let out = run(
+        &mut c,
+        &[firing(SK, 5000, 2, 1, 0, 1), firing(SK, 5000, 4, 1, 2, 3)],
+    );
+    let wall = |s: u64| (1_700_000_000 + s) * SEC;
+    assert_eq!(
+        probes_of(&out),
+        [(1, false, wall(2)), (2, true, wall(3)), (3, false, wall(4))]
+    );
+    let Body::KeepaliveProbe { idle_ms, .. } = out[1].body else {
+        unreachable!()
+    };
+    assert_eq!(idle_ms, 2000, "idle when the inferred probe went out");
+}
+
+#[test]
+fn probes_sent_before_tracing_started_are_not_inferred() {
+    let mut c = correlator();
+    c.settings.traced_since_ns = 10 * SEC + SEC / 2;
+    // First sight at 11 s of a socket with 2 probes out: they went out at about 9 and 10 s,
+    // before the agent; the third is seen.
+    let out = run(&mut c, &[firing(SK, 5000, 11, 8, 2, 3)]);
+    assert_eq!(probes_of(&out), [(3, false, (1_700_000_000 + 11) * SEC)]);
+    // Tracing from 9.5 s: the probe of about 10 s should have been seen, and is inferred.
+    let mut c = correlator();
+    c.settings.traced_since_ns = 9 * SEC + SEC / 2;
+    let out = run(&mut c, &[firing(SK, 5000, 11, 8, 2, 3)]);
+    assert_eq!(
+        probes_of(&out)
+            .iter()
+            .map(|&(p, i, _)| (p, i))
+            .collect::<Vec<_>>(),
+        [(2, true), (3, false)]
     );
 }

@@ -70,6 +70,7 @@ fn correlator(max_connections: usize) -> Correlator {
         },
         reset_reasons: reasons,
         max_connections,
+        traced_since_ns: 0,
     })
 }
 

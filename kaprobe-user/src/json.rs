@@ -120,6 +120,7 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             max_probes,
             idle_ms,
             interval_ms,
+            inferred,
         } => {
             out.extend_from_slice(b",\"probe\":");
             uint(out, *probe);
@@ -129,6 +130,9 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             uint(out, *idle_ms);
             out.extend_from_slice(b",\"interval_ms\":");
             uint(out, *interval_ms);
+            if *inferred {
+                out.extend_from_slice(b",\"inferred\":true");
+            }
         }
         Body::KeepaliveAck { probes_unanswered } => {
             out.extend_from_slice(b",\"probes_unanswered\":");
@@ -392,14 +396,22 @@ mod tests {
     fn body() -> impl Strategy<Value = Body> {
         let s = || proptest::option::of(static_text());
         prop_oneof![
-            (any::<u8>(), any::<u8>(), any::<u64>(), any::<u64>()).prop_map(
-                |(probe, max_probes, idle_ms, interval_ms)| Body::KeepaliveProbe {
-                    probe,
-                    max_probes,
-                    idle_ms,
-                    interval_ms,
-                }
-            ),
+            (
+                any::<u8>(),
+                any::<u8>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(|(probe, max_probes, idle_ms, interval_ms, inferred)| {
+                    Body::KeepaliveProbe {
+                        probe,
+                        max_probes,
+                        idle_ms,
+                        interval_ms,
+                        inferred,
+                    }
+                }),
             any::<u8>().prop_map(|probes_unanswered| Body::KeepaliveAck { probes_unanswered }),
             (
                 any::<u8>(),

@@ -288,6 +288,15 @@ impl KernelStats {
     }
 
     /// Keepalive timer firings whose entry and exit did not pair up on one CPU.
+    /// Keepalive timer firings: (all, on sockets without SO_KEEPALIVE, quiet: nothing sent).
+    pub fn timer_firings(&self) -> (u64, u64, u64) {
+        (
+            self.sum(stat::TIMER_FIRINGS),
+            self.sum(stat::TIMER_NOT_KEEPOPEN),
+            self.sum(stat::TIMER_QUIET),
+        )
+    }
+
     pub fn timer_unpaired(&self) -> (u64, u64) {
         (
             self.sum(stat::TIMER_UNPAIRED),

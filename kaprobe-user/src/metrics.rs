@@ -607,6 +607,7 @@ mod tests {
                 max_probes: 3,
                 idle_ms: 1,
                 interval_ms: 1,
+                inferred: false,
             });
             e.conn.as_mut().unwrap().dport = port;
             m.observe(&e);
@@ -630,6 +631,7 @@ mod tests {
             max_probes: 3,
             idle_ms: 1,
             interval_ms: 1,
+            inferred: false,
         }));
         let text = m.render();
         assert!(!text.contains("remote_port"));

@@ -265,6 +265,13 @@ pub enum Body {
         max_probes: u8,
         idle_ms: u64,
         interval_ms: u64,
+        /// The probe was not seen going out: its firing of the keepalive timer never
+        /// reached the `timer_expire_entry` tracepoint (the kernel does this to some firings
+        /// in a burst), and the next firing found it counted in `icsk_probes_out`. Its time
+        /// is estimated (one keepalive interval per probe before that firing). Written only
+        /// when true.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        inferred: bool,
     },
     KeepaliveAck {
         probes_unanswered: u8,

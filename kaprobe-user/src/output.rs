@@ -338,11 +338,17 @@ pub fn human(line: &mut String, e: &Event) {
             max_probes,
             idle_ms,
             interval_ms,
+            inferred,
         } => write!(
             line,
-            "probe {probe}/{max_probes} sent after {} without hearing the peer (interval {})",
+            "probe {probe}/{max_probes} sent after {} without hearing the peer (interval {}){}",
             secs(*idle_ms),
-            secs(*interval_ms)
+            secs(*interval_ms),
+            if *inferred {
+                "; not traced, inferred from the next firing"
+            } else {
+                ""
+            }
         ),
         Body::KeepaliveAck { probes_unanswered } => {
             write!(

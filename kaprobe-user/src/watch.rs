@@ -533,6 +533,8 @@ async fn event_loop(
         clock,
         reset_reasons: facts.reset_reasons.clone(),
         max_connections: args.max_connections as usize,
+        // The programs were attached before this point.
+        traced_since_ns: monotonic_ns(),
     };
     let mut agent = Agent {
         correlator: Correlator::new(settings),
@@ -636,6 +638,11 @@ async fn event_loop(
         "records: {} written by the kernel, {} read",
         stats.records_sent(),
         agent.records_read
+    );
+    let (firings, not_keepopen, quiet) = stats.timer_firings();
+    let (unpaired, overlap) = stats.timer_unpaired();
+    log::info!(
+        "keepalive timer firings: {firings} (without SO_KEEPALIVE {not_keepopen}, nothing to send {quiet}, exits without entry {unpaired}, overlapping entries {overlap})"
     );
     agent.report_evictions(monotonic_ns())?;
     agent.totals.filtered_in_kernel = stats.records_filtered();

@@ -489,6 +489,33 @@ impl Agent {
         }
     }
 
+    /// Like [`Agent::wait_count`], without panicking: `Err(found)` after `timeout`.
+    pub fn try_wait_count(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<Value>, usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<Value> = self
+                .seen
+                .lock()
+                .expect("seen lock")
+                .iter()
+                .filter(|v| pred(v))
+                .cloned()
+                .collect();
+            if found.len() >= n {
+                return Ok(found);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.next(left).is_none() {
+                return Err(found.len());
+            }
+        }
+    }
+
     /// Waits until `n` events satisfying `pred` have arrived; returns them.
     pub fn wait_count(
         &self,
@@ -513,10 +540,11 @@ impl Agent {
             let left = deadline.saturating_duration_since(Instant::now());
             if self.next(left).is_none() {
                 panic!(
-                    "timed out after {timeout:?} waiting for {what} ({} of {n}); events seen:\n{}\nstderr:\n{}",
+                    "timed out after {timeout:?} waiting for {what} ({} of {n}); events seen:\n{}\nstderr:\n{}\nagent: {}",
                     found.len(),
                     self.dump(),
-                    self.stderr()
+                    self.stderr(),
+                    self.diagnose()
                 );
             }
         }
