@@ -84,7 +84,28 @@ struct Conn {
     rst_sent: Option<u32>,
     error: i32,
     owner: Option<Owner>,
+    /// When the keepalive timer is next due (CLOCK_MONOTONIC ns; 0: not known) and the
+    /// probes it allows: with all of them out, that firing ends the connection.
+    due_ns: u64,
+    max_probes: u8,
+    /// How long the peer will have been silent when the timer is due.
+    idle_due_ms: u64,
 }
+
+/// A followed connection whose keepalive timer should have ended it by now, with no record
+/// of it: the firing may have been one the kernel never traced (see `on_timer`). The agent
+/// asks the kernel (sock_diag) whether the socket still exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    pub sk: u64,
+    pub tuple: Tuple,
+    /// When its keepalive timer was due (CLOCK_MONOTONIC ns).
+    pub due_ns: u64,
+}
+
+/// How long after its due time a keepalive timer that should end its connection may still
+/// come (softirq delays, a slow vCPU, records from other CPUs) before it is suspected unseen.
+const OVERDUE_GRACE_NS: u64 = 2_000_000_000;
 
 impl Conn {
     /// Takes the owner a record names (the kernel's is authoritative), keeping the one
@@ -136,6 +157,8 @@ struct Pending {
 pub struct CorrelatorStats {
     pub evicted: u64,
     pub replaced: u64,
+    /// Keepalive timeouts found after the fact (the socket gone, its firing never traced).
+    pub unseen_deaths: u64,
 }
 
 pub struct Correlator {
@@ -145,6 +168,9 @@ pub struct Correlator {
     /// `(close time, socket)` of pending closes, in arrival order (records come in time
     /// order, per CPU). Entries whose close was reported meanwhile are skipped lazily.
     due: VecDeque<(u64, u64)>,
+    /// When the kernel last counted keepalive timer records that ended a connection as
+    /// lost (ring buffer full): an overdue connection may be one of them, already counted.
+    deaths_lost_ns: u64,
     pub stats: CorrelatorStats,
 }
 
@@ -161,6 +187,7 @@ impl Correlator {
             conns: FastMap::default(),
             pending: FastMap::default(),
             due: VecDeque::new(),
+            deaths_lost_ns: 0,
             stats: Default::default(),
         }
     }
@@ -201,6 +228,84 @@ impl Correlator {
                 }
             }
         }
+    }
+
+    /// Followed connections whose fatal keepalive firing is overdue by `OVERDUE_GRACE_NS`
+    /// at `now_ns` (each is returned once: check it, then call [`Correlator::unseen_death`]).
+    pub fn overdue(&mut self, now_ns: u64) -> Vec<Overdue> {
+        let mut found = Vec::new();
+        let lost = self.deaths_lost_ns;
+        for (&sk, c) in self.conns.iter_mut() {
+            if c.due_ns != 0
+                && c.max_probes > 0
+                && c.unanswered >= c.max_probes
+                && now_ns > c.due_ns.saturating_add(OVERDUE_GRACE_NS)
+            {
+                if lost != 0 && lost.saturating_add(OVERDUE_GRACE_NS) >= c.due_ns {
+                    // Its end may be one of the records the ring buffer lost, which are
+                    // counted and reported as lost: not inferred a second time.
+                    c.due_ns = 0;
+                    continue;
+                }
+                found.push(Overdue {
+                    sk,
+                    tuple: c.tuple,
+                    due_ns: c.due_ns,
+                });
+                c.due_ns = 0;
+            }
+        }
+        found
+    }
+
+    /// The kernel counted lost records of keepalive firings that ended connections, up to
+    /// `now_ns`.
+    pub fn note_lost_deaths(&mut self, now_ns: u64) {
+        self.deaths_lost_ns = now_ns;
+    }
+
+    /// The kernel no longer has the socket of an overdue connection: its keepalive timer
+    /// ended it in a firing no tracepoint saw. Reports the timeout (inferred, at the time it
+    /// was due) and the close.
+    pub fn unseen_death(&mut self, o: &Overdue, out: &mut Vec<Event>) {
+        let due_ns = o.due_ns;
+        let Some(conn) = self.conns.remove(&o.sk).filter(|c| c.tuple == o.tuple) else {
+            return;
+        };
+        let owner = conn.owner.clone();
+        self.stats.unseen_deaths += 1;
+        out.push(self.event(
+            due_ns,
+            Some(&o.tuple),
+            &owner,
+            Body::KeepaliveTimeout {
+                probes: conn.unanswered,
+                max_probes: conn.max_probes,
+                idle_ms: conn.idle_due_ms,
+                error: errno_name(ETIMEDOUT),
+                user_timeout_ms: None,
+                inferred: true,
+            },
+        ));
+        let info = CloseInfo {
+            old_state: tcp_state::ESTABLISHED,
+            sk_err: ETIMEDOUT,
+            probes_out: conn.unanswered,
+            reset_reason: REASON_UNKNOWN,
+            ..CloseInfo::default()
+        };
+        self.finish(
+            Pending {
+                ts_ns: due_ns,
+                tuple: o.tuple,
+                info,
+                conn: Some(conn),
+                owner,
+                counted: false,
+            },
+            Some(Cause::KeepaliveTimeout),
+            out,
+        );
     }
 
     fn hold(&mut self, sk: u64, p: Pending) {
@@ -382,6 +487,15 @@ impl Correlator {
             ));
         }
         if !died {
+            let rearm = (r.expires_after as u32).wrapping_sub(now_j);
+            conn.due_ns =
+                if keepopen && !fin_wait2_orphan && r.state_after == tcp_state::ESTABLISHED {
+                    ts + clock.jiffies_to_ms(rearm) * 1_000_000
+                } else {
+                    0
+                };
+            conn.max_probes = r.keepalive_probes;
+            conn.idle_due_ms = idle_ms + clock.jiffies_to_ms(rearm);
             return;
         }
         let mut info = r.close;
@@ -405,6 +519,7 @@ impl Correlator {
                     idle_ms,
                     error: errno_name(error),
                     user_timeout_ms: (r.user_timeout_ms != 0).then_some(r.user_timeout_ms),
+                    inferred: false,
                 },
             ));
         }

@@ -173,7 +173,8 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
             max_probes: 3,
             idle_ms: 3000,
             error: Some("ETIMEDOUT"),
-            user_timeout_ms: None
+            user_timeout_ms: None,
+            inferred: false,
         }
     );
     assert_eq!(
@@ -855,4 +856,72 @@ fn probes_sent_before_tracing_started_are_not_inferred() {
             .collect::<Vec<_>>(),
         [(2, true), (3, false)]
     );
+}
+
+#[test]
+fn a_death_no_tracepoint_saw_is_inferred_when_the_socket_is_gone() {
+    let mut c = correlator();
+    // Three probes out (KEEPCNT 3) at 4 s: the firing due at 5 s ends the connection.
+    let out = run(
+        &mut c,
+        &[
+            firing(SK, 5000, 2, 1, 0, 1),
+            firing(SK, 5000, 3, 1, 1, 2),
+            firing(SK, 5000, 4, 1, 2, 3),
+        ],
+    );
+    assert_eq!(probes_of(&out).len(), 3);
+    assert!(c.overdue(6 * SEC).is_empty(), "within the grace period");
+    let overdue = c.overdue(7 * SEC + 1);
+    assert_eq!(overdue.len(), 1);
+    assert_eq!(overdue[0].due_ns, 5 * SEC);
+    assert!(c.overdue(8 * SEC).is_empty(), "suspected once");
+    let mut out = Vec::new();
+    c.unseen_death(&overdue[0], &mut out);
+    assert_eq!(names(&out), ["keepalive_timeout", "connection_closed"]);
+    assert_eq!(out[0].ts.0, (1_700_000_000 + 5) * SEC);
+    assert_eq!(
+        out[0].body,
+        Body::KeepaliveTimeout {
+            probes: 3,
+            max_probes: 3,
+            idle_ms: 4000,
+            error: Some("ETIMEDOUT"),
+            user_timeout_ms: None,
+            inferred: true,
+        }
+    );
+    let Body::ConnectionClosed { cause, .. } = closed(&out) else {
+        unreachable!()
+    };
+    assert_eq!(*cause, Cause::KeepaliveTimeout);
+    assert_eq!(c.stats.unseen_deaths, 1);
+    assert_eq!(c.tracked(), 0);
+}
+
+#[test]
+fn a_connection_with_probes_left_is_not_suspected() {
+    let mut c = correlator();
+    run(
+        &mut c,
+        &[firing(SK, 5000, 2, 1, 0, 1), firing(SK, 5000, 3, 1, 1, 2)],
+    );
+    // The next firing (due at 4 s) would only send a probe: its absence proves nothing.
+    assert!(c.overdue(60 * SEC).is_empty());
+}
+
+#[test]
+fn an_overdue_end_that_may_be_a_lost_record_is_not_inferred_again() {
+    let mut c = correlator();
+    run(
+        &mut c,
+        &[
+            firing(SK, 5000, 2, 1, 0, 1),
+            firing(SK, 5000, 3, 1, 1, 2),
+            firing(SK, 5000, 4, 1, 2, 3),
+        ],
+    );
+    // The ring buffer lost timer records that ended connections at 5.1 s: counted as lost.
+    c.note_lost_deaths(5 * SEC + SEC / 10);
+    assert!(c.overdue(8 * SEC).is_empty());
 }

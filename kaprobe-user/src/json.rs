@@ -144,6 +144,7 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             idle_ms,
             error,
             user_timeout_ms,
+            inferred,
         } => {
             out.extend_from_slice(b",\"probes\":");
             uint(out, *probes);
@@ -155,6 +156,9 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             opt_string(out, *error);
             out.extend_from_slice(b",\"user_timeout_ms\":");
             opt_uint(out, *user_timeout_ms);
+            if *inferred {
+                out.extend_from_slice(b",\"inferred\":true");
+            }
         }
         Body::ResetSent { reason, state } => {
             out.extend_from_slice(b",\"reason\":");
@@ -418,17 +422,21 @@ mod tests {
                 any::<u8>(),
                 any::<u64>(),
                 s(),
-                proptest::option::of(any::<u32>())
+                proptest::option::of(any::<u32>()),
+                any::<bool>()
             )
-                .prop_map(|(probes, max_probes, idle_ms, error, user_timeout_ms)| {
-                    Body::KeepaliveTimeout {
-                        probes,
-                        max_probes,
-                        idle_ms,
-                        error,
-                        user_timeout_ms,
+                .prop_map(
+                    |(probes, max_probes, idle_ms, error, user_timeout_ms, inferred)| {
+                        Body::KeepaliveTimeout {
+                            probes,
+                            max_probes,
+                            idle_ms,
+                            error,
+                            user_timeout_ms,
+                            inferred,
+                        }
                     }
-                }),
+                ),
             (text(), s()).prop_map(|(reason, state)| Body::ResetSent { reason, state }),
             (any::<bool>(), static_text()).prop_map(|(during_keepalive, state)| {
                 Body::ResetReceived {

@@ -293,6 +293,51 @@ fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
     Ok((sysctls, socks))
 }
 
+/// For each connection, whether the kernel no longer has its socket (sock_diag in its
+/// network namespace; a namespace that is gone has none). `None` where that cannot be told
+/// (the namespace could not be entered or read).
+pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
+    let namespaces = sys::namespaces();
+    let mut by_netns: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, t) in tuples.iter().enumerate() {
+        by_netns.entry(t.netns).or_default().push(i);
+    }
+    let mut gone = vec![None; tuples.len()];
+    for (netns, idx) in by_netns {
+        let Some(paths) = namespaces.get(&u64::from(netns)) else {
+            idx.iter().for_each(|&i| gone[i] = Some(true));
+            continue;
+        };
+        let socks = match sys::open_netns(paths)
+            .and_then(|ns| sys::in_netns(&ns, || dump_here(u32::MAX)))
+            .and_then(|r| r)
+        {
+            Ok((_, socks)) => socks,
+            Err(e) => {
+                log::debug!("network namespace {netns}: cannot list its sockets: {e}");
+                continue;
+            }
+        };
+        for i in idx {
+            let t = &tuples[i];
+            let len = if t.family == libc::AF_INET as u16 {
+                4
+            } else {
+                16
+            };
+            let present = socks.iter().any(|s| {
+                s.sport == t.sport
+                    && s.dport == t.dport
+                    && s.src[..len] == t.saddr[..len]
+                    && s.dst[..len] == t.daddr[..len]
+                    && s.state != tcp_state::CLOSE
+            });
+            gone[i] = Some(!present);
+        }
+    }
+    gone
+}
+
 fn missing_caps() -> Vec<&'static str> {
     let caps = privileges::effective_caps();
     let mut missing = Vec::new();

@@ -525,6 +525,7 @@ mod tests {
                 idle_ms: 1,
                 error: None,
                 user_timeout_ms: None,
+                inferred: false,
             }));
         }
         m.observe(&ev(Body::ResetSent {

@@ -282,6 +282,11 @@ pub enum Body {
         idle_ms: u64,
         error: Option<&'static str>,
         user_timeout_ms: Option<u32>,
+        /// The firing that ended the connection was not traced: its keepalive timer was due
+        /// with every probe out, no record came, and the kernel (sock_diag) no longer had
+        /// the socket. `ts` is when the timer was due. Written only when true.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        inferred: bool,
     },
     ResetSent {
         reason: String,

@@ -362,15 +362,21 @@ pub fn human(line: &mut String, e: &Event) {
             idle_ms,
             error,
             user_timeout_ms,
+            inferred,
         } => {
             let ut = user_timeout_ms
                 .map(|ms| format!(", TCP_USER_TIMEOUT {ms} ms"))
                 .unwrap_or_default();
             write!(
                 line,
-                "keepalive timeout: {probes}/{max_probes} probes unanswered after {} idle{ut} ({})",
+                "keepalive timeout: {probes}/{max_probes} probes unanswered after {} idle{ut} ({}){}",
                 secs(*idle_ms),
-                error.unwrap_or("no error")
+                error.unwrap_or("no error"),
+                if *inferred {
+                    "; not traced: the socket was gone when its timer was due"
+                } else {
+                    ""
+                }
             )
         }
         Body::ResetSent { reason, state } => match state {
@@ -630,6 +636,7 @@ mod tests {
                 idle_ms: 4096,
                 error: Some("ETIMEDOUT"),
                 user_timeout_ms: None,
+                inferred: false,
             },
             ..event(5000, 80, "10.0.0.1", "192.0.2.7")
         };

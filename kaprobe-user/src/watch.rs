@@ -201,11 +201,35 @@ impl Agent {
 
     fn tick(&mut self, now_mono: u64) -> Result<(), Fatal> {
         self.correlator.tick(now_mono, &mut self.scratch);
+        self.check_overdue(now_mono);
         if let Some(m) = &self.metrics {
             m.table(self.correlator.tracked(), self.correlator.stats.evicted);
         }
         self.write_scratch()?;
         self.report_evictions(now_mono)
+    }
+
+    /// Followed connections whose keepalive timer should have ended them and of which no
+    /// record came: if the kernel no longer has the socket, its last firing was one no
+    /// tracepoint saw (docs/design.md), and the timeout is reported as inferred.
+    fn check_overdue(&mut self, now_mono: u64) {
+        let overdue = self.correlator.overdue(now_mono);
+        if overdue.is_empty() {
+            return;
+        }
+        let tuples: Vec<_> = overdue.iter().map(|o| o.tuple).collect();
+        let gone = crate::ls::sockets_gone(&tuples);
+        let mut inferred = 0;
+        for (o, g) in overdue.iter().zip(gone) {
+            if g == Some(true) {
+                self.correlator.unseen_death(o, &mut self.scratch);
+                inferred += 1;
+            }
+        }
+        log::debug!(
+            "{} overdue keepalive timer(s), {inferred} socket(s) gone: timeouts inferred",
+            overdue.len()
+        );
     }
 
     /// Connections the agent stopped following because its table was full (the least
@@ -245,6 +269,9 @@ impl Agent {
         }
         let timer_ends = stats.lost_timer_deaths();
         delta.keepalive_timer_ends = timer_ends - seen.keepalive_timer_ends;
+        if delta.keepalive_timer_ends > 0 {
+            self.correlator.note_lost_deaths(monotonic_ns());
+        }
         delta.connection_ends =
             delta.keepalive_timer_ends + delta.by_kind.get("close").copied().unwrap_or(0);
         seen.keepalive_timer_ends = timer_ends;
