@@ -84,12 +84,17 @@ struct Conn {
     rst_sent: Option<u32>,
     error: i32,
     owner: Option<Owner>,
-    /// When the keepalive timer is next due (CLOCK_MONOTONIC ns; 0: not known) and the
-    /// probes it allows: with all of them out, that firing ends the connection.
+}
+
+/// A followed connection with every keepalive probe out: its timer's next firing ends it.
+#[derive(Debug, Clone)]
+struct Dying {
+    tuple: Tuple,
+    /// When that firing is due (CLOCK_MONOTONIC ns).
     due_ns: u64,
     max_probes: u8,
-    /// How long the peer will have been silent when the timer is due.
-    idle_due_ms: u64,
+    /// How long the peer will have been silent by then.
+    idle_ms: u64,
 }
 
 /// A followed connection whose keepalive timer should have ended it by now, with no record
@@ -101,6 +106,8 @@ pub struct Overdue {
     pub tuple: Tuple,
     /// When its keepalive timer was due (CLOCK_MONOTONIC ns).
     pub due_ns: u64,
+    max_probes: u8,
+    idle_ms: u64,
 }
 
 /// How long after its due time a keepalive timer that should end its connection may still
@@ -168,6 +175,10 @@ pub struct Correlator {
     /// `(close time, socket)` of pending closes, in arrival order (records come in time
     /// order, per CPU). Entries whose close was reported meanwhile are skipped lazily.
     due: VecDeque<(u64, u64)>,
+    /// Followed connections whose next keepalive firing ends them, by socket (few: the
+    /// agent's tick checks only these, not every connection). An entry whose connection
+    /// ended meanwhile is dropped when it comes due.
+    dying: FastMap<u64, Dying>,
     /// When the kernel last counted keepalive timer records that ended a connection as
     /// lost (ring buffer full): an overdue connection may be one of them, already counted.
     deaths_lost_ns: u64,
@@ -187,6 +198,7 @@ impl Correlator {
             conns: FastMap::default(),
             pending: FastMap::default(),
             due: VecDeque::new(),
+            dying: FastMap::default(),
             deaths_lost_ns: 0,
             stats: Default::default(),
         }
@@ -235,26 +247,26 @@ impl Correlator {
     pub fn overdue(&mut self, now_ns: u64) -> Vec<Overdue> {
         let mut found = Vec::new();
         let lost = self.deaths_lost_ns;
-        for (&sk, c) in self.conns.iter_mut() {
-            if c.due_ns != 0
-                && c.max_probes > 0
-                && c.unanswered >= c.max_probes
-                && now_ns > c.due_ns.saturating_add(OVERDUE_GRACE_NS)
-            {
-                if lost != 0 && lost.saturating_add(OVERDUE_GRACE_NS) >= c.due_ns {
-                    // Its end may be one of the records the ring buffer lost, which are
-                    // counted and reported as lost: not inferred a second time.
-                    c.due_ns = 0;
-                    continue;
-                }
+        let conns = &self.conns;
+        self.dying.retain(|&sk, d| {
+            if now_ns <= d.due_ns.saturating_add(OVERDUE_GRACE_NS) {
+                return true;
+            }
+            let followed = conns.get(&sk).is_some_and(|c| c.tuple == d.tuple);
+            // Its end may be one of the records the ring buffer lost, which are counted and
+            // reported as lost: not inferred a second time.
+            let maybe_lost = lost != 0 && lost.saturating_add(OVERDUE_GRACE_NS) >= d.due_ns;
+            if followed && !maybe_lost {
                 found.push(Overdue {
                     sk,
-                    tuple: c.tuple,
-                    due_ns: c.due_ns,
+                    tuple: d.tuple,
+                    due_ns: d.due_ns,
+                    max_probes: d.max_probes,
+                    idle_ms: d.idle_ms,
                 });
-                c.due_ns = 0;
             }
-        }
+            false
+        });
         found
     }
 
@@ -280,8 +292,8 @@ impl Correlator {
             &owner,
             Body::KeepaliveTimeout {
                 probes: conn.unanswered,
-                max_probes: conn.max_probes,
-                idle_ms: conn.idle_due_ms,
+                max_probes: o.max_probes,
+                idle_ms: o.idle_ms,
                 error: errno_name(ETIMEDOUT),
                 user_timeout_ms: None,
                 inferred: true,
@@ -409,6 +421,7 @@ impl Correlator {
             .wrapping_sub(r.rcv_tstamp)
             .min(now_j.wrapping_sub(r.lrcvtime));
         let idle_ms = clock.jiffies_to_ms(idle_j);
+        let interval_ms = clock.jiffies_to_ms(r.keepalive_intvl);
         let by_rearm = self.probe_by_rearm(r);
         let traced_since = self.settings.traced_since_ns;
         let conn = self.conn(r.header.sk, &r.tuple, ts);
@@ -438,7 +451,7 @@ impl Correlator {
             // kaprobe not loaded), while icsk_probes_out and TcpExtTCPKeepAlive count their
             // probes. Each such probe sent after tracing started is reported, marked
             // inferred, one interval before the next.
-            let interval_ns = clock.jiffies_to_ms(r.keepalive_intvl) * 1_000_000;
+            let interval_ns = interval_ms * 1_000_000;
             for probe in conn.unanswered + 1..=r.probes_before {
                 let back = u64::from(r.probes_before - probe + 1) * interval_ns;
                 let sent_ns = ts.saturating_sub(back);
@@ -456,7 +469,7 @@ impl Correlator {
                         probe,
                         max_probes: r.keepalive_probes,
                         idle_ms: idle_ms.saturating_sub(back / 1_000_000),
-                        interval_ms: clock.jiffies_to_ms(r.keepalive_intvl),
+                        interval_ms,
                         inferred: true,
                     },
                 ));
@@ -481,23 +494,32 @@ impl Correlator {
                     probe: r.probes_before.wrapping_add(1),
                     max_probes: r.keepalive_probes,
                     idle_ms,
-                    interval_ms: clock.jiffies_to_ms(r.keepalive_intvl),
+                    interval_ms,
                     inferred: false,
                 },
             ));
         }
         if !died {
-            let rearm = (r.expires_after as u32).wrapping_sub(now_j);
-            conn.due_ns =
-                if keepopen && !fin_wait2_orphan && r.state_after == tcp_state::ESTABLISHED {
-                    ts + clock.jiffies_to_ms(rearm) * 1_000_000
-                } else {
-                    0
+            let ends_next = keepopen
+                && !fin_wait2_orphan
+                && r.state_after == tcp_state::ESTABLISHED
+                && r.keepalive_probes > 0
+                && conn.unanswered >= r.keepalive_probes;
+            if ends_next {
+                let rearm_ms = clock.jiffies_to_ms((r.expires_after as u32).wrapping_sub(now_j));
+                let d = Dying {
+                    tuple: r.tuple,
+                    due_ns: ts + rearm_ms * 1_000_000,
+                    max_probes: r.keepalive_probes,
+                    idle_ms: idle_ms + rearm_ms,
                 };
-            conn.max_probes = r.keepalive_probes;
-            conn.idle_due_ms = idle_ms + clock.jiffies_to_ms(rearm);
+                self.dying.insert(r.header.sk, d);
+            } else {
+                self.dying.remove(&r.header.sk);
+            }
             return;
         }
+        self.dying.remove(&r.header.sk);
         let mut info = r.close;
         let error = if r.flags & timer_flag::ERROR_REPORTED != 0 {
             r.error

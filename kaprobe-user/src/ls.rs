@@ -308,10 +308,7 @@ pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
             idx.iter().for_each(|&i| gone[i] = Some(true));
             continue;
         };
-        let socks = match sys::open_netns(paths)
-            .and_then(|ns| sys::in_netns(&ns, || dump_here(u32::MAX)))
-            .and_then(|r| r)
-        {
+        let socks = match dump_netns(paths, u32::MAX) {
             Ok((_, socks)) => socks,
             Err(e) => {
                 log::debug!("network namespace {netns}: cannot list its sockets: {e}");
@@ -336,6 +333,13 @@ pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
         }
     }
     gone
+}
+
+/// Dumps the TCP sockets of the network namespace at `paths` (from [`sys::namespaces`]).
+fn dump_netns(paths: &[std::path::PathBuf], mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+    sys::open_netns(paths)
+        .and_then(|ns| sys::in_netns(&ns, || dump_here(mask)))
+        .and_then(|r| r)
 }
 
 fn missing_caps() -> Vec<&'static str> {
@@ -366,10 +370,7 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
     let mut dumps = Vec::new();
     let mut first_error = None;
     for (inode, paths) in &namespaces {
-        let result = sys::open_netns(paths)
-            .and_then(|ns| sys::in_netns(&ns, || dump_here(mask)))
-            .and_then(|r| r);
-        match result {
+        match dump_netns(paths, mask) {
             Ok((sysctls, socks)) => dumps.push(NsDump {
                 inode: *inode,
                 sysctls,

@@ -524,30 +524,14 @@ impl Agent {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found: Vec<Value> = self
-                .seen
-                .lock()
-                .expect("seen lock")
-                .iter()
-                .filter(|v| pred(v))
-                .cloned()
-                .collect();
-            if found.len() >= n {
-                return found;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.next(left).is_none() {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what} ({} of {n}); events seen:\n{}\nstderr:\n{}\nagent: {}",
-                    found.len(),
-                    self.dump(),
-                    self.stderr(),
-                    self.diagnose()
-                );
-            }
-        }
+        self.try_wait_count(n, timeout, pred).unwrap_or_else(|found| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what} ({found} of {n}); events seen:\n{}\nstderr:\n{}\nagent: {}",
+                self.dump(),
+                self.stderr(),
+                self.diagnose()
+            )
+        })
     }
 
     /// The agent process's state, for timeout messages: alive or not, and where it waits.

@@ -755,13 +755,13 @@ fn boot_once(
     kaprobe: &Path,
     tally: &mut Tally,
 ) -> Result<(Vm, BootEnd, Option<Duration>)> {
-    let results = &tally.results.clone();
+    let results = tally.results.clone();
     for stale in ["uname", "heartbeat", "done", "guest.log"] {
         let _ = fs::remove_file(results.join(stale));
     }
     let indexed: Vec<(usize, &Case)> = todo.iter().map(|&i| (i, &tally.cases[i])).collect();
     let script = work.join(format!("guest-{boot}.sh"));
-    fs::write(&script, guest_script(&indexed, results, kaprobe))?;
+    fs::write(&script, guest_script(&indexed, &results, kaprobe))?;
     let console = work.join(if boot == 1 {
         "console.log".to_owned()
     } else {
