@@ -2,7 +2,11 @@
 //! (through anonymous structs and unions), enum values, and the argument lists of
 //! tracepoints (`btf_trace_<name>` typedefs). This is how kaprobe learns the running
 //! kernel's layout at start-up instead of hard-coding it.
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    path::Path,
+};
 
 use thiserror::Error;
 
@@ -104,7 +108,35 @@ pub struct Btf {
     types: Vec<Type>,
     names: Vec<u32>,
     strings: Vec<u8>,
-    by_name: HashMap<String, Vec<u32>>,
+    /// The first type of each name hash ([`name_hash`])...
+    first_by_hash: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
+    /// ...and, for each type, the next one with the same name hash (0: none). A distribution
+    /// kernel's BTF has ~150k types: an index of owned names cost ~40 ms of start-up (an
+    /// allocation each, SipHash); this one is two flat tables.
+    next_same_hash: Vec<u32>,
+}
+
+/// FNV-1a of a name: the index key (collisions are resolved by comparing names).
+fn name_hash(name: &[u8]) -> u64 {
+    name.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = name_hash(bytes);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, BtfError> {
@@ -257,15 +289,22 @@ impl Btf {
             return Err(BtfError::Malformed("type section ends inside a type"));
         }
         let mut btf = Btf {
+            first_by_hash: HashMap::default(),
+            next_same_hash: vec![0; types.len()],
             types,
             names,
             strings,
-            by_name: HashMap::new(),
         };
-        for id in 1..btf.types.len() as u32 {
+        // From the last id down, so that each chain lists its ids in increasing order.
+        for id in (1..btf.types.len() as u32).rev() {
             let name = btf.name(id);
             if !name.is_empty() {
-                btf.by_name.entry(name.to_owned()).or_default().push(id);
+                let head = btf
+                    .first_by_hash
+                    .entry(name_hash(name.as_bytes()))
+                    .or_insert(0);
+                btf.next_same_hash[id as usize] = *head;
+                *head = id;
             }
         }
         Ok(btf)
@@ -308,12 +347,16 @@ impl Btf {
         }
     }
 
+    /// The first type named `name` (in id order) that `pred` accepts.
     fn find(&self, name: &str, pred: impl Fn(&Type) -> bool) -> Option<u32> {
-        self.by_name
-            .get(name)?
-            .iter()
-            .copied()
-            .find(|&id| pred(self.ty(id)))
+        let mut id = *self.first_by_hash.get(&name_hash(name.as_bytes()))?;
+        while id != 0 {
+            if self.name(id) == name && pred(self.ty(id)) {
+                return Some(id);
+            }
+            id = self.next_same_hash.get(id as usize).copied().unwrap_or(0);
+        }
+        None
     }
 
     fn struct_id(&self, name: &str) -> Result<u32, BtfError> {

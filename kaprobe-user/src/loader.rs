@@ -287,7 +287,6 @@ impl KernelStats {
         self.sum(stat::LOST_TIMER_DEATHS)
     }
 
-    /// Keepalive timer firings whose entry and exit did not pair up on one CPU.
     /// Keepalive timer firings: (all, on sockets without SO_KEEPALIVE, quiet: nothing sent).
     pub fn timer_firings(&self) -> (u64, u64, u64) {
         (
@@ -297,6 +296,8 @@ impl KernelStats {
         )
     }
 
+    /// Keepalive timer firings whose entry and exit did not pair up on one CPU: (exits
+    /// without entry, overlapping entries).
     pub fn timer_unpaired(&self) -> (u64, u64) {
         (
             self.sum(stat::TIMER_UNPAIRED),
