@@ -10,8 +10,39 @@ use std::{io::Write as _, net::IpAddr};
 
 use crate::model::{Body, Endpoints, Event, Family, Owner, RFC3339_MICROS_LEN, Side, Timestamp};
 
+/// The JSON object of the last owner written, reused while the events name the same owner
+/// (every event of a connection does, and under churn most connections belong to a few
+/// processes): the texts (a cgroup path is tens of bytes) are checked for escapes and
+/// copied once, not with every event.
+#[derive(Default)]
+pub struct OwnerCache {
+    owner: Option<Owner>,
+    json: Vec<u8>,
+}
+
+impl OwnerCache {
+    fn write(&mut self, out: &mut Vec<u8>, o: &Owner) {
+        if self.owner.as_ref() != Some(o) {
+            self.json.clear();
+            write_owner(&mut self.json, o);
+            self.owner = Some(o.clone());
+        }
+        out.extend_from_slice(&self.json);
+    }
+}
+
 /// Appends `e` as serde_json would serialise it (without a newline).
+#[cfg(test)]
 pub fn write_event(out: &mut Vec<u8>, e: &Event) -> serde_json::Result<()> {
+    write_event_with(out, e, &mut OwnerCache::default())
+}
+
+/// [`write_event`], with the owner's JSON from `owners` when it is the last one written.
+pub fn write_event_with(
+    out: &mut Vec<u8>,
+    e: &Event,
+    owners: &mut OwnerCache,
+) -> serde_json::Result<()> {
     let Event {
         ts,
         conn,
@@ -32,7 +63,7 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) -> serde_json::Result<()> {
     endpoints(out, conn);
     out.extend_from_slice(b",\"owner\":");
     match owner {
-        Some(o) => write_owner(out, o),
+        Some(o) => owners.write(out, o),
         None => out.extend_from_slice(b"null"),
     }
     connection_body(out, body);
@@ -525,6 +556,18 @@ mod tests {
             write_event(&mut fast, &e).unwrap();
             let serde = serde_json::to_vec(&e).unwrap();
             prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(serde).unwrap());
+        }
+
+        /// A cache that saw other owners before (or the same one) writes the same bytes.
+        #[test]
+        fn the_owner_cache_changes_nothing(events in proptest::collection::vec(event(), 1..6)) {
+            let mut owners = OwnerCache::default();
+            for e in events.iter().chain(events.iter().rev()) {
+                let mut cached = Vec::new();
+                write_event_with(&mut cached, e, &mut owners).unwrap();
+                let serde = serde_json::to_vec(e).unwrap();
+                prop_assert_eq!(String::from_utf8(cached).unwrap(), String::from_utf8(serde).unwrap());
+            }
         }
     }
 

@@ -186,9 +186,14 @@ pub struct Output {
     format: Format,
     /// The line being made (reused: no allocation per event once it has grown).
     line: String,
-    /// The same for JSON, which is serialised as bytes.
+    /// JSON lines not yet handed to `out`: written in batches of [`JSON_BATCH`] bytes (or
+    /// at [`Output::flush`]), one copy and one `write_all` per batch instead of per event.
     json: Vec<u8>,
+    owners: crate::json::OwnerCache,
 }
+
+/// See [`Output::json`].
+const JSON_BATCH: usize = 64 * 1024;
 
 impl Output {
     pub fn new(out: Box<dyn Write + Send>, format: Format) -> Self {
@@ -196,24 +201,29 @@ impl Output {
             out,
             format,
             line: String::with_capacity(512),
-            json: Vec::with_capacity(1024),
+            json: Vec::with_capacity(JSON_BATCH + 4096),
+            owners: Default::default(),
         }
     }
 
     /// Writes to `out` from now on (the old sink is dropped: flush it first).
     pub fn replace(&mut self, out: Box<dyn Write + Send>) {
+        debug_assert!(self.json.is_empty(), "replaced before a flush");
         self.out = out;
     }
 
     pub fn write(&mut self, e: &Event) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                self.json.clear();
                 // Serialising our own model into memory cannot fail (no maps with
                 // non-string keys).
-                crate::json::write_event(&mut self.json, e).map_err(io::Error::other)?;
+                crate::json::write_event_with(&mut self.json, e, &mut self.owners)
+                    .map_err(io::Error::other)?;
                 self.json.push(b'\n');
-                self.out.write_all(&self.json)
+                if self.json.len() >= JSON_BATCH {
+                    self.write_json()?;
+                }
+                Ok(())
             }
             Format::Human => {
                 self.line.clear();
@@ -224,7 +234,16 @@ impl Output {
         }
     }
 
+    /// Hands the JSON lines made so far to `out`. (Dropped if `out` fails: the caller
+    /// stops writing then.)
+    fn write_json(&mut self) -> io::Result<()> {
+        let r = self.out.write_all(&self.json);
+        self.json.clear();
+        r
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write_json()?;
         self.out.flush()
     }
 }
