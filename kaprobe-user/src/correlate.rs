@@ -114,6 +114,11 @@ pub struct Overdue {
 /// come (softirq delays, a slow vCPU, records from other CPUs) before it is suspected unseen.
 const OVERDUE_GRACE_NS: u64 = 2_000_000_000;
 
+/// How long the records of a connection whose end was inferred are still dropped (they
+/// come within milliseconds if they come at all; a connection on the same socket with the
+/// same four addresses within a minute is not expected).
+const INFERRED_MEMORY_NS: u64 = 60_000_000_000;
+
 impl Conn {
     /// Takes the owner a record names (the kernel's is authoritative), keeping the one
     /// learned before when the record has none; returns the connection's owner.
@@ -166,6 +171,9 @@ pub struct CorrelatorStats {
     pub replaced: u64,
     /// Keepalive timeouts found after the fact (the socket gone, its firing never traced).
     pub unseen_deaths: u64,
+    /// Records of a connection whose end had been inferred, that came after all (late, not
+    /// lost): dropped, so that the end is not reported twice.
+    pub late_after_inference: u64,
 }
 
 pub struct Correlator {
@@ -179,6 +187,10 @@ pub struct Correlator {
     /// agent's tick checks only these, not every connection). An entry whose connection
     /// ended meanwhile is dropped when it comes due.
     dying: FastMap<u64, Dying>,
+    /// Connections whose end was inferred ([`Correlator::unseen_death`]), by socket: their
+    /// tuple and when. A record of one that still comes (late, not lost) is dropped; kept
+    /// [`INFERRED_MEMORY_NS`].
+    inferred_ends: FastMap<u64, (Tuple, u64)>,
     /// When the kernel last counted keepalive timer records that ended a connection as
     /// lost (ring buffer full): an overdue connection may be one of them, already counted.
     deaths_lost_ns: u64,
@@ -199,6 +211,7 @@ impl Correlator {
             pending: FastMap::default(),
             due: VecDeque::new(),
             dying: FastMap::default(),
+            inferred_ends: FastMap::default(),
             deaths_lost_ns: 0,
             stats: Default::default(),
         }
@@ -214,6 +227,10 @@ impl Correlator {
         // Closes whose grace period ended before this record are reported first, so the
         // log stays close to time order.
         self.tick(raw.header().ts_ns, out);
+        if !self.inferred_ends.is_empty() && self.after_inferred_end(raw) {
+            self.stats.late_after_inference += 1;
+            return;
+        }
         match raw {
             RawEvent::Timer(r) => self.on_timer(r, out),
             RawEvent::State(r) => self.on_state(r, out),
@@ -245,6 +262,8 @@ impl Correlator {
     /// Followed connections whose fatal keepalive firing is overdue by `OVERDUE_GRACE_NS`
     /// at `now_ns` (each is returned once: check it, then call [`Correlator::unseen_death`]).
     pub fn overdue(&mut self, now_ns: u64) -> Vec<Overdue> {
+        self.inferred_ends
+            .retain(|_, (_, at)| now_ns <= at.saturating_add(INFERRED_MEMORY_NS));
         let mut found = Vec::new();
         let lost = self.deaths_lost_ns;
         let conns = &self.conns;
@@ -270,6 +289,27 @@ impl Correlator {
         found
     }
 
+    /// Is `raw` a record of a connection whose end was already inferred? A record of
+    /// another connection on the same socket (address reused) forgets the inference; the
+    /// socket's destruction ends it.
+    fn after_inferred_end(&mut self, raw: &RawEvent) -> bool {
+        let sk = raw.header().sk;
+        let Some((tuple, _)) = self.inferred_ends.get(&sk) else {
+            return false;
+        };
+        match raw.tuple() {
+            Some(t) if t == tuple => true,
+            Some(_) => {
+                self.inferred_ends.remove(&sk);
+                false
+            }
+            None => {
+                self.inferred_ends.remove(&sk);
+                true
+            }
+        }
+    }
+
     /// The kernel counted lost records of keepalive firings that ended connections, up to
     /// `now_ns`.
     pub fn note_lost_deaths(&mut self, now_ns: u64) {
@@ -286,6 +326,7 @@ impl Correlator {
         };
         let owner = conn.owner.clone();
         self.stats.unseen_deaths += 1;
+        self.inferred_ends.insert(o.sk, (o.tuple, due_ns));
         out.push(self.event(
             due_ns,
             Some(&o.tuple),

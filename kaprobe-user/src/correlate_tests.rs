@@ -900,6 +900,50 @@ fn a_death_no_tracepoint_saw_is_inferred_when_the_socket_is_gone() {
 }
 
 #[test]
+fn records_of_a_connection_whose_end_was_inferred_are_not_reported_twice() {
+    let mut c = correlator();
+    run(
+        &mut c,
+        &[
+            firing(SK, 5000, 2, 1, 0, 1),
+            firing(SK, 5000, 3, 1, 1, 2),
+            firing(SK, 5000, 4, 1, 2, 3),
+        ],
+    );
+    let overdue = c.overdue(7 * SEC + 1);
+    assert_eq!(overdue.len(), 1);
+    let mut out = Vec::new();
+    c.unseen_death(&overdue[0], &mut out);
+    assert_eq!(names(&out), ["keepalive_timeout", "connection_closed"]);
+    // The fatal firing's record comes after all, later than the grace period, and then the
+    // socket's destruction: nothing more is reported.
+    let mut fatal = firing(SK, 5000, 5, 1, 3, 3);
+    if let RawEvent::Timer(r) = &mut fatal {
+        r.flags |= timer_flag::DIED;
+        r.close = close_info(tcp_state::ESTABLISHED, ETIMEDOUT, 0);
+    }
+    let late = run(
+        &mut c,
+        &[fatal, RawEvent::Destroy(header(kind::DESTROY, 8 * SEC, SK))],
+    );
+    assert!(late.is_empty(), "reported twice: {:?}", names(&late));
+    assert_eq!(c.stats.late_after_inference, 2);
+    // The socket's address is then free for a new connection, reported as usual.
+    let out = run(&mut c, &[firing(SK, 5000, 9, 8, 0, 1)]);
+    assert_eq!(names(&out), ["keepalive_probe"]);
+    // Another connection on the same address is never taken for the inferred one.
+    let mut c2 = correlator();
+    c2.inferred_ends.insert(SK, (tuple(5000), 5 * SEC));
+    let out = run(&mut c2, &[firing(SK, 6000, 9, 8, 0, 1)]);
+    assert_eq!(names(&out), ["keepalive_probe"]);
+    assert!(c2.inferred_ends.is_empty());
+    // Inferences are forgotten after a minute.
+    c2.inferred_ends.insert(SK, (tuple(5000), 5 * SEC));
+    c2.overdue(66 * SEC);
+    assert!(c2.inferred_ends.is_empty());
+}
+
+#[test]
 fn a_connection_with_probes_left_is_not_suspected() {
     let mut c = correlator();
     run(

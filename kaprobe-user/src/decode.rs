@@ -1,7 +1,7 @@
 //! The one place where raw ring-buffer records become typed values.
 use kaprobe_common::{
     CloseRecord, ErrorRecord, Header, ResetRecvRecord, ResetSentRecord, StateRecord, TimerRecord,
-    kind,
+    Tuple, kind,
 };
 use thiserror::Error;
 
@@ -18,6 +18,19 @@ pub enum RawEvent {
 }
 
 impl RawEvent {
+    /// The connection the record is about (none for a destroy record).
+    pub fn tuple(&self) -> Option<&Tuple> {
+        match self {
+            RawEvent::Timer(r) => Some(&r.tuple),
+            RawEvent::State(r) => Some(&r.tuple),
+            RawEvent::Close(r) => Some(&r.tuple),
+            RawEvent::ResetSent(r) => Some(&r.tuple),
+            RawEvent::ResetRecv(r) => Some(&r.tuple),
+            RawEvent::Error(r) => Some(&r.tuple),
+            RawEvent::Destroy(_) => None,
+        }
+    }
+
     pub fn header(&self) -> &Header {
         match self {
             RawEvent::Timer(r) => &r.header,
@@ -105,7 +118,7 @@ pub fn encode<T: Wire>(record: &T) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use kaprobe_common::{Tuple, tcp_state};
+    use kaprobe_common::tcp_state;
 
     use super::*;
 

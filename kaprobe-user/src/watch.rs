@@ -671,6 +671,12 @@ async fn event_loop(
     log::info!(
         "keepalive timer firings: {firings} (without SO_KEEPALIVE {not_keepopen}, nothing to send {quiet}, exits without entry {unpaired}, overlapping entries {overlap})"
     );
+    let cs = &agent.correlator.stats;
+    log::info!(
+        "keepalive timeouts inferred (firing not traced, socket gone): {}; records dropped as late after an inference: {}",
+        cs.unseen_deaths,
+        cs.late_after_inference
+    );
     agent.report_evictions(monotonic_ns())?;
     agent.totals.filtered_in_kernel = stats.records_filtered();
     let stop = Event::agent(
