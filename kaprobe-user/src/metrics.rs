@@ -41,6 +41,11 @@ struct CloseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
 }
@@ -84,6 +89,7 @@ pub struct Metrics {
     probes: Counter,
     acks: Counter,
     timeouts: Counter,
+    inferred: Family<EventLabels, Counter>,
     resets: Family<ResetLabels, Counter>,
     fins: Family<DirectionLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
@@ -109,6 +115,7 @@ impl Metrics {
             probes: Counter::default(),
             acks: Counter::default(),
             timeouts: Counter::default(),
+            inferred: Family::default(),
             resets: Family::default(),
             fins: Family::default(),
             closes: Family::default(),
@@ -145,6 +152,11 @@ impl Metrics {
             "resets",
             "RSTs sent and received on reported connections, by direction and reason",
             m.resets.clone(),
+        );
+        registry.register(
+            "inferred_events",
+            "Keepalive events of timer firings no tracepoint saw, inferred afterwards (also counted in keepalive_probes / keepalive_timeouts; see docs/design.md)",
+            m.inferred.clone(),
         );
         registry.register(
             "fins",
@@ -241,6 +253,9 @@ impl Metrics {
         for direction in ["sent", "received"] {
             let _ = m.fins.get_or_create(&DirectionLabels { direction });
         }
+        for event in ["keepalive_probe", "keepalive_timeout"] {
+            let _ = m.inferred.get_or_create(&EventLabels { event });
+        }
         for reason in ["answer_to_keepalive_probe", "unspecified"] {
             let _ = m.resets.get_or_create(&ResetLabels {
                 direction: "received",
@@ -269,6 +284,10 @@ impl Metrics {
         leaked
     }
 
+    fn inferred_event(&self, event: &'static str) {
+        self.inferred.get_or_create(&EventLabels { event }).inc();
+    }
+
     fn port_event(&self, e: &Event, event: &'static str) {
         let (Some(family), Some(conn)) = (&self.by_port, &e.conn) else {
             return;
@@ -291,15 +310,21 @@ impl Metrics {
     /// Counts one event written to the log.
     pub fn observe(&self, e: &Event) {
         match &e.body {
-            Body::KeepaliveProbe { .. } => {
+            Body::KeepaliveProbe { inferred, .. } => {
                 self.probes.inc();
+                if *inferred {
+                    self.inferred_event("keepalive_probe");
+                }
                 self.port_event(e, "keepalive_probe");
             }
             Body::KeepaliveAck { .. } => {
                 self.acks.inc();
             }
-            Body::KeepaliveTimeout { .. } => {
+            Body::KeepaliveTimeout { inferred, .. } => {
                 self.timeouts.inc();
+                if *inferred {
+                    self.inferred_event("keepalive_timeout");
+                }
                 self.port_event(e, "keepalive_timeout");
             }
             Body::ResetSent { reason, .. } => {
@@ -518,14 +543,14 @@ mod tests {
     #[test]
     fn counts_events_with_bounded_labels() {
         let m = Metrics::new(true, &info());
-        for _ in 0..3 {
+        for i in 0..3 {
             m.observe(&ev(Body::KeepaliveTimeout {
                 probes: 3,
                 max_probes: 3,
                 idle_ms: 1,
                 error: None,
                 user_timeout_ms: None,
-                inferred: false,
+                inferred: i == 2,
             }));
         }
         m.observe(&ev(Body::ResetSent {
@@ -565,6 +590,14 @@ mod tests {
         let text = m.render();
         assert!(
             text.contains("kaprobe_keepalive_timeouts_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kaprobe_inferred_events_total{event="keepalive_timeout"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kaprobe_inferred_events_total{event="keepalive_probe"} 0"#),
             "{text}"
         );
         assert!(
