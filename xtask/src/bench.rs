@@ -762,6 +762,29 @@ struct HookRun {
     rps: f64,
     progs: Vec<ProgCost>,
     maps: Vec<MapMem>,
+    /// CPU time of the tracer's own process (the agent) during the run, in clock ticks.
+    process_ticks: u64,
+}
+
+/// User plus system CPU time of process `pid` so far, in clock ticks (/proc/PID/stat).
+fn process_ticks(pid: u32) -> Result<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (in parentheses, may hold spaces): utime and
+    // stime are the 14th and 15th fields of the line, the 12th and 13th after ")".
+    let rest = s
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("/proc/{pid}/stat: {s}"))?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match f[..] {
+        [user, system] => Ok(user + system),
+        _ => bail!("/proc/{pid}/stat: {s}"),
+    }
 }
 
 fn rounds(
@@ -850,8 +873,10 @@ fn hook_costs(plan: &Plan, tools: &Tools, work: &Path, port: u16) -> Result<Vec<
         } else {
             vec![]
         };
+        let ticks_before = process_ticks(p.pid())?;
         let res = wrk(port, plan.secs, true)?;
         p.check_alive()?;
+        let process_ticks = process_ticks(p.pid())? - ticks_before;
         let progs = prog_stats(&ids)?;
         p.stop()?;
         if t.kaprobe() && !progs.iter().any(|c| c.runs > 0) {
@@ -863,6 +888,7 @@ fn hook_costs(plan: &Plan, tools: &Tools, work: &Path, port: u16) -> Result<Vec<
             rps: res.rps,
             progs,
             maps,
+            process_ticks,
         });
     }
     Ok(out)
@@ -1996,6 +2022,29 @@ fn render(plan: &Plan, r: &Report) -> String {
             w,
             "\nThis leaves out what bpf_stats cannot see (the tracepoint's dispatch to the \
              program, the agent's CPU time), which the throughput table includes."
+        );
+    }
+    // The other half of a tracer's cost: its own process, in the same runs.
+    let tick_us = 1e6 / ticks_per_second();
+    let _ = writeln!(
+        w,
+        "\nThe tracer's own process in the same runs (user + system CPU from /proc/PID/stat, \
+         in clock ticks of {:.0} ms, so ±1 tick over the run):\n\n\
+         | tracer | process CPU µs/request | programs µs/request | together µs/request |\n\
+         | --- | --- | --- | --- |",
+        tick_us / 1000.0
+    );
+    for h in &r.hooks {
+        let req = h.requests.max(1) as f64;
+        let process = h.process_ticks as f64 * tick_us / req;
+        let programs = h.progs.iter().map(|p| p.ns as f64).sum::<f64>() / req / 1000.0;
+        let _ = writeln!(
+            w,
+            "| {} | {:.2} | {:.2} | {:.2} |",
+            h.tracer.label(),
+            process,
+            programs,
+            process + programs
         );
     }
     if let Some(h) = r.hooks.iter().find(|h| h.tracer == Tracer::Default) {
