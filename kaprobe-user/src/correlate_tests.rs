@@ -858,18 +858,22 @@ fn probes_sent_before_tracing_started_are_not_inferred() {
     );
 }
 
-#[test]
-fn a_death_no_tracepoint_saw_is_inferred_when_the_socket_is_gone() {
-    let mut c = correlator();
-    // Three probes out (KEEPCNT 3) at 4 s: the firing due at 5 s ends the connection.
-    let out = run(
-        &mut c,
+/// Three probes out (KEEPCNT 3) at 4 s: the firing due at 5 s ends the connection.
+fn every_probe_out(c: &mut Correlator) -> Vec<Event> {
+    run(
+        c,
         &[
             firing(SK, 5000, 2, 1, 0, 1),
             firing(SK, 5000, 3, 1, 1, 2),
             firing(SK, 5000, 4, 1, 2, 3),
         ],
-    );
+    )
+}
+
+#[test]
+fn a_death_no_tracepoint_saw_is_inferred_when_the_socket_is_gone() {
+    let mut c = correlator();
+    let out = every_probe_out(&mut c);
     assert_eq!(probes_of(&out).len(), 3);
     assert!(c.overdue(6 * SEC).is_empty(), "within the grace period");
     let overdue = c.overdue(7 * SEC + 1);
@@ -902,14 +906,7 @@ fn a_death_no_tracepoint_saw_is_inferred_when_the_socket_is_gone() {
 #[test]
 fn records_of_a_connection_whose_end_was_inferred_are_not_reported_twice() {
     let mut c = correlator();
-    run(
-        &mut c,
-        &[
-            firing(SK, 5000, 2, 1, 0, 1),
-            firing(SK, 5000, 3, 1, 1, 2),
-            firing(SK, 5000, 4, 1, 2, 3),
-        ],
-    );
+    every_probe_out(&mut c);
     let overdue = c.overdue(7 * SEC + 1);
     assert_eq!(overdue.len(), 1);
     let mut out = Vec::new();
@@ -957,14 +954,7 @@ fn a_connection_with_probes_left_is_not_suspected() {
 #[test]
 fn an_overdue_end_that_may_be_a_lost_record_is_not_inferred_again() {
     let mut c = correlator();
-    run(
-        &mut c,
-        &[
-            firing(SK, 5000, 2, 1, 0, 1),
-            firing(SK, 5000, 3, 1, 1, 2),
-            firing(SK, 5000, 4, 1, 2, 3),
-        ],
-    );
+    every_probe_out(&mut c);
     // The ring buffer lost timer records that ended connections at 5.1 s: counted as lost.
     c.note_lost_deaths(5 * SEC + SEC / 10);
     assert!(c.overdue(8 * SEC).is_empty());

@@ -1,7 +1,7 @@
 //! The one place where raw ring-buffer records become typed values.
 use kaprobe_common::{
-    CloseRecord, ErrorRecord, Header, ResetRecvRecord, ResetSentRecord, StateRecord, TimerRecord,
-    Tuple, kind,
+    CloseRecord, ErrorRecord, Header, Record, ResetRecvRecord, ResetSentRecord, StateRecord,
+    TimerRecord, Tuple, kind,
 };
 use thiserror::Error;
 
@@ -18,29 +18,26 @@ pub enum RawEvent {
 }
 
 impl RawEvent {
-    /// The connection the record is about (none for a destroy record).
-    pub fn tuple(&self) -> Option<&Tuple> {
+    /// The record, whatever its kind.
+    fn record(&self) -> &dyn Record {
         match self {
-            RawEvent::Timer(r) => Some(&r.tuple),
-            RawEvent::State(r) => Some(&r.tuple),
-            RawEvent::Close(r) => Some(&r.tuple),
-            RawEvent::ResetSent(r) => Some(&r.tuple),
-            RawEvent::ResetRecv(r) => Some(&r.tuple),
-            RawEvent::Error(r) => Some(&r.tuple),
-            RawEvent::Destroy(_) => None,
+            RawEvent::Timer(r) => r,
+            RawEvent::State(r) => r,
+            RawEvent::Close(r) => r,
+            RawEvent::ResetSent(r) => r,
+            RawEvent::ResetRecv(r) => r,
+            RawEvent::Error(r) => r,
+            RawEvent::Destroy(h) => h,
         }
     }
 
+    /// The connection the record is about (none for a destroy record).
+    pub fn tuple(&self) -> Option<&Tuple> {
+        self.record().tuple()
+    }
+
     pub fn header(&self) -> &Header {
-        match self {
-            RawEvent::Timer(r) => &r.header,
-            RawEvent::State(r) => &r.header,
-            RawEvent::Close(r) => &r.header,
-            RawEvent::ResetSent(r) => &r.header,
-            RawEvent::ResetRecv(r) => &r.header,
-            RawEvent::Error(r) => &r.header,
-            RawEvent::Destroy(h) => h,
-        }
+        self.record().header()
     }
 }
 
