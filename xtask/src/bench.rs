@@ -99,7 +99,7 @@ impl Plan {
             stress_conns: if q { 200 } else { 5000 },
             memory_conns: if q { vec![1000] } else { vec![10_000, 100_000] },
             startup_runs: if q { 1 } else { 5 },
-            cpu_rounds: if q { 1 } else { 4 },
+            cpu_rounds: if q { 1 } else { 6 },
         }
     }
 }
