@@ -24,8 +24,11 @@ pub trait Mem {
     fn tcp_sock(sk: u64) -> u64;
     /// A number identifying socket `sk` for the `SOCKS` table (never 0).
     fn sock_key(sk: u64) -> u64;
-    /// The same key for a socket known only by its address (the socket behind a timer):
-    /// never generates a cookie, 0 when there is none.
+    /// The key socket `sk` has if it was ever given one (for finding its slot, not for
+    /// claiming one): never generates a cookie, 0 when there is none. A socket kaprobe saw
+    /// born has one; a cookie generated now could not be in `SOCKS`.
+    fn existing_key(sk: u64) -> u64;
+    /// The same for a socket known only by its address (the socket behind a timer).
     fn sock_key_of_address(sk: u64) -> u64;
     /// The `struct task_struct` running now, readable with this `Mem`.
     fn current_task() -> u64;
@@ -64,6 +67,11 @@ impl Mem for Probe {
     /// The socket's address (an untyped value here, so it can be hashed).
     #[inline(always)]
     fn sock_key(sk: u64) -> u64 {
+        sk
+    }
+
+    #[inline(always)]
+    fn existing_key(sk: u64) -> u64 {
         sk
     }
 
@@ -107,6 +115,13 @@ impl Mem for Btf {
         // a BTF-typed socket pointer (checked by the verifier) and generates the cookie if
         // the socket has none yet.
         unsafe { bpf_get_socket_cookie(sk as *mut core::ffi::c_void) }
+    }
+
+    /// `skc_cookie` as stored, a plain load (the helper costs a call, ~3 % of kaprobe's
+    /// kernel time under churn when every close made one).
+    #[inline(always)]
+    fn existing_key(sk: u64) -> u64 {
+        Btf::read::<u64>(sk, conf!(skc_cookie))
     }
 
     /// `skc_cookie` as stored (a cookie is generated at the socket's birth by

@@ -57,7 +57,7 @@ pub fn on_send_reset<M: Mem>(sk: u64, skb: u64, reason: u32) {
                 recent.reason = reason;
             }
             rec.tuple = tuple_of_sock::<M>(sk, M::tcp_sock(sk));
-            rec.owner = owner_of_sock(M::sock_key(sk), &rec.tuple);
+            rec.owner = owner_of_sock(M::existing_key(sk), &rec.tuple);
         }
         rec.state = st;
     }
@@ -85,7 +85,7 @@ pub fn on_receive_reset<M: Mem>(sk: u64) {
         probes_out: M::read::<u8>(tp, conf!(icsk_probes_out)),
         keepopen: flag_set(sk_flags::<M>(sk), conf!(sock_flag_keepopen)) as u8,
         _pad: 0,
-        owner: owner_of_sock(M::sock_key(sk), &tuple),
+        owner: owner_of_sock(M::existing_key(sk), &tuple),
     };
     let _ = emit(&rec);
 }
@@ -110,7 +110,7 @@ pub fn on_error_report<M: Mem>(sk: u64) {
         error,
         state: state::<M>(sk),
         _pad: [0; 3],
-        owner: owner_of_sock(M::sock_key(sk), &tuple),
+        owner: owner_of_sock(M::existing_key(sk), &tuple),
     };
     let _ = emit(&rec);
 }

@@ -128,7 +128,7 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     if old == tcp_state::LISTEN {
         return; // a listener closing is not a connection ending
     }
-    let saved = take_conn(M::sock_key(sk));
+    let saved = take_conn(M::existing_key(sk));
     let sk_err = M::read::<i32>(sk, conf!(sk_err));
     // Closing inside the keepalive timer: the timer's record carries the close.
     let scratch = running_timer_of(sk);

@@ -930,8 +930,9 @@ fn bpf_frame(sym: &str) -> bool {
         || sym == "trace_call_bpf"
 }
 
-/// Counts the samples of `perf script -F pid,ip,sym` output: a line with the pid, then
-/// one line per stack frame, then an empty line.
+/// Counts the samples of `perf script -F pid,ip,sym` output: a line with the pid (padded
+/// with spaces when it is short), then one line per stack frame (starting with a tab), then
+/// an empty line.
 fn classify_samples(script: &str, tracer_pid: Option<u32>) -> (u64, u64, u64) {
     let (mut busy, mut bpf, mut process) = (0, 0, 0);
     let mut count = |pid: Option<u32>, in_bpf: bool| match pid {
@@ -950,7 +951,7 @@ fn classify_samples(script: &str, tracer_pid: Option<u32>) -> (u64, u64, u64) {
         if line.trim().is_empty() {
             count(pid.take(), in_bpf);
             in_bpf = false;
-        } else if !line.starts_with(char::is_whitespace) {
+        } else if !line.starts_with('\t') {
             pid = line.split_whitespace().next().and_then(|p| p.parse().ok());
         } else if let Some(sym) = line.split_whitespace().nth(1) {
             in_bpf |= bpf_frame(sym);
@@ -2449,10 +2450,10 @@ mod tests {
         // `perf script -F pid,ip,sym` as perf 6.1 prints it: idle, a sample in a BPF
         // program under the dispatch, one in the tracer's process, one in classic
         // tracepoint handling, one elsewhere, the last without a trailing empty line.
-        let script = "0 \n\tffffffff8100 default_idle\n\n\
+        let script = "    0 \n\tffffffff8100 default_idle\n\n\
                       1200 \n\tffffffffa000 bpf_prog_6deef7357e7b4530_F\n\
                       \tffffffff8200 bpf_trace_run3\n\tffffffff8300 tcp_set_state\n\n\
-                      77 \n\tffffffff8400 bpf_ringbuf_output\n\tffffffffa000 bpf_prog_x\n\n\
+                         77 \n\tffffffff8400 bpf_ringbuf_output\n\tffffffffa000 bpf_prog_x\n\n\
                       1300 \n\tffffffff8500 perf_trace_inet_sock_set_state\n\n\
                       1200 \n\t7f00 http_parser_execute\n\tffffffff8600 tcp_v4_rcv";
         assert_eq!(classify_samples(script, Some(77)), (4, 2, 1));
