@@ -118,9 +118,10 @@ pub struct WatchArgs {
     pub all: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Size of the kernel ring buffer (power of two).
-    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_size)]
-    pub ring_size: u32,
+    /// Size of the kernel ring buffer (power of two) [default: 64 bytes per
+    /// --max-connections, at least 4M: 4M for 65536 connections, 16M for 262144]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
     /// Most connections followed at once, in the kernel and in the agent.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
     pub max_connections: u32,
@@ -170,4 +171,61 @@ pub struct LsArgs {
     /// Only connections with at least one risk.
     #[arg(long)]
     pub at_risk: bool,
+}
+
+/// The ring buffer's size when `--ring-size` is not given: 64 bytes per followed connection
+/// (a power of two, 4 MiB to 256 MiB). Keepalive timers armed together fire together, one
+/// record each (~250 bytes): with 100k connections at keepalive 1 s / 1 s, a 4 MiB ring lost
+/// ~10 % of the records and the agent needed 76 s to see every connection once; with 16 MiB,
+/// none and 0.3 s (docs/benchmarks.md, Memory). The agent's RSS counts the ring twice (its
+/// pages are mapped twice), so the size grows with what the user asked to follow.
+pub fn default_ring_size(max_connections: u32) -> u32 {
+    (u64::from(max_connections) * 64)
+        .next_power_of_two()
+        .clamp(4 << 20, 256 << 20) as u32
+}
+
+impl WatchArgs {
+    /// `--ring-size`, else [`default_ring_size`].
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_size
+            .unwrap_or_else(|| default_ring_size(self.max_connections))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn watch(args: &[&str]) -> WatchArgs {
+        let argv = ["kaprobe", "watch"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).expect("valid flags").command {
+            Command::Watch(w) => w,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ring_grows_with_the_connections_followed_unless_given() {
+        assert_eq!(watch(&[]).ring_bytes(), 4 << 20);
+        assert_eq!(watch(&["--max-connections", "1000"]).ring_bytes(), 4 << 20);
+        assert_eq!(
+            watch(&["--max-connections", "100000"]).ring_bytes(),
+            8 << 20
+        );
+        assert_eq!(
+            watch(&["--max-connections", "262144"]).ring_bytes(),
+            16 << 20
+        );
+        assert_eq!(
+            watch(&["--max-connections", "16777216"]).ring_bytes(),
+            256 << 20
+        );
+        assert_eq!(
+            watch(&["--max-connections", "262144", "--ring-size", "1M"]).ring_bytes(),
+            1 << 20
+        );
+    }
 }

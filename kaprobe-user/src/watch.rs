@@ -470,7 +470,7 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
     if args.all {
         facts.config.flags |= config_flag::ALL;
     }
-    facts.config.wakeup_bytes = args.ring_size / 16;
+    facts.config.wakeup_bytes = args.ring_bytes() / 16;
     kernel_filters(&mut facts.config, &args);
     facts.config.sock_sets_mask = loader::sock_sets(args.max_connections) - 1;
     if std::env::var_os("KAPROBE_BENCH_EMPTY_PROGRAMS").is_some() {
@@ -483,7 +483,7 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
     let loaded = loader::load(
         &facts,
         LoadOptions {
-            ring_bytes: args.ring_size,
+            ring_bytes: args.ring_bytes(),
             max_connections: args.max_connections,
             attach: args.attach,
         },
@@ -586,7 +586,7 @@ async fn event_loop(
             kernel: &facts.release,
             attach: loaded.hooks.first().map_or("none", |h| h.attach.as_str()),
             mode,
-            ring_buffer_bytes: args.ring_size,
+            ring_buffer_bytes: args.ring_bytes(),
         };
         let m = Arc::new(Metrics::new(args.metrics_remote_port, &info));
         if let Ok(addr) = listener.local_addr() {
@@ -612,7 +612,7 @@ async fn event_loop(
                 hz: facts.hz,
                 hz_source: facts.hz_source.clone(),
             },
-            ring_buffer_bytes: args.ring_size,
+            ring_buffer_bytes: args.ring_bytes(),
             max_connections: args.max_connections,
         },
     );

@@ -70,6 +70,20 @@ pub struct Options {
     /// Write the report here instead.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Run one part only (for working on it); the report goes to target/bench/<part>.md
+    /// unless --output says otherwise, never to docs/benchmarks.md.
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
+}
+
+/// The parts of the benchmark, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Part {
+    Startup,
+    Churn,
+    Throughput,
+    Stress,
+    Memory,
 }
 
 /// How much of everything to do.
@@ -84,6 +98,7 @@ struct Plan {
     memory_conns: Vec<usize>,
     startup_runs: usize,
     cpu_rounds: usize,
+    only: Option<Part>,
 }
 
 impl Plan {
@@ -100,6 +115,7 @@ impl Plan {
             memory_conns: if q { vec![1000] } else { vec![10_000, 100_000] },
             startup_runs: if q { 1 } else { 5 },
             cpu_rounds: if q { 1 } else { 6 },
+            only: o.only,
         }
     }
 }
@@ -156,7 +172,9 @@ pub fn run(o: Options) -> Result<()> {
     r.load_after = load_average();
     r.duration = bench_start.elapsed();
     let out = o.output.clone().unwrap_or_else(|| {
-        if plan.quick {
+        if let Some(p) = plan.only {
+            dir.join(format!("{}.md", format!("{p:?}").to_lowercase()))
+        } else if plan.quick {
             dir.join("quick.md")
         } else {
             setup::workspace_root().join("docs/benchmarks.md")
@@ -199,10 +217,22 @@ struct Tools {
 
 fn measure(plan: &Plan, tools: &Tools, work: &Path, r: &mut Report) -> Result<()> {
     machine(r);
-    r.startup = startup(plan, tools, work).context("start-up benchmark")?;
-    churn(plan, tools, work, r).context("churn benchmark")?;
-    r.throughput = throughput(plan, tools).context("agent throughput benchmark")?;
-    r.stress = Some(stress(plan, tools, work).context("end-to-end timeout burst")?);
+    let runs = |p: Part| plan.only.is_none_or(|o| o == p);
+    if runs(Part::Startup) {
+        r.startup = startup(plan, tools, work).context("start-up benchmark")?;
+    }
+    if runs(Part::Churn) {
+        churn(plan, tools, work, r).context("churn benchmark")?;
+    }
+    if runs(Part::Throughput) {
+        r.throughput = throughput(plan, tools).context("agent throughput benchmark")?;
+    }
+    if runs(Part::Stress) {
+        r.stress = Some(stress(plan, tools, work).context("end-to-end timeout burst")?);
+    }
+    if !runs(Part::Memory) {
+        return Ok(());
+    }
     for &n in &plan.memory_conns {
         match memory(tools, work, n) {
             Ok(m) => r.memory.push(m),
