@@ -55,7 +55,8 @@ const BOOT_TIMEOUT_S: u64 = 120;
 /// once under TCG on a busy host (6.1: both vCPUs in timer softirqs for minutes, RCU stalls,
 /// soft lockups), where the whole-run limit alone would have held CI for 50 minutes.
 const HEARTBEAT_STALL_S: u64 = 90;
-/// After a hung guest, the remaining tests run in a freshly booted VM, this many times.
+/// After a hung or crashed guest, the remaining tests run in a freshly booted VM, this many
+/// times.
 const HUNG_REBOOTS: usize = 1;
 
 /// A kernel series we can boot.
@@ -851,8 +852,17 @@ fn run_cases(kernel: &Kernel, cases: &[Case], kaprobe: &Path) -> Result<KernelRe
         let (vm, end, booted) = boot_once(kernel, kvm, &work, boot, &todo, kaprobe, &mut tally)?;
         first_boot = first_boot.or(booted);
         let done = results.join("done").exists();
+        // A guest kernel that crashed (seen once on 6.12 under TCG: "Oops: int3" in
+        // call_timer_fn while a tracepoint's static key was being patched as a test attached
+        // kaprobe, an emulation hazard of cross-modified code) is replaced like a hung one.
+        let panicked = matches!(end, BootEnd::Exited)
+            && !done
+            && vm.console_text().contains("Kernel panic - not syncing");
         let why = match end {
             BootEnd::Exited if done && tally.reported == cases.len() => break,
+            BootEnd::Exited if panicked => {
+                "the guest kernel panicked (console log below)".to_owned()
+            }
             BootEnd::Exited if booted.is_none() => {
                 "the VM exited before the guest started the tests".to_owned()
             }
@@ -880,10 +890,11 @@ fn run_cases(kernel: &Kernel, cases: &[Case], kaprobe: &Path) -> Result<KernelRe
             tail(&vm.console_text(), 150)
         );
         drop(vm);
-        if matches!(end, BootEnd::Hung(_)) && hangs < HUNG_REBOOTS {
+        if (matches!(end, BootEnd::Hung(_)) || panicked) && hangs < HUNG_REBOOTS {
             hangs += 1;
             eprintln!(
-                "xtask: [{label}] GUEST HUNG: booting a new VM for the {missing} remaining test(s), {} being rerun (hung guests: {hangs} of at most {HUNG_REBOOTS})",
+                "xtask: [{label}] GUEST {}: booting a new VM for the {missing} remaining test(s), {} being rerun (hung or crashed guests: {hangs} of at most {HUNG_REBOOTS})",
+                if panicked { "KERNEL PANICKED" } else { "HUNG" },
                 cases[tally.reported].name
             );
             continue;
@@ -916,7 +927,7 @@ fn run_cases(kernel: &Kernel, cases: &[Case], kaprobe: &Path) -> Result<KernelRe
         first_boot.map_or("n/a".to_owned(), |b| format!("{:.1} s", b.as_secs_f64())),
         started.elapsed().as_secs_f64(),
         if hangs > 0 {
-            format!(" ({hangs} hung guest(s) replaced)")
+            format!(" ({hangs} hung or crashed guest(s) replaced)")
         } else {
             String::new()
         }
