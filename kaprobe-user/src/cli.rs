@@ -176,8 +176,8 @@ pub struct LsArgs {
 /// The ring buffer's size when `--ring-size` is not given: 64 bytes per followed connection
 /// (a power of two, 4 MiB to 256 MiB). Keepalive timers armed together fire together, one
 /// record each (~250 bytes): with 100k connections at keepalive 1 s / 1 s, a 4 MiB ring lost
-/// ~10 % of the records and the agent needed 76 s to see every connection once; with 16 MiB,
-/// none and 0.3 s (docs/benchmarks.md, Memory). The agent's RSS counts the ring twice (its
+/// 4-12 % of the records and the agent needed 75-77 s to see every connection once; with
+/// 16 MiB, none and 0.3-0.6 s (docs/benchmarks.md, Memory). The agent's RSS counts the ring twice (its
 /// pages are mapped twice), so the size grows with what the user asked to follow.
 pub fn default_ring_size(max_connections: u32) -> u32 {
     (u64::from(max_connections) * 64)

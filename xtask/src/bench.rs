@@ -173,7 +173,7 @@ pub fn run(o: Options) -> Result<()> {
     r.duration = bench_start.elapsed();
     let out = o.output.clone().unwrap_or_else(|| {
         if let Some(p) = plan.only {
-            dir.join(format!("{}.md", format!("{p:?}").to_lowercase()))
+            dir.join(format!("{p:?}.md").to_lowercase())
         } else if plan.quick {
             dir.join("quick.md")
         } else {
