@@ -48,9 +48,6 @@ pub const IPPROTO_TCP: u16 = 6;
 /// Most `--netns` and `--port` values applied in the kernel.
 pub const MAX_KERNEL_FILTERS: usize = 8;
 
-/// An optional offset in [`Config`] that this kernel does not have.
-pub const NO_FIELD: u32 = u32::MAX;
-
 /// `reason` value meaning "this kernel's tracepoint has no reason argument".
 pub const REASON_UNKNOWN: u32 = u32::MAX;
 
@@ -251,10 +248,9 @@ pub struct Config {
     pub tp_segs_out: u32,
     /// `sock_common.skc_cookie` (the cookie of a socket known only by its address).
     pub skc_cookie: u32,
-    /// `sock.sk_shutdown` (a `u8`), or [`NO_FIELD`] where this kernel has it as a bitfield:
-    /// `RCV_SHUTDOWN` at close means the peer's FIN was received, which `bytes_received`
-    /// counts as one byte.
-    pub sk_shutdown: u32,
+    /// `SOCK_DONE`: set when the peer's FIN arrived (`tcp_fin`), which `bytes_received`
+    /// counts as one byte. (Not `sk_shutdown`'s `RCV_SHUTDOWN`: close() sets that too.)
+    pub sock_flag_done: u32,
     /// `task_struct.group_leader` and `.comm`: the owner's process name (not its
     /// thread's).
     pub task_group_leader: u32,

@@ -63,7 +63,7 @@ static CONFIG: Config = Config {
     tp_segs_in: 0,
     tp_segs_out: 0,
     skc_cookie: 0,
-    sk_shutdown: 0,
+    sock_flag_done: 0,
     task_group_leader: 0,
     task_comm: 0,
     n_filter_netns: 0,

@@ -7,8 +7,8 @@
 //! `TCP_CLOSE`; FIN transitions of keepalive sockets are also sent as they happen.
 use aya_ebpf::EbpfContext;
 use kaprobe_common::{
-    CloseRecord, ListenKey, NO_FIELD, REASON_UNKNOWN, StateRecord, close_flag, config_flag,
-    conn_flag, kind, tcp_state, timer_flag,
+    CloseRecord, ListenKey, REASON_UNKNOWN, StateRecord, close_flag, config_flag, conn_flag, kind,
+    tcp_state, timer_flag,
 };
 
 use crate::{
@@ -22,9 +22,6 @@ use crate::{
         owner_of_slot, recent_reset, running_timer_of, take_conn,
     },
 };
-
-/// `sk_shutdown` bit: no more data from the peer (its FIN arrived, or shutdown(SHUT_RD)).
-const RCV_SHUTDOWN: u8 = 1;
 
 /// How long an RST seen on this CPU may precede the `TCP_CLOSE` it caused (the same call
 /// chain: microseconds, unless the CPU is stalled, see `TIMER_STALE_NS`). Only an RST of
@@ -145,7 +142,11 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
         }
     }
     let tracked = saved.is_some_and(|c| c.flags & conn_flag::REPORT != 0);
-    let failed = sk_err != 0 || rst_flags != 0;
+    // close() with unread data, SO_LINGER 0 and disconnect() close a synchronized
+    // connection at once, and only then reset the peer (that RST is not seen yet): a
+    // failure too. An orderly close comes from a FIN state (or TIME_WAIT).
+    let aborted = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
+    let failed = sk_err != 0 || rst_flags != 0 || aborted;
     if scratch.is_none() && !(tracked || keepopen || all || failed) {
         return;
     }
@@ -170,11 +171,7 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
         .wrapping_sub(M::read::<u64>(tp, conf!(tp_bytes_retrans)));
     info.bytes_received = M::read::<u64>(tp, conf!(tp_bytes_received));
     // The peer's FIN advanced rcv_nxt by one: not a byte of data.
-    let shutdown = conf!(sk_shutdown);
-    if shutdown != NO_FIELD
-        && M::read::<u8>(sk, shutdown) & RCV_SHUTDOWN != 0
-        && info.bytes_received > 0
-    {
+    if flag_set(skflags, conf!(sock_flag_done)) && info.bytes_received > 0 {
         info.bytes_received -= 1;
     }
     info.segs_out = M::read::<u32>(tp, conf!(tp_segs_out));

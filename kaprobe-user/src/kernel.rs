@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use kaprobe_common::{Config, NO_FIELD, config_flag};
+use kaprobe_common::{Config, config_flag};
 use thiserror::Error;
 
 use crate::btf::{Btf, BtfError};
@@ -164,9 +164,9 @@ pub fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), Kern
         dev_nd_net = "net_device", "nd_net.net", 8;
     }
     // Optional: a whole byte from 5.6 on (a 2-bit field before).
-    c.sk_shutdown = field(btf, "sock", "sk_shutdown", 1).unwrap_or(NO_FIELD);
     c.sock_flag_keepopen = enum_u32(btf, "sock_flags", "SOCK_KEEPOPEN")?;
     c.sock_flag_dead = enum_u32(btf, "sock_flags", "SOCK_DEAD")?;
+    c.sock_flag_done = enum_u32(btf, "sock_flags", "SOCK_DONE")?;
 
     let mut protos = Vec::new();
     for name in TRACEPOINTS {

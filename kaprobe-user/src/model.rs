@@ -186,8 +186,6 @@ pub struct KernelFeatures {
     /// 6.12+); before, that RST's reason is `not_specified` or `unknown` (the timeout is
     /// still classified, from the timer hook).
     pub keepalive_reset_reason: bool,
-    /// `sk_shutdown` is a whole byte (5.6+): `bytes_received` leaves out the peer's FIN.
-    pub fin_excluded_from_bytes: bool,
     pub hz: u32,
     pub hz_source: String,
 }

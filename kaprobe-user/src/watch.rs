@@ -608,7 +608,6 @@ async fn event_loop(
                     .reset_reasons
                     .values()
                     .any(|n| n == "tcp_keepalive_timeout"),
-                fin_excluded_from_bytes: facts.config.sk_shutdown != kaprobe_common::NO_FIELD,
                 hz: facts.hz,
                 hz_source: facts.hz_source.clone(),
             },

@@ -132,6 +132,12 @@ fn close_with_unread_data_resets_the_peer() {
     let closed = the_one(&all, na, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_sent", "{closed}");
     assert_eq!(closed["closed_by"], "local");
+    // The kernel closes the socket before it sends that RST: the close is reported whole,
+    // without keepalive, as a failure.
+    assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
+    assert!(closed["lifetime_ms"].is_u64(), "{closed}");
+    assert_eq!(closed["bytes_received"], 6, "{closed}");
+    assert_eq!(closed["last_state"], "established", "{closed}");
     // The peer's side: reset received.
     let nb = link.b.inode();
     let peer = events(&all, "connection_closed", nb);
