@@ -184,6 +184,9 @@ pub mod config_flag {
     pub const ALL: u32 = 1 << 0;
     /// `tcp_send_reset` has a `reason` argument (kernel ≥ 6.10).
     pub const RESET_HAS_REASON: u32 = 1 << 1;
+    /// `--lean`: the start of a connection without `SO_KEEPALIVE` is not recorded (no
+    /// owner, no birth time): the cheapest mode under connection churn.
+    pub const LEAN: u32 = 1 << 2;
     /// Benchmarks only: every program returns at once (the cost floor of the hooks).
     pub const EMPTY: u32 = 1 << 3;
 }

@@ -37,9 +37,13 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     let skflags = sk_flags::<M>(sk);
     let keepopen = flag_set(skflags, conf!(sock_flag_keepopen));
     // A connection is born in SYN_SENT (connect) or SYN_RECV (a child of a listener). Every
-    // birth is remembered (cheaply), so that a connection's lifetime is known when it
-    // fails or when keepalive is turned on later.
-    let born = new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV;
+    // birth is remembered, so that a connection's owner and lifetime are known when it
+    // fails or when keepalive is turned on later; with `--lean`, only the births of
+    // sockets that already have keepalive on (set before connect(), or inherited from the
+    // listener): recording a birth is most of this hook's cost under connection churn
+    // (docs/design.md).
+    let born = (new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV)
+        && (keepopen || all || conf!(flags) & config_flag::LEAN == 0);
     if !keepopen && !all && !born && new != tcp_state::CLOSE && new != tcp_state::LISTEN {
         return;
     }

@@ -116,6 +116,11 @@ pub struct WatchArgs {
     /// keepalive on or that failed.
     #[arg(long)]
     pub all: bool,
+    /// Record nothing when a connection without keepalive starts: the cheapest mode under
+    /// heavy connection churn. Failures of such connections are still reported, but without
+    /// their lifetime, and without their owner unless a local listener accepted them.
+    #[arg(long, conflicts_with = "all")]
+    pub lean: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Size of the kernel ring buffer (power of two) [default: 64 bytes per

@@ -470,6 +470,9 @@ pub fn run(args: WatchArgs) -> Result<(), Fatal> {
     if args.all {
         facts.config.flags |= config_flag::ALL;
     }
+    if args.lean {
+        facts.config.flags |= config_flag::LEAN;
+    }
     facts.config.wakeup_bytes = args.ring_bytes() / 16;
     kernel_filters(&mut facts.config, &args);
     facts.config.sock_sets_mask = loader::sock_sets(args.max_connections) - 1;
@@ -579,7 +582,11 @@ async fn event_loop(
         summary: args.summary_interval.map(|_| Summary::default()),
         summary_all: Summary::default(),
     };
-    let mode = if args.all { "all" } else { "default" };
+    let mode = match (args.all, args.lean) {
+        (true, _) => "all",
+        (false, true) => "lean",
+        (false, false) => "default",
+    };
     if let Some(listener) = metrics_listener {
         let info = AgentInfo {
             version: env!("CARGO_PKG_VERSION"),

@@ -38,6 +38,7 @@ fn bad_flags_give_one_line_and_status_2() {
         (&["watch", "--metrics-addr", "nowhere:port"], "nowhere:port"),
         (&["watch", "--metrics-addr", "127.0.0.1:70000"], "70000"),
         (&["watch", "--metrics-remote-port"], "--metrics-addr"),
+        (&["watch", "--lean", "--all"], "--all"),
         (&["watch", "--summary-interval", "-1"], "-1"),
         (&["watch", "--summary-interval", "500ms"], "500ms"),
         (&["watch", "--pid", "x"], "x"),

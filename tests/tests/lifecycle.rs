@@ -458,6 +458,86 @@ fn all_mode_reports_every_connection_and_default_mode_does_not() {
 }
 
 #[test]
+fn lean_mode_reports_plain_failures_without_their_start() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("ln");
+    let lean = Agent::start(&["--lean"]);
+    let default = Agent::start(&[]);
+    let (na, nb) = (link.a.inode(), link.b.inode());
+    // A plain connection (no keepalive) whose client closes with unread data: the client
+    // sends an RST, the server's read fails with ECONNRESET.
+    let (client, mut server) = connected(&link, link.b4);
+    let (cport, sport) = (port(&client), port(&server));
+    server.write_all(b"unread").expect("write");
+    let mut peeked = [0u8; 6];
+    assert_eq!(client.peek(&mut peeked).expect("peek"), 6);
+    drop(client);
+    let mut buf = [0u8; 16];
+    let err = server.read(&mut buf).expect_err("the server sees a reset");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET));
+    // A connection with keepalive on before connect(): its start is recorded in both modes.
+    let listener = listen(&link.b, link.b4);
+    let to = listener.local_addr().expect("addr");
+    let ka_client = link.a.run(move || {
+        let s = socket2_v4();
+        enable_keepalive(&s);
+        // SAFETY: `s` is a valid, unconnected socket.
+        assert_eq!(unsafe { connect_raw(s.as_raw_fd(), to) }, 0);
+        TcpStream::from(s)
+    });
+    let (ka_server, _) = listener.accept().expect("accept");
+    let kport = port(&ka_client);
+    drop(ka_client);
+    assert_eq!(read_until_error(&ka_server), 0);
+    drop(ka_server);
+    for agent in [&lean, &default] {
+        agent.wait_for("the plain client's close", WAIT, |v| {
+            is(v, "connection_closed", na, cport)
+        });
+        agent.wait_for("the plain server's close", WAIT, |v| {
+            is(v, "connection_closed", nb, sport)
+        });
+        agent.wait_for("the keepalive client's close", WAIT, |v| {
+            is(v, "connection_closed", na, kport)
+        });
+    }
+    let (lean, default) = (lean.stop(), default.stop());
+    let mode = |all: &[serde_json::Value]| {
+        all.iter()
+            .find(|v| v["event"] == "agent_start")
+            .map(|v| v["mode"].clone())
+    };
+    assert_eq!(mode(&lean), Some("lean".into()));
+    assert_eq!(mode(&default), Some("default".into()));
+    let me = std::process::id();
+    for (all, start_seen) in [(&lean, false), (&default, true)] {
+        // The failures are reported either way, with their cause and errno.
+        let c = the_one(all, na, cport, "connection_closed");
+        assert_eq!(c["cause"], "reset_sent", "{c}");
+        let s = the_one(all, nb, sport, "connection_closed");
+        assert_eq!(
+            (&s["cause"], &s["error"]),
+            (&"reset_received".into(), &"ECONNRESET".into()),
+            "{s}"
+        );
+        // What the kernel holds at close is there either way.
+        assert_eq!(c["bytes_received"], 6, "{c}");
+        // The accepted socket's owner is its listener's, known without its start.
+        assert_eq!(s["owner"]["pid"], me, "{s}");
+        // The client's owner and both lifetimes come from the connection's start.
+        assert_eq!(c["owner"]["pid"].is_u64(), start_seen, "{c}");
+        assert_eq!(c["lifetime_ms"].is_u64(), start_seen, "{c}");
+        assert_eq!(s["lifetime_ms"].is_u64(), start_seen, "{s}");
+        // Keepalive on from the start: recorded in lean mode too.
+        let k = the_one(all, na, kport, "connection_closed");
+        assert_eq!(k["owner"]["pid"], me, "{k}");
+        assert!(k["lifetime_ms"].is_u64(), "{k}");
+    }
+}
+
+#[test]
 fn port_and_address_filters_exclude_other_connections() {
     if need_root() {
         return;
