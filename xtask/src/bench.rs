@@ -2132,7 +2132,12 @@ fn render(plan: &Plan, r: &Report) -> String {
     for t in targets(plan, r) {
         let _ = writeln!(w, "| {} | {} | **{}** |", t.name, t.measured, t.verdict);
     }
-    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "\nWhere the default mode's CPU goes, why it keeps a record of every connection's \
+         start (and so stays above 1.5 × the empty programs), and what `--lean` gives up to \
+         come under it: docs/design.md, \"Default mode against the empty programs\".\n"
+    );
 
     let _ = writeln!(w, "## 1. Overhead under connection churn\n");
     let _ = writeln!(
