@@ -138,6 +138,8 @@ fn close_with_unread_data_resets_the_peer() {
     assert!(closed["lifetime_ms"].is_u64(), "{closed}");
     assert_eq!(closed["bytes_received"], 6, "{closed}");
     assert_eq!(closed["last_state"], "established", "{closed}");
+    // The kernel's own count of such aborts in the client's namespace.
+    assert_eq!(link.a.nstat()["TcpExtTCPAbortOnClose"], 1);
     // The peer's side: reset received.
     let nb = link.b.inode();
     let peer = events(&all, "connection_closed", nb);
