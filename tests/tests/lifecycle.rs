@@ -44,6 +44,10 @@ fn refused_connect_is_a_received_reset() {
     assert_eq!(closed["cause"], "reset_received", "{closed}");
     assert_eq!(closed["error"], "ECONNREFUSED", "{closed}");
     assert_eq!(closed["last_state"], "syn_sent", "{closed}");
+    // Recorded at connect(), in the caller's context: the process and how long it tried.
+    assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
+    assert_eq!(closed["direction"], "outbound", "{closed}");
+    assert!(closed["lifetime_ms"].is_u64(), "{closed}");
     let nb = link.b.inode();
     let no_socket = expected_reset_reason(&all, "no_socket");
     assert!(
