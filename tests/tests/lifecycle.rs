@@ -57,6 +57,47 @@ fn refused_connect_is_a_received_reset() {
     );
 }
 
+#[test]
+fn connect_rejected_by_icmp_is_reported_with_the_error() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("ic");
+    // The peer's firewall answers SYNs to this port with ICMP host unreachable.
+    link.b.nft(
+        "add table inet kaprobe_test\n\
+         add chain inet kaprobe_test in { type filter hook input priority 0; }\n\
+         add rule inet kaprobe_test in tcp dport 9 reject with icmp type host-unreachable\n",
+    );
+    let agent = Agent::start(&[]);
+    let to = SocketAddr::new(link.b4, 9);
+    let (errno, sport) = link.a.run(move || {
+        let s = socket2_v4();
+        // SAFETY: sockaddr_in built for this call; fd is valid.
+        let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
+        let errno = if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        };
+        (errno, local_port(s.as_raw_fd()))
+    });
+    assert_eq!(errno, libc::EHOSTUNREACH);
+    let ns = link.a.inode();
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
+    let all = agent.stop();
+    let closed = the_one(&all, ns, sport, "connection_closed");
+    assert_eq!(closed["error"], "EHOSTUNREACH", "{closed}");
+    assert_eq!(closed["last_state"], "syn_sent", "{closed}");
+    assert_eq!(closed["closed_by"], "local", "{closed}");
+    assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
+    // No RST either way: the kernel counts one failed connection attempt.
+    assert!(conn_kind(&all, ns, sport, "reset_received").is_empty());
+    assert_eq!(link.a.nstat()["TcpAttemptFails"], 1);
+}
+
 /// A plain IPv4 TCP socket (not connected).
 fn socket2_v4() -> std::os::fd::OwnedFd {
     // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
