@@ -98,6 +98,60 @@ fn connect_rejected_by_icmp_is_reported_with_the_error() {
     assert_eq!(link.a.nstat()["TcpAttemptFails"], 1);
 }
 
+#[test]
+fn unanswered_syn_is_a_retransmit_timeout() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("sy");
+    // One retransmission of the SYN: connect() gives up after about 3 s instead of 127.
+    link.a
+        .exec("sysctl", &["-q", "-w", "net.ipv4.tcp_syn_retries=1"]);
+    // The peer's firewall drops SYNs to this port without a word.
+    link.b.nft(
+        "add table inet kaprobe_test\n\
+         add chain inet kaprobe_test in { type filter hook input priority 0; }\n\
+         add rule inet kaprobe_test in tcp dport 9 drop\n",
+    );
+    let agent = Agent::start(&[]);
+    let to = SocketAddr::new(link.b4, 9);
+    let (errno, sport) = link.a.run(move || {
+        let s = socket2_v4();
+        // SAFETY: sockaddr_in built for this call; fd is valid.
+        let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
+        let errno = if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        };
+        (errno, local_port(s.as_raw_fd()))
+    });
+    assert_eq!(errno, libc::ETIMEDOUT);
+    let ns = link.a.inode();
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
+    let all = agent.stop();
+    let closed = the_one(&all, ns, sport, "connection_closed");
+    assert_eq!(closed["cause"], "retransmit_timeout", "{closed}");
+    assert_eq!(closed["error"], "ETIMEDOUT", "{closed}");
+    assert_eq!(closed["last_state"], "syn_sent", "{closed}");
+    assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
+    assert!(
+        closed["lifetime_ms"].as_u64().is_some_and(|ms| ms >= 2500),
+        "{closed}"
+    );
+    let nstat = link.a.nstat();
+    assert_eq!(nstat["TcpAttemptFails"], 1);
+    // The first SYN and its retransmissions, as the kernel counted them.
+    assert!(nstat["TcpRetransSegs"] >= 1);
+    assert_eq!(
+        closed["segments_sent"],
+        1 + nstat["TcpRetransSegs"],
+        "{closed}"
+    );
+}
+
 /// A plain IPv4 TCP socket (not connected).
 fn socket2_v4() -> std::os::fd::OwnedFd {
     // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
