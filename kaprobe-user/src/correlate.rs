@@ -940,6 +940,12 @@ impl Correlator {
         };
         let lifetime_ms =
             (info.birth_ns != 0).then(|| ts_ns.saturating_sub(info.birth_ns) / 1_000_000);
+        let synchronized = !matches!(
+            info.old_state,
+            0 | tcp_state::SYN_SENT | tcp_state::SYN_RECV
+        );
+        let idle_ms = (counted && synchronized)
+            .then(|| clock.jiffies_to_ms(info.jiffies.wrapping_sub(info.rcv_tstamp)));
         out.push(self.event(
             ts_ns,
             Some(&tuple),
@@ -950,6 +956,7 @@ impl Correlator {
                 closed_by: outcome.closed_by,
                 time_wait: outcome.time_wait,
                 lifetime_ms,
+                idle_ms,
                 keepalive_probes: probes,
                 keepalive_acks: acks,
                 last_state: (info.old_state != 0).then(|| state_name(info.old_state)),

@@ -192,6 +192,7 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
             closed_by: Side::Local,
             time_wait: false,
             lifetime_ms: Some(5500),
+            idle_ms: Some(0),
             keepalive_probes: 5,
             keepalive_acks: 2,
             last_state: Some("established"),
@@ -958,4 +959,34 @@ fn an_overdue_end_that_may_be_a_lost_record_is_not_inferred_again() {
     // The ring buffer lost timer records that ended connections at 5.1 s: counted as lost.
     c.note_lost_deaths(5 * SEC + SEC / 10);
     assert!(c.overdue(8 * SEC).is_empty());
+}
+
+#[test]
+fn idle_time_at_close_is_known_once_synchronized() {
+    let mut c = correlator();
+    // A reset received 2.5 s after the peer was last heard (a firewall that forgot the
+    // connection answers the next segment with an RST).
+    let mut info = close_info(tcp_state::ESTABLISHED, 104, close_flag::RST_RECV);
+    info.jiffies = 1_000_000 + 5 * J;
+    info.rcv_tstamp = info.jiffies - J * 5 / 2;
+    let out = run(&mut c, &[close(SK, 5000, 5 * SEC, info)]);
+    assert!(
+        matches!(
+            closed(&out),
+            Body::ConnectionClosed {
+                cause: Cause::ResetReceived,
+                idle_ms: Some(2500),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    // A refused connect: nothing was ever received, so no idle time.
+    let mut info = close_info(tcp_state::SYN_SENT, 111, close_flag::RST_RECV);
+    info.jiffies = 1_000_000 + 6 * J;
+    let out = run(&mut c, &[close(SK + 4096, 5001, 6 * SEC, info)]);
+    assert!(
+        matches!(closed(&out), Body::ConnectionClosed { idle_ms: None, .. }),
+        "{out:?}"
+    );
 }

@@ -216,6 +216,7 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             closed_by,
             time_wait,
             lifetime_ms,
+            idle_ms,
             keepalive_probes,
             keepalive_acks,
             last_state,
@@ -237,6 +238,8 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             boolean(out, *time_wait);
             out.extend_from_slice(b",\"lifetime_ms\":");
             opt_uint(out, *lifetime_ms);
+            out.extend_from_slice(b",\"idle_ms\":");
+            opt_uint(out, *idle_ms);
             out.extend_from_slice(b",\"keepalive_probes\":");
             uint(out, *keepalive_probes);
             out.extend_from_slice(b",\"keepalive_acks\":");
@@ -481,6 +484,7 @@ mod tests {
                 (cause(), s(), any::<bool>(), any::<bool>()),
                 (
                     proptest::option::of(any::<u64>()),
+                    proptest::option::of(any::<u64>()),
                     any::<u32>(),
                     any::<u32>(),
                     s()
@@ -497,7 +501,7 @@ mod tests {
                 .prop_map(
                     |(
                         (cause, error, remote, time_wait),
-                        (lifetime_ms, keepalive_probes, keepalive_acks, last_state),
+                        (lifetime_ms, idle_ms, keepalive_probes, keepalive_acks, last_state),
                         (
                             bytes_sent,
                             bytes_received,
@@ -512,6 +516,7 @@ mod tests {
                         closed_by: if remote { Side::Remote } else { Side::Local },
                         time_wait,
                         lifetime_ms,
+                        idle_ms,
                         keepalive_probes,
                         keepalive_acks,
                         last_state,

@@ -563,6 +563,7 @@ mod tests {
             closed_by: Side::Local,
             time_wait: false,
             lifetime_ms: None,
+            idle_ms: None,
             keepalive_probes: 3,
             keepalive_acks: 0,
             last_state: None,

@@ -306,6 +306,11 @@ pub enum Body {
         closed_by: Side,
         time_wait: bool,
         lifetime_ms: Option<u64>,
+        /// How long the peer had been silent (since the last segment received) when the
+        /// connection ended: a NAT or firewall that forgets idle connections shows as
+        /// resets after a steady idle time. Null during the handshake (nothing received
+        /// yet) and when the close was not seen by the kernel side.
+        idle_ms: Option<u64>,
         keepalive_probes: u32,
         keepalive_acks: u32,
         last_state: Option<&'static str>,

@@ -425,6 +425,7 @@ pub fn human(line: &mut String, e: &Event) {
             closed_by,
             time_wait,
             lifetime_ms,
+            idle_ms,
             keepalive_probes,
             keepalive_acks,
             bytes_sent,
@@ -440,6 +441,11 @@ pub fn human(line: &mut String, e: &Event) {
                 .map(|ms| format!(" after {}", secs(ms)))
                 .unwrap_or_default();
             let err = error.map(|e| format!(" ({e})")).unwrap_or_default();
+            // Worth saying when the peer had been silent for a while (a second or more).
+            let idle = idle_ms
+                .filter(|ms| *ms >= 1000)
+                .map(|ms| format!(", {} after the peer was last heard", secs(ms)))
+                .unwrap_or_default();
             let tw = if *time_wait {
                 ", this side holds TIME_WAIT"
             } else {
@@ -451,7 +457,7 @@ pub fn human(line: &mut String, e: &Event) {
             };
             write!(
                 line,
-                "closed{life}: {}{err}, ended by {by}; keepalive {keepalive_probes} probes, {keepalive_acks} acks{bytes}{tw}",
+                "closed{life}: {}{err}{idle}, ended by {by}; keepalive {keepalive_probes} probes, {keepalive_acks} acks{bytes}{tw}",
                 cause_text(*cause)
             )
         }

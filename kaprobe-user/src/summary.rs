@@ -527,6 +527,7 @@ mod tests {
                 closed_by: by,
                 time_wait: by == Side::Local,
                 lifetime_ms: Some(life),
+                idle_ms: None,
                 keepalive_probes: 0,
                 keepalive_acks: 0,
                 last_state: None,

@@ -125,6 +125,12 @@ fn dead_peer(v6: bool, agent_args: &[&str]) {
     assert_eq!(closed["closed_by"], "local");
     assert_eq!(closed["keepalive_probes"], probes);
     assert_eq!(closed["keepalive_acks"], acks);
+    // The silence at the close is the one the timeout measured (the same firing).
+    let (idle_at_close, idle_at_timeout) = (
+        closed["idle_ms"].as_u64().expect("idle_ms"),
+        timeout["idle_ms"].as_u64().expect("idle_ms"),
+    );
+    assert!(idle_at_close.abs_diff(idle_at_timeout) <= 20, "{closed}");
     // Order: the timeout, the RST it sent, then the close.
     let order: Vec<&str> = conn_events(&all, ns, sport)
         .iter()

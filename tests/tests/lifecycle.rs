@@ -152,6 +152,91 @@ fn unanswered_syn_is_a_retransmit_timeout() {
     );
 }
 
+#[test]
+fn firewall_forgetting_idle_connections_resets_them_unless_keepalive_is_shorter() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("fw");
+    // The server's firewall forgets a connection after 2 s of silence and answers a segment
+    // of a connection it no longer knows with an RST (as a NAT that dropped its mapping).
+    link.b.exec(
+        "sysctl",
+        &["-q", "-w", "net.netfilter.nf_conntrack_tcp_loose=0"],
+    );
+    link.b.exec(
+        "sysctl",
+        &[
+            "-q",
+            "-w",
+            "net.netfilter.nf_conntrack_tcp_timeout_established=2",
+        ],
+    );
+    link.b.nft(
+        "add table inet kaprobe_test\n\
+         add chain inet kaprobe_test in { type filter hook input priority 0; }\n\
+         add rule inet kaprobe_test in ct state invalid reject with tcp reset\n",
+    );
+    let agent = Agent::start(&[]);
+    let listener = listen(&link.b, link.b4);
+    let to = listener.local_addr().expect("addr");
+    let plain = connect(&link.a, to);
+    let (_plain_server, _) = listener.accept().expect("accept");
+    let ka = connect(&link.a, to);
+    set_keepalive(
+        &ka,
+        Keepalive {
+            idle_s: 1,
+            intvl_s: 1,
+            count: 3,
+        },
+    );
+    let (mut ka_server, _) = listener.accept().expect("accept");
+    // Both stay silent longer than the firewall remembers them: the silence is the scenario.
+    std::thread::sleep(Duration::from_millis(3500));
+    (&plain).write_all(b"x").expect("write");
+    (&ka).write_all(b"x").expect("write");
+    assert_eq!(read_until_error(&plain), libc::ECONNRESET);
+    // The keepalive probes kept the firewall's memory fresh: the data gets through.
+    let mut got = [0u8; 1];
+    ka_server
+        .read_exact(&mut got)
+        .expect("the keepalive connection is alive");
+    // No more probes from here on, so that the kernel's count and the agent's compare.
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt on a live socket with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            ka.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&off as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let nstat = link.a.nstat();
+    let (ns, pport, kport) = (link.a.inode(), port(&plain), port(&ka));
+    agent.wait_for("the plain connection's close", WAIT, |v| {
+        is(v, "connection_closed", ns, pport)
+    });
+    let all = agent.stop();
+    let closed = the_one(&all, ns, pport, "connection_closed");
+    assert_eq!(closed["cause"], "reset_received", "{closed}");
+    assert_eq!(closed["error"], "ECONNRESET", "{closed}");
+    assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
+    // The tell-tale of a middlebox's idle timeout: silent for longer than it remembers.
+    assert!(
+        closed["idle_ms"].as_u64().is_some_and(|ms| ms >= 3000),
+        "{closed}"
+    );
+    assert!(conn_kind(&all, ns, kport, "connection_closed").is_empty());
+    let probes = conn_kind(&all, ns, kport, "keepalive_probe").len() as u64;
+    assert_eq!(nstat["TcpEstabResets"], 1);
+    assert!(probes >= 2, "{probes} probes");
+    assert_eq!(probes, nstat["TcpExtTCPKeepAlive"]);
+}
+
 /// A plain IPv4 TCP socket (not connected).
 fn socket2_v4() -> std::os::fd::OwnedFd {
     // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
