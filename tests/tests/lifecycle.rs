@@ -652,18 +652,8 @@ fn lean_mode_reports_plain_failures_without_their_start() {
     let lean = Agent::start(&["--lean"]);
     let default = Agent::start(&[]);
     let (na, nb) = (link.a.inode(), link.b.inode());
-    // A plain connection (no keepalive) whose client closes with unread data: the client
-    // sends an RST, the server's read fails with ECONNRESET.
-    let (client, mut server) = connected(&link, link.b4);
-    let (cport, sport) = (port(&client), port(&server));
-    server.write_all(b"unread").expect("write");
-    let mut peeked = [0u8; 6];
-    assert_eq!(client.peek(&mut peeked).expect("peek"), 6);
-    drop(client);
-    let mut buf = [0u8; 16];
-    let err = server.read(&mut buf).expect_err("the server sees a reset");
-    assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET));
     // A connection with keepalive on before connect(): its start is recorded in both modes.
+    // (Made first: alive together, the two clients cannot share a local port.)
     let listener = listen(&link.b, link.b4);
     let to = listener.local_addr().expect("addr");
     let ka_client = link.a.run(move || {
@@ -675,6 +665,17 @@ fn lean_mode_reports_plain_failures_without_their_start() {
     });
     let (ka_server, _) = listener.accept().expect("accept");
     let kport = port(&ka_client);
+    // A plain connection (no keepalive) whose client closes with unread data: the client
+    // sends an RST, the server's read fails with ECONNRESET.
+    let (client, mut server) = connected(&link, link.b4);
+    let (cport, sport) = (port(&client), port(&server));
+    server.write_all(b"unread").expect("write");
+    let mut peeked = [0u8; 6];
+    assert_eq!(client.peek(&mut peeked).expect("peek"), 6);
+    drop(client);
+    let mut buf = [0u8; 16];
+    let err = server.read(&mut buf).expect_err("the server sees a reset");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET));
     drop(ka_client);
     assert_eq!(read_until_error(&ka_server), 0);
     drop(ka_server);
