@@ -87,6 +87,16 @@ impl NetNs {
         self.exec("ip", args)
     }
 
+    /// A firewall on this namespace's input: one nftables rule (e.g. `tcp dport 9 drop`)
+    /// in a chain of its own.
+    pub fn input_rule(&self, rule: &str) {
+        self.nft(&format!(
+            "add table inet kaprobe_test\n\
+             add chain inet kaprobe_test in {{ type filter hook input priority 0; }}\n\
+             add rule inet kaprobe_test in {rule}\n"
+        ));
+    }
+
     /// Adds nftables rules (one `nft -f` script).
     pub fn nft(&self, script: &str) {
         let path = std::env::temp_dir().join(format!(
@@ -245,6 +255,11 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
 /// SO_KEEPALIVE only: idle, interval and count come from the namespace's sysctls.
 pub fn enable_keepalive(s: &impl AsRawFd) {
     setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+}
+
+/// SO_KEEPALIVE off: the keepalive timer stops.
+pub fn disable_keepalive(s: &impl AsRawFd) {
+    setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
 }
 
 /// Interval, count and idle time first, SO_KEEPALIVE last: turning keepalive on arms the

@@ -20,17 +20,7 @@ fn refused_connect_is_a_received_reset() {
     let agent = Agent::start(&[]);
     // A port nobody listens on: the peer's stack answers the SYN with an RST.
     let to = SocketAddr::new(link.b4, 9);
-    let (errno, sport) = link.a.run(move || {
-        let s = socket2_v4();
-        // SAFETY: sockaddr_in built for this call; fd is valid.
-        let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
-        let errno = if rc == 0 {
-            0
-        } else {
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-        };
-        (errno, local_port(s.as_raw_fd()))
-    });
+    let (errno, sport) = connect_errno(&link.a, to);
     assert_eq!(errno, libc::ECONNREFUSED);
     let ns = link.a.inode();
     agent.wait_for("connection_closed", WAIT, |v| {
@@ -64,24 +54,11 @@ fn connect_rejected_by_icmp_is_reported_with_the_error() {
     }
     let link = Link::new("ic");
     // The peer's firewall answers SYNs to this port with ICMP host unreachable.
-    link.b.nft(
-        "add table inet kaprobe_test\n\
-         add chain inet kaprobe_test in { type filter hook input priority 0; }\n\
-         add rule inet kaprobe_test in tcp dport 9 reject with icmp type host-unreachable\n",
-    );
+    link.b
+        .input_rule("tcp dport 9 reject with icmp type host-unreachable");
     let agent = Agent::start(&[]);
     let to = SocketAddr::new(link.b4, 9);
-    let (errno, sport) = link.a.run(move || {
-        let s = socket2_v4();
-        // SAFETY: sockaddr_in built for this call; fd is valid.
-        let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
-        let errno = if rc == 0 {
-            0
-        } else {
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-        };
-        (errno, local_port(s.as_raw_fd()))
-    });
+    let (errno, sport) = connect_errno(&link.a, to);
     assert_eq!(errno, libc::EHOSTUNREACH);
     let ns = link.a.inode();
     agent.wait_for("connection_closed", WAIT, |v| {
@@ -108,24 +85,10 @@ fn unanswered_syn_is_a_retransmit_timeout() {
     link.a
         .exec("sysctl", &["-q", "-w", "net.ipv4.tcp_syn_retries=1"]);
     // The peer's firewall drops SYNs to this port without a word.
-    link.b.nft(
-        "add table inet kaprobe_test\n\
-         add chain inet kaprobe_test in { type filter hook input priority 0; }\n\
-         add rule inet kaprobe_test in tcp dport 9 drop\n",
-    );
+    link.b.input_rule("tcp dport 9 drop");
     let agent = Agent::start(&[]);
     let to = SocketAddr::new(link.b4, 9);
-    let (errno, sport) = link.a.run(move || {
-        let s = socket2_v4();
-        // SAFETY: sockaddr_in built for this call; fd is valid.
-        let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
-        let errno = if rc == 0 {
-            0
-        } else {
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-        };
-        (errno, local_port(s.as_raw_fd()))
-    });
+    let (errno, sport) = connect_errno(&link.a, to);
     assert_eq!(errno, libc::ETIMEDOUT);
     let ns = link.a.inode();
     agent.wait_for("connection_closed", WAIT, |v| {
@@ -172,11 +135,7 @@ fn firewall_forgetting_idle_connections_resets_them_unless_keepalive_is_shorter(
             "net.netfilter.nf_conntrack_tcp_timeout_established=2",
         ],
     );
-    link.b.nft(
-        "add table inet kaprobe_test\n\
-         add chain inet kaprobe_test in { type filter hook input priority 0; }\n\
-         add rule inet kaprobe_test in ct state invalid reject with tcp reset\n",
-    );
+    link.b.input_rule("ct state invalid reject with tcp reset");
     let agent = Agent::start(&[]);
     let listener = listen(&link.b, link.b4);
     let to = listener.local_addr().expect("addr");
@@ -203,18 +162,7 @@ fn firewall_forgetting_idle_connections_resets_them_unless_keepalive_is_shorter(
         .read_exact(&mut got)
         .expect("the keepalive connection is alive");
     // No more probes from here on, so that the kernel's count and the agent's compare.
-    let off: libc::c_int = 0;
-    // SAFETY: setsockopt on a live socket with a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            ka.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_KEEPALIVE,
-            (&off as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    disable_keepalive(&ka);
     let nstat = link.a.nstat();
     let (ns, pport, kport) = (link.a.inode(), port(&plain), port(&ka));
     agent.wait_for("the plain connection's close", WAIT, |v| {
@@ -235,6 +183,22 @@ fn firewall_forgetting_idle_connections_resets_them_unless_keepalive_is_shorter(
     assert_eq!(nstat["TcpEstabResets"], 1);
     assert!(probes >= 2, "{probes} probes");
     assert_eq!(probes, nstat["TcpExtTCPKeepAlive"]);
+}
+
+/// connect(2) from inside `ns` on a fresh plain IPv4 socket: (the errno connect() gave, 0
+/// if it succeeded; the socket's local port).
+fn connect_errno(ns: &NetNs, to: SocketAddr) -> (i32, u16) {
+    ns.run(move || {
+        let s = socket2_v4();
+        // SAFETY: sockaddr_in built for this call; fd is valid.
+        let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
+        let errno = if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        };
+        (errno, local_port(s.as_raw_fd()))
+    })
 }
 
 /// A plain IPv4 TCP socket (not connected).
