@@ -173,6 +173,7 @@ pub mod map_name {
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
     pub const SOCKS: &str = "SOCKS";
+    pub const LISTENERS: &str = "LISTENERS";
 }
 
 /// Name of the read-only global holding [`Config`].
@@ -575,4 +576,8 @@ mod pod {
     // every padding byte spelled out as a field (checked by the size assertions above),
     // so any bit pattern is a valid value.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above (the `LISTENERS` map's key and value).
+    unsafe impl aya::Pod for ListenKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Owner {}
 }

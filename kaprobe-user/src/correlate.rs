@@ -25,6 +25,7 @@ use kaprobe_common::{
 use crate::{
     FastMap,
     decode::RawEvent,
+    existing::ConnKey,
     model::{Body, Cause, Endpoints, Event, Owner, Side, Timestamp, errno_name, state_name},
 };
 
@@ -194,6 +195,10 @@ pub struct Correlator {
     /// When the kernel last counted keepalive timer records that ended a connection as
     /// lost (ring buffer full): an overdue connection may be one of them, already counted.
     deaths_lost_ns: u64,
+    /// Owners of the connections that were open when the agent started (see
+    /// [`crate::existing`]): named when a record has none. An entry goes when its
+    /// connection's close is reported (its addresses may be used again).
+    existing: HashMap<ConnKey, Owner>,
     pub stats: CorrelatorStats,
 }
 
@@ -213,8 +218,22 @@ impl Correlator {
             dying: FastMap::default(),
             inferred_ends: FastMap::default(),
             deaths_lost_ns: 0,
+            existing: HashMap::new(),
             stats: Default::default(),
         }
+    }
+
+    /// Owners of the connections open before the agent started ([`crate::existing::scan`]).
+    pub fn set_existing(&mut self, conns: HashMap<ConnKey, Owner>) {
+        self.existing = conns;
+    }
+
+    /// The owner found for a connection open before the agent started.
+    fn existing_owner(&self, tuple: &Tuple) -> Option<Owner> {
+        if self.existing.is_empty() {
+            return None;
+        }
+        self.existing.get(&ConnKey::of_tuple(tuple)).cloned()
     }
 
     /// Connections currently followed (for metrics and tests).
@@ -385,7 +404,7 @@ impl Correlator {
     fn owner(&mut self, sk: u64, tuple: &Tuple, raw: &kaprobe_common::Owner) -> Option<Owner> {
         match self.known(sk, tuple) {
             Some(c) => c.learn_owner(raw),
-            None => Owner::from_kernel(raw),
+            None => owner_named(raw, self.existing_owner(tuple)),
         }
     }
 
@@ -405,8 +424,13 @@ impl Correlator {
         if self.conns.len() >= self.settings.max_connections && !self.conns.contains_key(&sk) {
             self.evict();
         }
+        let existing = &self.existing;
         let fresh = || Conn {
             tuple: *tuple,
+            // (No lookup at all once no connection older than the agent is left.)
+            owner: (!existing.is_empty())
+                .then(|| existing.get(&ConnKey::of_tuple(tuple)).cloned())
+                .flatten(),
             ..Conn::default()
         };
         let c = self.conns.entry(sk).or_insert_with(fresh);
@@ -672,7 +696,8 @@ impl Correlator {
             self.finish(p, None, out);
         }
         let conn = self.conns.remove(&sk).filter(|c| c.tuple == r.tuple);
-        let owner = owner_named(&r.owner, conn.as_ref().and_then(|c| c.owner.clone()));
+        let known = conn.as_ref().and_then(|c| c.owner.clone());
+        let owner = owner_named(&r.owner, known.or_else(|| self.existing_owner(&r.tuple)));
         let p = Pending {
             ts_ns: r.header.ts_ns,
             tuple: r.tuple,
@@ -869,6 +894,9 @@ impl Correlator {
             owner,
             counted,
         } = p;
+        if !self.existing.is_empty() {
+            self.existing.remove(&ConnKey::of_tuple(&tuple));
+        }
         let clock = self.settings.clock;
         let outcome = Self::classify(&info, conn.as_ref(), forced);
         let (mut probes, mut acks) = (0, 0);

@@ -990,3 +990,62 @@ fn idle_time_at_close_is_known_once_synchronized() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_connection_older_than_the_agent_is_named_by_the_look_up_until_it_ends() {
+    use crate::existing::ConnKey;
+    let mut c = correlator();
+    let mut found = HashMap::new();
+    let old = crate::model::Owner::new(
+        31337,
+        "postgres".into(),
+        Some("/system.slice/pg.service".into()),
+    );
+    found.insert(ConnKey::of_tuple(&tuple(5000)), old.clone());
+    found.insert(ConnKey::of_tuple(&tuple(5001)), old.clone());
+    c.set_existing(found);
+    // Records without an owner (no birth seen): the look-up names it, on every event.
+    let rst = RawEvent::ResetRecv(ResetRecvRecord {
+        header: header(kind::RST_RECV, SEC, SK),
+        tuple: tuple(5000),
+        state: tcp_state::ESTABLISHED,
+        ..ResetRecvRecord::default()
+    });
+    let end = close(
+        SK,
+        5000,
+        SEC + 10,
+        close_info(tcp_state::ESTABLISHED, 104, 0),
+    );
+    let mut out = run(&mut c, &[rst, end]);
+    c.flush(&mut out);
+    assert_eq!(names(&out), ["reset_received", "connection_closed"]);
+    for e in &out {
+        assert_eq!(e.owner.as_ref(), Some(&old), "{e:?}");
+    }
+    // A record that names an owner wins (the kernel saw that connection start).
+    let RawEvent::Close(mut other) = close(
+        SK + 8,
+        5001,
+        2 * SEC,
+        close_info(tcp_state::ESTABLISHED, 104, 0),
+    ) else {
+        unreachable!()
+    };
+    other.owner = raw_owner(4242, b"curl");
+    let mut out = run(&mut c, &[RawEvent::Close(other)]);
+    c.flush(&mut out);
+    assert_eq!(out[0].owner.as_ref().map(|o| o.pid), Some(4242));
+    // The entries went with their connections' ends: the same addresses used again by a
+    // connection whose owner nobody knows are not given the old one.
+    let again = close(
+        SK + 16,
+        5000,
+        3 * SEC,
+        close_info(tcp_state::ESTABLISHED, 104, 0),
+    );
+    let mut out = run(&mut c, &[again]);
+    c.flush(&mut out);
+    assert_eq!(names(&out), ["connection_closed"]);
+    assert_eq!(out[0].owner, None);
+}

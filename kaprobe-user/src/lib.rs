@@ -6,6 +6,7 @@ pub mod cli;
 pub mod correlate;
 pub mod decode;
 pub mod error;
+pub mod existing;
 mod json;
 pub mod kernel;
 pub mod loader;

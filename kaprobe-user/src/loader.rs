@@ -220,30 +220,38 @@ impl Loaded {
             .sum()
     }
 
+    /// Map `name`, taken out of the object (once).
+    fn take(&mut self, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+        self.ebpf.take_map(name).ok_or(LoadError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))
+    }
+
     /// The ring buffer, taken out of the object (call once).
     pub fn ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.ebpf.take_map(map_name::EVENTS).ok_or(LoadError::Map(
-            map_name::EVENTS,
-            aya::maps::MapError::InvalidName {
-                name: map_name::EVENTS.into(),
-            },
-        ))?;
+        let map = self.take(map_name::EVENTS)?;
         RingBuf::try_from(map).map_err(|e| LoadError::Map(map_name::EVENTS, e))
     }
 
     /// The per-CPU loss counters, taken out of the object (call once).
     pub fn stats(&mut self) -> Result<KernelStats, LoadError> {
-        let map = self.ebpf.take_map(map_name::STATS).ok_or(LoadError::Map(
-            map_name::STATS,
-            aya::maps::MapError::InvalidName {
-                name: map_name::STATS.into(),
-            },
-        ))?;
+        let map = self.take(map_name::STATS)?;
         Ok(KernelStats {
             map: PerCpuArray::try_from(map).map_err(|e| LoadError::Map(map_name::STATS, e))?,
         })
     }
+
+    /// The listening ports' owners (`LISTENERS`), taken out of the object (call once): for
+    /// seeding it with the listeners older than the agent ([`crate::existing`]).
+    pub fn listeners(&mut self) -> Result<Listeners, LoadError> {
+        let map = self.take(map_name::LISTENERS)?;
+        aya::maps::HashMap::try_from(map).map_err(|e| LoadError::Map(map_name::LISTENERS, e))
+    }
 }
+
+/// The kernel's `LISTENERS` map: listening port → owner.
+pub type Listeners = aya::maps::HashMap<MapData, kaprobe_common::ListenKey, kaprobe_common::Owner>;
 
 /// Reads the kernel side's per-CPU counters.
 pub struct KernelStats {

@@ -280,7 +280,7 @@ struct NsDump {
 }
 
 /// Dumps the TCP sockets of the calling thread's namespace.
-fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+pub(crate) fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
     let sysctls = sys::keepalive_sysctls();
     let mut sock = diag::DiagSocket::open()?;
     let mut socks = sock.dump(libc::AF_INET as u8, mask)?;
@@ -336,13 +336,17 @@ pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
 }
 
 /// Dumps the TCP sockets of the network namespace at `paths` (from [`sys::namespaces`]).
-fn dump_netns(paths: &[std::path::PathBuf], mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+pub(crate) fn dump_netns(
+    paths: &[std::path::PathBuf],
+    mask: u32,
+) -> io::Result<(Sysctls, Vec<DiagSock>)> {
     sys::open_netns(paths)
         .and_then(|ns| sys::in_netns(&ns, || dump_here(mask)))
         .and_then(|r| r)
 }
 
-fn missing_caps() -> Vec<&'static str> {
+/// What `ls` (and [`crate::existing`]) lacks to see every process's sockets.
+pub(crate) fn missing_caps() -> Vec<&'static str> {
     let caps = privileges::effective_caps();
     let mut missing = Vec::new();
     if caps & (1 << privileges::CAP_SYS_ADMIN) == 0 {

@@ -4,7 +4,7 @@ use std::{
     fs::OpenOptions,
     io::{self, BufWriter, IsTerminal, Write},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
@@ -20,6 +20,7 @@ use crate::{
     correlate::{Clock, Correlator, Settings},
     decode::decode,
     error::{Fatal, exit},
+    existing::{self, Existing},
     kernel::{self, KernelError, KernelFacts},
     loader::{self, KernelStats, LoadOptions, Loaded},
     metrics::{self, AgentInfo, Metrics},
@@ -33,6 +34,9 @@ use crate::{
 /// How often the ring buffer is drained without a wakeup (bulk records), closes waiting for
 /// a trailing RST are reported, and the kernel's loss counters are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// How long `agent_start` waits for the owners of what was open before (usually a few ms;
+/// a host with very many processes or namespaces may take longer, then they come later).
+const EXISTING_WAIT: Duration = Duration::from_millis(250);
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
@@ -212,6 +216,28 @@ impl Agent {
     /// Followed connections whose keepalive timer should have ended them and of which no
     /// record came: if the kernel no longer has the socket, its last firing was one no
     /// tracepoint saw (docs/design.md), and the timeout is reported as inferred.
+    /// Takes what [`existing::scan`] found (and says it).
+    fn learn_existing(&mut self, found: Existing) {
+        log::info!(
+            "owners of what was open before kaprobe started: {} connection(s), {} listener(s) ({} seeded in the kernel), in {} network namespace(s), {} ms",
+            found.conns.len(),
+            found.listeners.len(),
+            found.listeners_seeded,
+            found.namespaces,
+            found.took.as_millis()
+        );
+        let missing = crate::ls::missing_caps();
+        if (found.unreadable > 0 || found.unowned > 0) && !missing.is_empty() {
+            log::warn!(
+                "owners of what was open before kaprobe started: not found for {} socket(s), {} network namespace(s) not read; missing {}",
+                found.unowned,
+                found.unreadable,
+                missing.join(", ")
+            );
+        }
+        self.correlator.set_existing(found.conns);
+    }
+
     fn check_overdue(&mut self, now_mono: u64) {
         let overdue = self.correlator.overdue(now_mono);
         if overdue.is_empty() {
@@ -523,6 +549,12 @@ async fn event_loop(
     started: Instant,
     startup_leftovers: (crate::btf::Btf, aya::Btf),
 ) -> Result<(), Fatal> {
+    // The programs are attached: the owners of what was open before are looked up now.
+    let listeners = loaded
+        .listeners()
+        .inspect_err(|e| log::warn!("listeners older than kaprobe: not seeded: {e}"))
+        .ok();
+    let existing = existing::spawn(listeners);
     let rt = |e: io::Error| Fatal::new(exit::RUNTIME, e);
     let ring = loaded.ring().map_err(|e| Fatal::new(exit::RUNTIME, e))?;
     let stats = loaded.stats().map_err(|e| Fatal::new(exit::RUNTIME, e))?;
@@ -622,6 +654,15 @@ async fn event_loop(
             max_connections: args.max_connections,
         },
     );
+    // Usually done by now; if not, events that come meanwhile may lack an owner.
+    let mut existing = match existing.recv_timeout(EXISTING_WAIT) {
+        Ok(found) => {
+            agent.learn_existing(found);
+            None
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Some(existing),
+        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+    };
     agent.write(&start)?;
     agent.flush()?;
     log::info!("tracing started in {} ms", started.elapsed().as_millis());
@@ -640,6 +681,10 @@ async fn event_loop(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                if let Some(Ok(found)) = existing.as_ref().map(mpsc::Receiver::try_recv) {
+                    agent.learn_existing(found);
+                    existing = None;
+                }
                 // Bulk records do not wake us up: collect them here.
                 agent.drain(ring.get_mut())?;
                 agent.tick(monotonic_ns())?;

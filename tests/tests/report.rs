@@ -144,6 +144,80 @@ fn keepalive_timeout_of_an_accepted_connection_names_the_listener_owner() {
     assert_eq!(closed["cause"], "keepalive_timeout");
 }
 
+/// Closes `s` with `data` unread in its receive queue: the kernel resets the connection.
+fn abort_with_unread(s: std::net::TcpStream, peer: &mut std::net::TcpStream) {
+    peer.write_all(b"unread").expect("write");
+    let mut probe = [0u8; 6];
+    assert_eq!(s.peek(&mut probe).expect("peek"), 6);
+    drop(s);
+}
+
+#[test]
+fn owners_of_what_was_open_before_the_agent_started() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("old");
+    let (na, nb) = (link.a.inode(), link.b.inode());
+    // Before the agent: a listener and a connection it accepted.
+    let listener = listen(&link.b, link.b4);
+    let to = listener.local_addr().expect("addr");
+    let old_client = connect(&link.a, to);
+    let (mut old_server, _) = listener.accept().expect("accept");
+    let agent = Agent::start(&["-v", "--netns", &na.to_string(), "--netns", &nb.to_string()]);
+    // After: the old listener accepts a new connection.
+    let mut new_client = connect(&link.a, to);
+    let (new_server, _) = listener.accept().expect("accept");
+    let (old_cport, new_cport, lport) = (port(&old_client), port(&new_client), to.port());
+    // Both end with a reset: the old client's close() and the new server's, data unread.
+    abort_with_unread(old_client, &mut old_server);
+    abort_with_unread(new_server, &mut new_client);
+    let server_close =
+        |v: &Value, cport: u16| is(v, "connection_closed", nb, lport) && v["dport"] == cport;
+    agent.wait_for("the old client's close", WAIT, |v| {
+        is(v, "connection_closed", na, old_cport)
+    });
+    agent.wait_for("the new server's close", WAIT, |v| {
+        server_close(v, new_cport)
+    });
+    agent.wait_for("the old server's close", WAIT, |v| {
+        server_close(v, old_cport)
+    });
+    // Said at start-up (-v), before agent_start.
+    let log = agent.stderr();
+    assert!(
+        log.contains("owners of what was open before kaprobe started"),
+        "{log}"
+    );
+    let all = agent.stop();
+    let me = std::process::id();
+    let comm = my_comm();
+    let closes: Vec<&Value> = all
+        .iter()
+        .filter(|v| {
+            is(v, "connection_closed", na, old_cport)
+                || server_close(v, new_cport)
+                || server_close(v, old_cport)
+        })
+        .collect();
+    assert_eq!(closes.len(), 3, "{closes:?}");
+    // The old client: found in /proc at start-up. The new server: its listener's owner,
+    // which the kernel learnt from the agent (it never saw listen()). The old server: both.
+    for closed in closes {
+        assert_eq!(closed["owner"]["pid"], me, "{closed}");
+        assert_eq!(closed["owner"]["comm"], comm.as_str(), "{closed}");
+        assert!(closed["owner"]["cgroup"].is_string(), "{closed}");
+    }
+    // Every event of those connections names it too (the RSTs, sent and received).
+    for e in conn_events(&all, na, old_cport)
+        .into_iter()
+        .chain(conn_events(&all, nb, lport))
+    {
+        assert_eq!(e["owner"]["pid"], me, "{e}");
+    }
+    assert!(!conn_kind(&all, na, old_cport, "reset_sent").is_empty());
+}
+
 #[test]
 fn owner_and_namespace_filters_exclude_other_connections() {
     if need_root() {

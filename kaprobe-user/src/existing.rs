@@ -1,0 +1,256 @@
+//! Owners of the sockets that were open before the agent started. The kernel records an
+//! owner when a connection starts (`connect()`) or a port starts listening (`listen()`):
+//! for a server started before kaprobe, or a connection already open, it never saw that
+//! moment. Once, right after the programs are attached, the agent looks them up the way
+//! `ls` does (sock_diag in every network namespace, socket inodes in /proc/*/fd):
+//! - listeners go into the kernel's `LISTENERS` map (unless `listen()` was seen since), so
+//!   the connections they accept get their owner in the kernel, as if kaprobe had seen
+//!   `listen()`;
+//! - connections go to the correlator, keyed by namespace and addresses, which names their
+//!   owner when a record has none (a socket the kernel saw born has its own).
+//!
+//! It needs what `ls` needs: CAP_SYS_ADMIN (to enter namespaces) and CAP_SYS_PTRACE (to
+//! read other processes' /proc/PID/fd); root has both. Without them it finds what it can
+//! (nothing of other users' processes) and says so.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use kaprobe_common::{ListenKey, Tuple, tcp_state};
+
+use crate::{
+    loader::Listeners,
+    ls::{self, diag::DiagSock},
+    owner::{self, Owner},
+};
+
+/// A connection as both the kernel's records and sock_diag name it: namespace, family and
+/// both ends (address bytes past the family's length are ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    netns: u32,
+    family: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+}
+
+impl ConnKey {
+    fn new(
+        netns: u32,
+        family: u16,
+        saddr: &[u8; 16],
+        daddr: &[u8; 16],
+        sport: u16,
+        dport: u16,
+    ) -> Self {
+        let len = if family == libc::AF_INET as u16 {
+            4
+        } else {
+            16
+        };
+        let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+        s[..len].copy_from_slice(&saddr[..len]);
+        d[..len].copy_from_slice(&daddr[..len]);
+        ConnKey {
+            netns,
+            family,
+            saddr: s,
+            daddr: d,
+            sport,
+            dport,
+        }
+    }
+
+    /// The key of a kernel record's tuple.
+    pub fn of_tuple(t: &Tuple) -> Self {
+        Self::new(t.netns, t.family, &t.saddr, &t.daddr, t.sport, t.dport)
+    }
+
+    fn of_diag(netns: u32, s: &DiagSock) -> Self {
+        Self::new(netns, u16::from(s.family), &s.src, &s.dst, s.sport, s.dport)
+    }
+}
+
+/// What the look-up found.
+#[derive(Debug, Default)]
+pub struct Existing {
+    /// Listening ports and their owners, in the form the kernel records them.
+    pub listeners: Vec<(ListenKey, kaprobe_common::Owner)>,
+    /// Open connections (any state but LISTEN, TIME_WAIT and request sockets) and the
+    /// process holding each.
+    pub conns: HashMap<ConnKey, Owner>,
+    /// Network namespaces read, and those that could not be.
+    pub namespaces: usize,
+    pub unreadable: usize,
+    /// Sockets found with no process holding them that this agent could see.
+    pub unowned: usize,
+    /// Listeners written into the kernel's map (not those whose `listen()` it saw since).
+    pub listeners_seeded: usize,
+    /// How long the look-up took.
+    pub took: Duration,
+}
+
+/// `BPF_NOEXIST`: a `listen()` the kernel recorded since the programs were attached wins.
+const BPF_NOEXIST: u64 = 1;
+
+/// Runs [`scan`] on a thread of its own, writes the listeners it found into `listeners`
+/// (the kernel's map) and sends the rest. Call once the programs are attached: what starts
+/// after that, the kernel sees itself.
+pub fn spawn(mut listeners: Option<Listeners>) -> mpsc::Receiver<Existing> {
+    let (tx, rx) = mpsc::channel();
+    let job = move || {
+        let started = Instant::now();
+        let mut found = scan();
+        if let Some(map) = &mut listeners {
+            for (key, owner) in &found.listeners {
+                match map.insert(key, owner, BPF_NOEXIST) {
+                    Ok(()) => found.listeners_seeded += 1,
+                    Err(e) => log::debug!("listener {}/{}: not seeded: {e}", key.netns, key.port),
+                }
+            }
+        }
+        found.took = started.elapsed();
+        let _ = tx.send(found);
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("existing".into())
+        .spawn(job)
+    {
+        log::warn!("owners of connections older than kaprobe: not looked up: {e}");
+    }
+    rx
+}
+
+/// Sockets of every state that a process can hold: all but TIME_WAIT and request sockets.
+fn held_states() -> u32 {
+    let all = (1u32 << (tcp_state::NEW_SYN_RECV + 1)) - 2;
+    all & !(1 << tcp_state::TIME_WAIT) & !(1 << tcp_state::NEW_SYN_RECV)
+}
+
+/// Looks up every TCP socket of the host and the process holding it.
+pub fn scan() -> Existing {
+    let mut found = Existing::default();
+    let holders = owner::socket_fds();
+    let mut owners: HashMap<u32, Option<(Owner, kaprobe_common::Owner)>> = HashMap::new();
+    let root = owner::cgroup2_root();
+    // The agent's own namespace needs no setns (nor CAP_SYS_ADMIN).
+    let own = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    for (netns, paths) in ls::sys::namespaces() {
+        let dump = if netns == own {
+            ls::dump_here(held_states())
+        } else {
+            ls::dump_netns(&paths, held_states())
+        };
+        let socks = match dump {
+            Ok((_, socks)) => socks,
+            Err(e) => {
+                log::debug!("network namespace {netns}: cannot list its sockets: {e}");
+                found.unreadable += 1;
+                continue;
+            }
+        };
+        found.namespaces += 1;
+        let netns = netns as u32;
+        for s in &socks {
+            let Some(&(pid, _)) = holders.get(&u64::from(s.inode)) else {
+                found.unowned += usize::from(s.inode != 0);
+                continue;
+            };
+            let Some((owner, raw)) = owners
+                .entry(pid)
+                .or_insert_with(|| process(pid, &root))
+                .clone()
+            else {
+                continue; // exited meanwhile
+            };
+            if s.state == tcp_state::LISTEN {
+                let key = ListenKey {
+                    netns,
+                    port: s.sport,
+                    _pad: 0,
+                };
+                found.listeners.push((key, raw));
+            } else {
+                found.conns.insert(ConnKey::of_diag(netns, s), owner);
+            }
+        }
+    }
+    found
+}
+
+/// A process as `watch` names owners, and as the kernel records them (`bpf_get_current_*`:
+/// tgid, the main thread's comm, the cgroup's id, which is its directory's inode number).
+fn process(pid: u32, cgroup_root: &Path) -> Option<(Owner, kaprobe_common::Owner)> {
+    let owner = owner::owner_of_pid(pid)?;
+    let mut raw = kaprobe_common::Owner {
+        tgid: pid,
+        ..Default::default()
+    };
+    let name = owner.comm.as_bytes();
+    let n = name.len().min(raw.comm.len() - 1);
+    raw.comm[..n].copy_from_slice(&name[..n]);
+    if let Some(path) = owner.cgroup.as_deref() {
+        raw.cgroup_id = std::fs::metadata(cgroup_root.join(path.trim_start_matches('/')))
+            .map_or(0, |m| m.ino());
+    }
+    Some((owner, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_and_a_dump_of_one_connection_have_one_key() {
+        let mut t = Tuple {
+            family: libc::AF_INET as u16,
+            netns: 7,
+            sport: 40000,
+            dport: 80,
+            ..Default::default()
+        };
+        t.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        t.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let mut s = DiagSock {
+            family: libc::AF_INET as u8,
+            state: tcp_state::ESTABLISHED,
+            timer: 0,
+            retrans: 0,
+            sport: 40000,
+            dport: 80,
+            src: [0; 16],
+            dst: [0; 16],
+            expires_ms: 0,
+            rqueue: 0,
+            wqueue: 0,
+            uid: 0,
+            inode: 1,
+            info: None,
+        };
+        s.src[..4].copy_from_slice(&[10, 0, 0, 1]);
+        s.dst[..4].copy_from_slice(&[10, 0, 0, 2]);
+        // Bytes past an IPv4 address do not count.
+        s.src[8] = 0xff;
+        assert_eq!(ConnKey::of_tuple(&t), ConnKey::of_diag(7, &s));
+        assert_ne!(ConnKey::of_tuple(&t), ConnKey::of_diag(8, &s));
+        s.dport = 81;
+        assert_ne!(ConnKey::of_tuple(&t), ConnKey::of_diag(7, &s));
+    }
+
+    #[test]
+    fn this_process_is_recorded_as_the_kernel_would() {
+        let me = std::process::id();
+        let (owner, raw) = process(me, &owner::cgroup2_root()).expect("this process");
+        assert_eq!(raw.tgid, me);
+        assert_eq!(owner::comm_text(&raw.comm), owner.comm.as_ref());
+        if owner.cgroup.is_some() {
+            assert_ne!(raw.cgroup_id, 0, "{owner:?}");
+        }
+    }
+}
