@@ -168,6 +168,48 @@ fn dead_peer_times_out_with_raw_tracepoints() {
     dead_peer(false, &["--attach", "raw-tracepoint"]);
 }
 
+/// A connection already probing when the agent starts (an agent restart, or a host where
+/// kaprobe is deployed late): the timeout is reported whole, with its owner found at
+/// start-up, and the probes the agent saw match the kernel's count of them.
+#[test]
+fn dead_peer_of_a_connection_older_than_the_agent() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("dold");
+    let (client, _server) = connected_v(&link, false);
+    set_keepalive(&client, KA);
+    let (ns, sport) = (link.a.inode(), port(&client));
+    let before = link.a.nstat()["TcpExtTCPKeepAlive"];
+    let agent = Agent::start(&[]);
+    let since = link.a.nstat()["TcpExtTCPKeepAlive"];
+    link.silence_b();
+    assert_eq!(read_until_error(&client), ETIMEDOUT);
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
+    let all = agent.stop();
+    let total = link.a.nstat()["TcpExtTCPKeepAlive"];
+    // Probes sent while the agent ran: at least those after it started, at most those
+    // plus the ones sent while it was starting.
+    let seen = conn_kind(&all, ns, sport, "keepalive_probe").len() as u64;
+    assert!(
+        (total - since..=total - before).contains(&seen),
+        "{seen} probes seen, kernel: {before} before, {since} at start, {total} at the end"
+    );
+    let timeout = the_one(&all, ns, sport, "keepalive_timeout");
+    assert_eq!(timeout["probes"], 3, "{timeout}");
+    assert_eq!(timeout["error"], "ETIMEDOUT", "{timeout}");
+    let closed = the_one(&all, ns, sport, "connection_closed");
+    assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
+    // Its start was not seen: no lifetime, no direction; its owner was looked up.
+    assert!(closed["lifetime_ms"].is_null(), "{closed}");
+    for e in conn_events(&all, ns, sport) {
+        assert_eq!(e["owner"]["pid"], std::process::id(), "{e}");
+    }
+    assert_eq!(link.a.nstat()["TcpExtTCPAbortOnTimeout"], 1);
+}
+
 #[test]
 fn restarted_peer_answers_the_probe_with_rst() {
     if need_root() {
