@@ -67,6 +67,8 @@ fn connect_rejected_by_icmp_is_reported_with_the_error() {
     let all = agent.stop();
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["error"], "EHOSTUNREACH", "{closed}");
+    // Neither a reset nor a timeout: the error is the cause's detail.
+    assert_eq!(closed["cause"], "other", "{closed}");
     assert_eq!(closed["last_state"], "syn_sent", "{closed}");
     assert_eq!(closed["closed_by"], "local", "{closed}");
     assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
