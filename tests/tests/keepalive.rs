@@ -353,6 +353,50 @@ fn peer_closes_with_fin() {
     assert_eq!(link.a.nstat()["TcpExtTCPKeepAlive"], 0);
 }
 
+/// The peer half-closes (its FIN leaves this side in CLOSE_WAIT), the application never
+/// closes, then the peer dies: keepalive still probes in CLOSE_WAIT and ends the connection.
+#[test]
+fn half_closed_connection_dies_by_keepalive_in_close_wait() {
+    if need_root() {
+        return;
+    }
+    use std::io::Read;
+    let link = Link::new("cw");
+    let agent = Agent::start(&[]);
+    let (client, server) = connected_v(&link, false);
+    set_keepalive(&client, KA);
+    let (ns, sport) = (link.a.inode(), port(&client));
+    server
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut buf = [0u8; 1];
+    assert_eq!((&client).read(&mut buf).expect("read"), 0, "the peer's FIN");
+    link.silence_b();
+    agent.wait_for("connection_closed", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
+    // (A read after EOF keeps returning 0: the error is in SO_ERROR.)
+    let err = client
+        .take_error()
+        .expect("SO_ERROR")
+        .and_then(|e| e.raw_os_error());
+    assert_eq!(err, Some(ETIMEDOUT), "the application's socket error");
+    let all = agent.stop();
+    let fin = the_one(&all, ns, sport, "fin_received");
+    assert_eq!(fin["state"], "close_wait", "{fin}");
+    let probes = assert_probes_match_nstat(&all, &link.a, sport);
+    assert!(probes >= 3, "{probes}");
+    let timeout = the_one(&all, ns, sport, "keepalive_timeout");
+    assert_eq!(timeout["probes"], 3, "{timeout}");
+    let closed = the_one(&all, ns, sport, "connection_closed");
+    assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
+    assert_eq!(closed["last_state"], "close_wait", "{closed}");
+    assert_eq!(closed["error"], "ETIMEDOUT", "{closed}");
+    assert_eq!(closed["closed_by"], "local", "{closed}");
+    assert_eq!(link.a.nstat()["TcpExtTCPAbortOnTimeout"], 1);
+    drop(server);
+}
+
 #[test]
 fn hundreds_of_connections_time_out_at_once() {
     if need_root() {
