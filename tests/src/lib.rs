@@ -674,6 +674,13 @@ pub fn connected(link: &Link, server_ip: IpAddr) -> (TcpStream, TcpStream) {
     (client, server)
 }
 
+/// The pending error of a socket (SO_ERROR, cleared by reading it), as an errno.
+pub fn socket_error(s: &TcpStream) -> Option<i32> {
+    s.take_error()
+        .expect("SO_ERROR")
+        .and_then(|e| e.raw_os_error())
+}
+
 /// The local port of a socket.
 pub fn port(s: &TcpStream) -> u16 {
     s.local_addr().expect("addr").port()

@@ -376,10 +376,7 @@ fn half_closed_connection_dies_by_keepalive_in_close_wait() {
         is(v, "connection_closed", ns, sport)
     });
     // (A read after EOF keeps returning 0: the error is in SO_ERROR.)
-    let err = client
-        .take_error()
-        .expect("SO_ERROR")
-        .and_then(|e| e.raw_os_error());
+    let err = socket_error(&client);
     assert_eq!(err, Some(ETIMEDOUT), "the application's socket error");
     let all = agent.stop();
     let fin = the_one(&all, ns, sport, "fin_received");
@@ -451,10 +448,7 @@ fn hundreds_of_connections_time_out_at_once() {
         v["event"] == "connection_closed" && v["netns"] == ns
     });
     for c in &clients {
-        let err = c
-            .take_error()
-            .expect("SO_ERROR")
-            .and_then(|e| e.raw_os_error());
+        let err = socket_error(c);
         assert_eq!(err, Some(ETIMEDOUT), "every client sees ETIMEDOUT");
     }
     let all = agent.stop();

@@ -52,10 +52,7 @@ fn small_ring_every_timeout_is_delivered_or_counted_lost() {
     };
     assert_eq!(caused, N as u64);
     for c in &clients {
-        let err = c
-            .take_error()
-            .expect("SO_ERROR")
-            .and_then(|e| e.raw_os_error());
+        let err = socket_error(c);
         assert_eq!(err, Some(ETIMEDOUT), "every client sees ETIMEDOUT");
     }
     let all = agent.stop();
