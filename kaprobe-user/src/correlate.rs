@@ -15,7 +15,7 @@
 //! - an answer is seen as `icsk_probes_out` back to 0 (any ACK from the peer resets it);
 //! - an RST answering a probe ends the connection at once (`reset_received`);
 //! - ETIMEDOUT outside the keepalive timer is a retransmission timeout.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use kaprobe_common::{
     CloseInfo, CloseRecord, ErrorRecord, Header, REASON_UNKNOWN, ResetRecvRecord, ResetSentRecord,
@@ -226,6 +226,16 @@ impl Correlator {
     /// Owners of the connections open before the agent started ([`crate::existing::scan`]).
     pub fn set_existing(&mut self, conns: HashMap<ConnKey, Owner>) {
         self.existing = conns;
+    }
+
+    /// The connections open before the agent started whose owner is still kept.
+    pub fn existing_keys(&self) -> Vec<ConnKey> {
+        self.existing.keys().copied().collect()
+    }
+
+    /// Forgets the owners of those that ended unreported (not in `open`).
+    pub fn retain_existing(&mut self, open: &HashSet<ConnKey>) {
+        self.existing.retain(|k, _| open.contains(k));
     }
 
     /// The owner found for a connection open before the agent started.

@@ -13,9 +13,9 @@
 //! read other processes' /proc/PID/fd); root has both. Without them it finds what it can
 //! (nothing of other users' processes) and says so.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt,
-    path::Path,
+    path::{Path, PathBuf},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -139,16 +139,10 @@ pub fn scan() -> Existing {
     let holders = owner::socket_fds();
     let mut owners: HashMap<u32, Option<(Owner, kaprobe_common::Owner)>> = HashMap::new();
     let root = owner::cgroup2_root();
-    // The agent's own namespace needs no setns (nor CAP_SYS_ADMIN).
-    let own = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    let own = own_netns();
     for (netns, paths) in ls::sys::namespaces() {
-        let dump = if netns == own {
-            ls::dump_here(held_states())
-        } else {
-            ls::dump_netns(&paths, held_states())
-        };
-        let socks = match dump {
-            Ok((_, socks)) => socks,
+        let socks = match dump(netns, own, &paths) {
+            Ok(socks) => socks,
             Err(e) => {
                 log::debug!("network namespace {netns}: cannot list its sockets: {e}");
                 found.unreadable += 1;
@@ -182,6 +176,52 @@ pub fn scan() -> Existing {
         }
     }
     found
+}
+
+/// The agent's own network namespace (inode).
+fn own_netns() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
+}
+
+/// The sockets a process can hold in namespace `netns` (the agent's own, `own`, needs no
+/// setns, nor CAP_SYS_ADMIN).
+fn dump(netns: u64, own: u64, paths: &[PathBuf]) -> std::io::Result<Vec<DiagSock>> {
+    let socks = if netns == own {
+        ls::dump_here(held_states())
+    } else {
+        ls::dump_netns(paths, held_states())
+    };
+    socks.map(|(_, socks)| socks)
+}
+
+/// Which of `keys` are still open connections: those of a namespace that is gone are not,
+/// those of one that cannot be read are assumed to be. For forgetting the owners of the
+/// connections that ended without a reported close.
+pub fn still_open(keys: &[ConnKey]) -> HashSet<ConnKey> {
+    let wanted: HashSet<u32> = keys.iter().map(|k| k.netns).collect();
+    let own = own_netns();
+    let mut open = HashSet::new();
+    let mut unreadable = HashSet::new();
+    for (netns, paths) in ls::sys::namespaces() {
+        if !wanted.contains(&(netns as u32)) {
+            continue;
+        }
+        match dump(netns, own, &paths) {
+            Ok(socks) => open.extend(
+                socks
+                    .iter()
+                    .filter(|s| s.state != tcp_state::LISTEN)
+                    .map(|s| ConnKey::of_diag(netns as u32, s)),
+            ),
+            Err(_) => {
+                unreadable.insert(netns as u32);
+            }
+        }
+    }
+    keys.iter()
+        .filter(|k| unreadable.contains(&k.netns) || open.contains(k))
+        .copied()
+        .collect()
 }
 
 /// A process as `watch` names owners, and as the kernel records them (`bpf_get_current_*`:
@@ -241,6 +281,47 @@ mod tests {
         assert_ne!(ConnKey::of_tuple(&t), ConnKey::of_diag(8, &s));
         s.dport = 81;
         assert_ne!(ConnKey::of_tuple(&t), ConnKey::of_diag(7, &s));
+    }
+
+    /// The key of one end of a loopback connection of this process.
+    fn key_of(s: &std::net::TcpStream) -> ConnKey {
+        let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+        let v4 = |a: std::net::SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(ip) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&ip.octets());
+                b
+            }
+            std::net::IpAddr::V6(_) => unreachable!("a v4 loopback connection"),
+        };
+        let family = libc::AF_INET as u16;
+        let netns = own_netns() as u32;
+        ConnKey::new(
+            netns,
+            family,
+            &v4(local),
+            &v4(peer),
+            local.port(),
+            peer.port(),
+        )
+    }
+
+    #[test]
+    fn a_connection_is_still_open_until_it_ends() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (c, s) = (key_of(&client), key_of(&server));
+        let open = still_open(&[c, s]);
+        assert!(open.contains(&c) && open.contains(&s), "{open:?}");
+        // The client closes first (it goes to TIME_WAIT, which nobody holds), then the
+        // server (LAST_ACK, then gone once the client's ACK is in: loopback, at once).
+        drop(client);
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &server, &mut buf).unwrap(), 0);
+        drop(server);
+        let open = still_open(&[c, s]);
+        assert!(open.is_empty(), "{open:?}");
     }
 
     #[test]

@@ -37,6 +37,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long `agent_start` waits for the owners of what was open before (usually a few ms;
 /// a host with very many processes or namespaces may take longer, then they come later).
 const EXISTING_WAIT: Duration = Duration::from_millis(250);
+/// How often the owners of connections older than the agent are checked against the
+/// connections still open (sock_diag in their namespaces).
+const EXISTING_RECHECK: Duration = Duration::from_secs(60);
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
@@ -84,6 +87,8 @@ struct Agent {
     summary: Option<Summary>,
     /// The whole run, for `agent_stop`.
     summary_all: Summary,
+    /// When [`Agent::forget_ended_existing`] last looked (CLOCK_MONOTONIC ns).
+    existing_checked_ns: u64,
 }
 
 impl Agent {
@@ -206,6 +211,7 @@ impl Agent {
     fn tick(&mut self, now_mono: u64) -> Result<(), Fatal> {
         self.correlator.tick(now_mono, &mut self.scratch);
         self.check_overdue(now_mono);
+        self.forget_ended_existing(now_mono);
         if let Some(m) = &self.metrics {
             m.table(self.correlator.tracked(), self.correlator.stats.evicted);
         }
@@ -213,9 +219,6 @@ impl Agent {
         self.report_evictions(now_mono)
     }
 
-    /// Followed connections whose keepalive timer should have ended them and of which no
-    /// record came: if the kernel no longer has the socket, its last firing was one no
-    /// tracepoint saw (docs/design.md), and the timeout is reported as inferred.
     /// Takes what [`existing::scan`] found (and says it).
     fn learn_existing(&mut self, found: Existing) {
         log::info!(
@@ -238,6 +241,31 @@ impl Agent {
         self.correlator.set_existing(found.conns);
     }
 
+    /// Every [`EXISTING_RECHECK`], while owners of connections older than the agent are kept:
+    /// forgets those whose connection ended without a reported close (an orderly close of a
+    /// connection without keepalive, in the default mode), so that a later connection with
+    /// the same addresses is not given that owner.
+    fn forget_ended_existing(&mut self, now_mono: u64) {
+        if now_mono.saturating_sub(self.existing_checked_ns) < EXISTING_RECHECK.as_nanos() as u64 {
+            return;
+        }
+        self.existing_checked_ns = now_mono;
+        let keys = self.correlator.existing_keys();
+        if keys.is_empty() {
+            return;
+        }
+        let open = existing::still_open(&keys);
+        log::debug!(
+            "owners of connections older than the agent: {} of {} still open",
+            open.len(),
+            keys.len()
+        );
+        self.correlator.retain_existing(&open);
+    }
+
+    /// Followed connections whose keepalive timer should have ended them and of which no
+    /// record came: if the kernel no longer has the socket, its last firing was one no
+    /// tracepoint saw (docs/design.md), and the timeout is reported as inferred.
     fn check_overdue(&mut self, now_mono: u64) {
         let overdue = self.correlator.overdue(now_mono);
         if overdue.is_empty() {
@@ -613,6 +641,7 @@ async fn event_loop(
         cgroups: CgroupPaths::default(),
         summary: args.summary_interval.map(|_| Summary::default()),
         summary_all: Summary::default(),
+        existing_checked_ns: monotonic_ns(),
     };
     let mode = match (args.all, args.lean) {
         (true, _) => "all",
