@@ -25,7 +25,7 @@ use kaprobe_common::{
 use crate::{
     FastMap,
     decode::RawEvent,
-    existing::ConnKey,
+    existing::{self, ConnKey},
     model::{Body, Cause, Endpoints, Event, Owner, Side, Timestamp, errno_name, state_name},
 };
 
@@ -198,7 +198,7 @@ pub struct Correlator {
     /// Owners of the connections that were open when the agent started (see
     /// [`crate::existing`]): named when a record has none. An entry goes when its
     /// connection's close is reported (its addresses may be used again).
-    existing: HashMap<ConnKey, Owner>,
+    existing: existing::Conns,
     pub stats: CorrelatorStats,
 }
 
@@ -224,18 +224,28 @@ impl Correlator {
     }
 
     /// Owners of the connections open before the agent started ([`crate::existing::scan`]).
-    pub fn set_existing(&mut self, conns: HashMap<ConnKey, Owner>) {
+    /// Connections followed already (the look-up came late) get theirs now.
+    pub fn set_existing(&mut self, conns: existing::Conns) {
         self.existing = conns;
+        for c in self.conns.values_mut().filter(|c| c.owner.is_none()) {
+            if let Some((owner, _)) = self.existing.get(&ConnKey::of_tuple(&c.tuple)) {
+                c.owner = Some(owner.clone());
+            }
+        }
     }
 
     /// The connections open before the agent started whose owner is still kept.
-    pub fn existing_keys(&self) -> Vec<ConnKey> {
-        self.existing.keys().copied().collect()
+    pub fn existing_keys(&self) -> Vec<(ConnKey, u32)> {
+        self.existing
+            .iter()
+            .map(|(k, (_, inode))| (*k, *inode))
+            .collect()
     }
 
     /// Forgets the owners of those that ended unreported (not in `open`).
-    pub fn retain_existing(&mut self, open: &HashSet<ConnKey>) {
-        self.existing.retain(|k, _| open.contains(k));
+    pub fn retain_existing(&mut self, open: &HashSet<(ConnKey, u32)>) {
+        self.existing
+            .retain(|k, (_, inode)| open.contains(&(*k, *inode)));
     }
 
     /// The owner found for a connection open before the agent started.
@@ -243,7 +253,9 @@ impl Correlator {
         if self.existing.is_empty() {
             return None;
         }
-        self.existing.get(&ConnKey::of_tuple(tuple)).cloned()
+        self.existing
+            .get(&ConnKey::of_tuple(tuple))
+            .map(|(owner, _)| owner.clone())
     }
 
     /// Connections currently followed (for metrics and tests).
@@ -439,8 +451,9 @@ impl Correlator {
             tuple: *tuple,
             // (No lookup at all once no connection older than the agent is left.)
             owner: (!existing.is_empty())
-                .then(|| existing.get(&ConnKey::of_tuple(tuple)).cloned())
-                .flatten(),
+                .then(|| existing.get(&ConnKey::of_tuple(tuple)))
+                .flatten()
+                .map(|(owner, _)| owner.clone()),
             ..Conn::default()
         };
         let c = self.conns.entry(sk).or_insert_with(fresh);

@@ -1001,8 +1001,8 @@ fn a_connection_older_than_the_agent_is_named_by_the_look_up_until_it_ends() {
         "postgres".into(),
         Some("/system.slice/pg.service".into()),
     );
-    found.insert(ConnKey::of_tuple(&tuple(5000)), old.clone());
-    found.insert(ConnKey::of_tuple(&tuple(5001)), old.clone());
+    found.insert(ConnKey::of_tuple(&tuple(5000)), (old.clone(), 1));
+    found.insert(ConnKey::of_tuple(&tuple(5001)), (old.clone(), 2));
     c.set_existing(found);
     // Records without an owner (no birth seen): the look-up names it, on every event.
     let rst = RawEvent::ResetRecv(ResetRecvRecord {
@@ -1048,4 +1048,23 @@ fn a_connection_older_than_the_agent_is_named_by_the_look_up_until_it_ends() {
     c.flush(&mut out);
     assert_eq!(names(&out), ["connection_closed"]);
     assert_eq!(out[0].owner, None);
+}
+
+#[test]
+fn a_late_look_up_still_names_connections_already_followed() {
+    use crate::existing::ConnKey;
+    let mut c = correlator();
+    // Probes of an old connection come before the look-up is done: no owner yet.
+    let mut out = run(&mut c, &[firing(SK, 5000, 1, 0, 0, 1)]);
+    assert!(out.iter().all(|e| e.owner.is_none()), "{out:?}");
+    let old = crate::model::Owner::new(31337, "postgres".into(), None);
+    let mut found = HashMap::new();
+    found.insert(ConnKey::of_tuple(&tuple(5000)), (old.clone(), 1));
+    c.set_existing(found);
+    out.clear();
+    c.handle(&firing(SK, 5000, 2, 0, 1, 2), &mut out);
+    assert!(!out.is_empty());
+    for e in &out {
+        assert_eq!(e.owner.as_ref(), Some(&old), "{e:?}");
+    }
 }

@@ -77,14 +77,19 @@ impl ConnKey {
     }
 }
 
+/// Open connections (any state but LISTEN, TIME_WAIT and request sockets): the process
+/// holding each, and the socket's inode (which tells a connection from a later one with the
+/// same addresses).
+pub type Conns = HashMap<ConnKey, (Owner, u32)>;
+
 /// What the look-up found.
 #[derive(Debug, Default)]
 pub struct Existing {
     /// Listening ports and their owners, in the form the kernel records them.
     pub listeners: Vec<(ListenKey, kaprobe_common::Owner)>,
-    /// Open connections (any state but LISTEN, TIME_WAIT and request sockets) and the
-    /// process holding each.
-    pub conns: HashMap<ConnKey, Owner>,
+    pub conns: Conns,
+    /// Why nothing was looked up, if so.
+    pub skipped: Option<&'static str>,
     /// Network namespaces read, and those that could not be.
     pub namespaces: usize,
     pub unreadable: usize,
@@ -133,10 +138,46 @@ fn held_states() -> u32 {
     all & !(1 << tcp_state::TIME_WAIT) & !(1 << tcp_state::NEW_SYN_RECV)
 }
 
+/// `PROC_PID_INIT_INO` and `PROC_CGROUP_INIT_INO` (include/linux/proc_ns.h): the inodes of
+/// the host's (initial) pid and cgroup namespaces.
+const INIT_PID_NS: u64 = 0xEFFF_FFFC;
+const INIT_CGROUP_NS: u64 = 0xEFFF_FFFB;
+
+fn in_init_ns(kind: &str, init: u64) -> bool {
+    std::fs::metadata(format!("/proc/self/ns/{kind}")).is_ok_and(|m| m.ino() == init)
+}
+
+/// What the look-up lacks to see every process's sockets: entering namespaces, reading
+/// other users' /proc/PID/fd (a directory of mode 0500, then ptrace access).
+pub fn missing_caps() -> Vec<&'static str> {
+    let caps = crate::privileges::effective_caps();
+    [
+        (crate::privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    ]
+    .into_iter()
+    .filter(|&(cap, _)| caps & (1u64 << cap) == 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
+
 /// Looks up every TCP socket of the host and the process holding it.
 pub fn scan() -> Existing {
     let mut found = Existing::default();
+    // In a container without the host's pid namespace, /proc shows other pids than the
+    // kernel records (and only the container's processes): nothing to look up.
+    if !in_init_ns("pid", INIT_PID_NS) {
+        found.skipped = Some("kaprobe does not run in the host's pid namespace (hostPID)");
+        return found;
+    }
+    // In another cgroup namespace, /proc/PID/cgroup paths are relative to its root.
+    let cgroups = in_init_ns("cgroup", INIT_CGROUP_NS);
     let holders = owner::socket_fds();
+    let mut seen_listeners = HashSet::new();
     let mut owners: HashMap<u32, Option<(Owner, kaprobe_common::Owner)>> = HashMap::new();
     let root = owner::cgroup2_root();
     let own = own_netns();
@@ -158,7 +199,7 @@ pub fn scan() -> Existing {
             };
             let Some((owner, raw)) = owners
                 .entry(pid)
-                .or_insert_with(|| process(pid, &root))
+                .or_insert_with(|| process(pid, cgroups.then_some(root.as_path())))
                 .clone()
             else {
                 continue; // exited meanwhile
@@ -169,9 +210,14 @@ pub fn scan() -> Existing {
                     port: s.sport,
                     _pad: 0,
                 };
-                found.listeners.push((key, raw));
+                // One per port (IPv4 and IPv6, SO_REUSEPORT groups): the first, lowest pid.
+                if seen_listeners.insert((key.netns, key.port)) {
+                    found.listeners.push((key, raw));
+                }
             } else {
-                found.conns.insert(ConnKey::of_diag(netns, s), owner);
+                found
+                    .conns
+                    .insert(ConnKey::of_diag(netns, s), (owner, s.inode));
             }
         }
     }
@@ -194,11 +240,11 @@ fn dump(netns: u64, own: u64, paths: &[PathBuf]) -> std::io::Result<Vec<DiagSock
     socks.map(|(_, socks)| socks)
 }
 
-/// Which of `keys` are still open connections: those of a namespace that is gone are not,
-/// those of one that cannot be read are assumed to be. For forgetting the owners of the
-/// connections that ended without a reported close.
-pub fn still_open(keys: &[ConnKey]) -> HashSet<ConnKey> {
-    let wanted: HashSet<u32> = keys.iter().map(|k| k.netns).collect();
+/// Which of `conns` (key, socket inode) are still open: those of a namespace that is gone
+/// are not, those of one that cannot be read are assumed to be. For forgetting the owners of
+/// the connections that ended without a reported close.
+pub fn still_open(conns: &[(ConnKey, u32)]) -> HashSet<(ConnKey, u32)> {
+    let wanted: HashSet<u32> = conns.iter().map(|(k, _)| k.netns).collect();
     let own = own_netns();
     let mut open = HashSet::new();
     let mut unreadable = HashSet::new();
@@ -211,23 +257,44 @@ pub fn still_open(keys: &[ConnKey]) -> HashSet<ConnKey> {
                 socks
                     .iter()
                     .filter(|s| s.state != tcp_state::LISTEN)
-                    .map(|s| ConnKey::of_diag(netns as u32, s)),
+                    .map(|s| (ConnKey::of_diag(netns as u32, s), s.inode)),
             ),
             Err(_) => {
                 unreadable.insert(netns as u32);
             }
         }
     }
-    keys.iter()
-        .filter(|k| unreadable.contains(&k.netns) || open.contains(k))
+    conns
+        .iter()
+        .filter(|c| unreadable.contains(&c.0.netns) || open.contains(c))
         .copied()
         .collect()
 }
 
+/// [`still_open`] on a thread of its own (it reads every namespace concerned).
+pub fn spawn_still_open(
+    conns: Vec<(ConnKey, u32)>,
+) -> Option<mpsc::Receiver<HashSet<(ConnKey, u32)>>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("existing-check".into())
+        .spawn(move || {
+            let _ = tx.send(still_open(&conns));
+        })
+        .inspect_err(|e| log::debug!("older connections not re-checked: {e}"))
+        .ok()?;
+    Some(rx)
+}
+
 /// A process as `watch` names owners, and as the kernel records them (`bpf_get_current_*`:
-/// tgid, the main thread's comm, the cgroup's id, which is its directory's inode number).
-fn process(pid: u32, cgroup_root: &Path) -> Option<(Owner, kaprobe_common::Owner)> {
-    let owner = owner::owner_of_pid(pid)?;
+/// tgid, the main thread's comm, the cgroup's id, which is its directory's inode number
+/// under `cgroup_root`; none when cgroup paths cannot be trusted, `cgroup_root` None).
+fn process(pid: u32, cgroup_root: Option<&Path>) -> Option<(Owner, kaprobe_common::Owner)> {
+    let mut owner = owner::owner_of_pid(pid)?;
+    if cgroup_root.is_none() {
+        owner.cgroup = None;
+        owner.container_id = None;
+    }
     let mut raw = kaprobe_common::Owner {
         tgid: pid,
         ..Default::default()
@@ -235,9 +302,9 @@ fn process(pid: u32, cgroup_root: &Path) -> Option<(Owner, kaprobe_common::Owner
     let name = owner.comm.as_bytes();
     let n = name.len().min(raw.comm.len() - 1);
     raw.comm[..n].copy_from_slice(&name[..n]);
-    if let Some(path) = owner.cgroup.as_deref() {
-        raw.cgroup_id = std::fs::metadata(cgroup_root.join(path.trim_start_matches('/')))
-            .map_or(0, |m| m.ino());
+    if let (Some(path), Some(root)) = (owner.cgroup.as_deref(), cgroup_root) {
+        raw.cgroup_id =
+            std::fs::metadata(root.join(path.trim_start_matches('/'))).map_or(0, |m| m.ino());
     }
     Some((owner, raw))
 }
@@ -306,28 +373,48 @@ mod tests {
         )
     }
 
+    fn inode_of(s: &std::net::TcpStream) -> u32 {
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).unwrap();
+        let text = link.to_str().unwrap();
+        text["socket:[".len()..text.len() - 1].parse().unwrap()
+    }
+
     #[test]
     fn a_connection_is_still_open_until_it_ends() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let (c, s) = (key_of(&client), key_of(&server));
+        let (c, s) = (
+            (key_of(&client), inode_of(&client)),
+            (key_of(&server), inode_of(&server)),
+        );
         let open = still_open(&[c, s]);
         assert!(open.contains(&c) && open.contains(&s), "{open:?}");
+        // Another socket with the same addresses would be another connection.
+        let other = (c.0, c.1 + 1);
+        assert!(!still_open(&[other]).contains(&other));
         // The client closes first (it goes to TIME_WAIT, which nobody holds), then the
         // server (LAST_ACK, then gone once the client's ACK is in: loopback, at once).
         drop(client);
         let mut buf = [0u8; 1];
         assert_eq!(std::io::Read::read(&mut &server, &mut buf).unwrap(), 0);
         drop(server);
-        let open = still_open(&[c, s]);
+        // (Loopback teardown is done when close() returns; allow for a busy machine.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut open = still_open(&[c, s]);
+        while !open.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            open = still_open(&[c, s]);
+        }
         assert!(open.is_empty(), "{open:?}");
     }
 
     #[test]
     fn this_process_is_recorded_as_the_kernel_would() {
         let me = std::process::id();
-        let (owner, raw) = process(me, &owner::cgroup2_root()).expect("this process");
+        let root = owner::cgroup2_root();
+        let (owner, raw) = process(me, Some(&root)).expect("this process");
         assert_eq!(raw.tgid, me);
         assert_eq!(owner::comm_text(&raw.comm), owner.comm.as_ref());
         if owner.cgroup.is_some() {

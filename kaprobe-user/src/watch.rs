@@ -87,8 +87,10 @@ struct Agent {
     summary: Option<Summary>,
     /// The whole run, for `agent_stop`.
     summary_all: Summary,
-    /// When [`Agent::forget_ended_existing`] last looked (CLOCK_MONOTONIC ns).
+    /// When [`Agent::forget_ended_existing`] last looked (CLOCK_MONOTONIC ns), and its
+    /// answer to come.
     existing_checked_ns: u64,
+    existing_check: Option<mpsc::Receiver<std::collections::HashSet<(existing::ConnKey, u32)>>>,
 }
 
 impl Agent {
@@ -221,6 +223,10 @@ impl Agent {
 
     /// Takes what [`existing::scan`] found (and says it).
     fn learn_existing(&mut self, found: Existing) {
+        if let Some(why) = found.skipped {
+            log::info!("owners of what was open before kaprobe started: not looked up: {why}");
+            return;
+        }
         log::info!(
             "owners of what was open before kaprobe started: {} connection(s), {} listener(s) ({} seeded in the kernel), in {} network namespace(s), {} ms",
             found.conns.len(),
@@ -229,7 +235,7 @@ impl Agent {
             found.namespaces,
             found.took.as_millis()
         );
-        let missing = crate::ls::missing_caps();
+        let missing = existing::missing_caps();
         if (found.unreadable > 0 || found.unowned > 0) && !missing.is_empty() {
             log::warn!(
                 "owners of what was open before kaprobe started: not found for {} socket(s), {} network namespace(s) not read; missing {}",
@@ -245,22 +251,30 @@ impl Agent {
     /// forgets those whose connection ended without a reported close (an orderly close of a
     /// connection without keepalive, in the default mode), so that a later connection with
     /// the same addresses is not given that owner.
+    /// (The check runs on a thread of its own; its answer is taken on a later tick.)
     fn forget_ended_existing(&mut self, now_mono: u64) {
+        if let Some(rx) = &self.existing_check {
+            match rx.try_recv() {
+                Ok(open) => {
+                    log::debug!(
+                        "owners of connections older than the agent: {} still open",
+                        open.len()
+                    );
+                    self.correlator.retain_existing(&open);
+                    self.existing_check = None;
+                }
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => self.existing_check = None,
+            }
+        }
         if now_mono.saturating_sub(self.existing_checked_ns) < EXISTING_RECHECK.as_nanos() as u64 {
             return;
         }
         self.existing_checked_ns = now_mono;
         let keys = self.correlator.existing_keys();
-        if keys.is_empty() {
-            return;
+        if !keys.is_empty() {
+            self.existing_check = existing::spawn_still_open(keys);
         }
-        let open = existing::still_open(&keys);
-        log::debug!(
-            "owners of connections older than the agent: {} of {} still open",
-            open.len(),
-            keys.len()
-        );
-        self.correlator.retain_existing(&open);
     }
 
     /// Followed connections whose keepalive timer should have ended them and of which no
@@ -642,6 +656,7 @@ async fn event_loop(
         summary: args.summary_interval.map(|_| Summary::default()),
         summary_all: Summary::default(),
         existing_checked_ns: monotonic_ns(),
+        existing_check: None,
     };
     let mode = match (args.all, args.lean) {
         (true, _) => "all",
@@ -689,8 +704,17 @@ async fn event_loop(
             agent.learn_existing(found);
             None
         }
-        Err(mpsc::RecvTimeoutError::Timeout) => Some(existing),
-        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            log::info!(
+                "owners of what was open before kaprobe started: still looking after {} ms; events meanwhile may lack them",
+                EXISTING_WAIT.as_millis()
+            );
+            Some(existing)
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            log::warn!("owners of what was open before kaprobe started: the look-up failed");
+            None
+        }
     };
     agent.write(&start)?;
     agent.flush()?;
@@ -710,9 +734,16 @@ async fn event_loop(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                if let Some(Ok(found)) = existing.as_ref().map(mpsc::Receiver::try_recv) {
-                    agent.learn_existing(found);
-                    existing = None;
+                match existing.as_ref().map(mpsc::Receiver::try_recv) {
+                    Some(Ok(found)) => {
+                        agent.learn_existing(found);
+                        existing = None;
+                    }
+                    Some(Err(mpsc::TryRecvError::Disconnected)) => {
+                        log::warn!("owners of what was open before kaprobe started: the look-up failed");
+                        existing = None;
+                    }
+                    _ => {}
                 }
                 // Bulk records do not wake us up: collect them here.
                 agent.drain(ring.get_mut())?;
