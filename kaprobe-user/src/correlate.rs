@@ -228,9 +228,7 @@ impl Correlator {
     pub fn set_existing(&mut self, conns: existing::Conns) {
         self.existing = conns;
         for c in self.conns.values_mut().filter(|c| c.owner.is_none()) {
-            if let Some((owner, _)) = self.existing.get(&ConnKey::of_tuple(&c.tuple)) {
-                c.owner = Some(owner.clone());
-            }
+            c.owner = existing::owner_of(&self.existing, &c.tuple);
         }
     }
 
@@ -246,16 +244,6 @@ impl Correlator {
     pub fn retain_existing(&mut self, open: &HashSet<(ConnKey, u32)>) {
         self.existing
             .retain(|k, (_, inode)| open.contains(&(*k, *inode)));
-    }
-
-    /// The owner found for a connection open before the agent started.
-    fn existing_owner(&self, tuple: &Tuple) -> Option<Owner> {
-        if self.existing.is_empty() {
-            return None;
-        }
-        self.existing
-            .get(&ConnKey::of_tuple(tuple))
-            .map(|(owner, _)| owner.clone())
     }
 
     /// Connections currently followed (for metrics and tests).
@@ -426,7 +414,7 @@ impl Correlator {
     fn owner(&mut self, sk: u64, tuple: &Tuple, raw: &kaprobe_common::Owner) -> Option<Owner> {
         match self.known(sk, tuple) {
             Some(c) => c.learn_owner(raw),
-            None => owner_named(raw, self.existing_owner(tuple)),
+            None => owner_named(raw, existing::owner_of(&self.existing, tuple)),
         }
     }
 
@@ -449,11 +437,7 @@ impl Correlator {
         let existing = &self.existing;
         let fresh = || Conn {
             tuple: *tuple,
-            // (No lookup at all once no connection older than the agent is left.)
-            owner: (!existing.is_empty())
-                .then(|| existing.get(&ConnKey::of_tuple(tuple)))
-                .flatten()
-                .map(|(owner, _)| owner.clone()),
+            owner: existing::owner_of(existing, tuple),
             ..Conn::default()
         };
         let c = self.conns.entry(sk).or_insert_with(fresh);
@@ -720,7 +704,10 @@ impl Correlator {
         }
         let conn = self.conns.remove(&sk).filter(|c| c.tuple == r.tuple);
         let known = conn.as_ref().and_then(|c| c.owner.clone());
-        let owner = owner_named(&r.owner, known.or_else(|| self.existing_owner(&r.tuple)));
+        let owner = owner_named(
+            &r.owner,
+            known.or_else(|| existing::owner_of(&self.existing, &r.tuple)),
+        );
         let p = Pending {
             ts_ns: r.header.ts_ns,
             tuple: r.tuple,

@@ -9,13 +9,13 @@
 //! - connections go to the correlator, keyed by namespace and addresses, which names their
 //!   owner when a record has none (a socket the kernel saw born has its own).
 //!
-//! It needs what `ls` needs: CAP_SYS_ADMIN (to enter namespaces) and CAP_SYS_PTRACE (to
-//! read other processes' /proc/PID/fd); root has both. Without them it finds what it can
-//! (nothing of other users' processes) and says so.
+//! It needs root: CAP_SYS_ADMIN (to enter namespaces), CAP_DAC_READ_SEARCH and
+//! CAP_SYS_PTRACE (to read other processes' /proc/PID/fd), and the host's pid namespace.
+//! Without them it finds what it can (nothing of other users' processes) and says so.
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::Path,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -26,6 +26,7 @@ use crate::{
     loader::Listeners,
     ls::{self, diag::DiagSock},
     owner::{self, Owner},
+    privileges::{self, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
 };
 
 /// A connection as both the kernel's records and sock_diag name it: namespace, family and
@@ -72,7 +73,8 @@ impl ConnKey {
         Self::new(t.netns, t.family, &t.saddr, &t.daddr, t.sport, t.dport)
     }
 
-    fn of_diag(netns: u32, s: &DiagSock) -> Self {
+    /// The key of a socket sock_diag listed in namespace `netns`.
+    pub(crate) fn of_diag(netns: u32, s: &DiagSock) -> Self {
         Self::new(netns, u16::from(s.family), &s.src, &s.dst, s.sport, s.dport)
     }
 }
@@ -81,6 +83,16 @@ impl ConnKey {
 /// holding each, and the socket's inode (which tells a connection from a later one with the
 /// same addresses).
 pub type Conns = HashMap<ConnKey, (Owner, u32)>;
+
+/// The owner `conns` holds for the connection of a kernel record's `tuple`.
+pub fn owner_of(conns: &Conns, tuple: &Tuple) -> Option<Owner> {
+    if conns.is_empty() {
+        return None; // (no key to build once every older connection is gone)
+    }
+    conns
+        .get(&ConnKey::of_tuple(tuple))
+        .map(|(owner, _)| owner.clone())
+}
 
 /// What the look-up found.
 #[derive(Debug, Default)]
@@ -150,9 +162,9 @@ fn in_init_ns(kind: &str, init: u64) -> bool {
 /// What the look-up lacks to see every process's sockets: entering namespaces, reading
 /// other users' /proc/PID/fd (a directory of mode 0500, then ptrace access).
 pub fn missing_caps() -> Vec<&'static str> {
-    let caps = crate::privileges::effective_caps();
+    let caps = privileges::effective_caps();
     [
-        (crate::privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
         (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
         (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
     ]
@@ -161,9 +173,6 @@ pub fn missing_caps() -> Vec<&'static str> {
     .map(|(_, name)| name)
     .collect()
 }
-
-const CAP_DAC_READ_SEARCH: u32 = 2;
-const CAP_SYS_PTRACE: u32 = 19;
 
 /// Looks up every TCP socket of the host and the process holding it.
 pub fn scan() -> Existing {
@@ -180,10 +189,9 @@ pub fn scan() -> Existing {
     let mut seen_listeners = HashSet::new();
     let mut owners: HashMap<u32, Option<(Owner, kaprobe_common::Owner)>> = HashMap::new();
     let root = owner::cgroup2_root();
-    let own = own_netns();
     for (netns, paths) in ls::sys::namespaces() {
-        let socks = match dump(netns, own, &paths) {
-            Ok(socks) => socks,
+        let socks = match ls::dump_netns(netns, &paths, held_states()) {
+            Ok((_, socks)) => socks,
             Err(e) => {
                 log::debug!("network namespace {netns}: cannot list its sockets: {e}");
                 found.unreadable += 1;
@@ -224,49 +232,25 @@ pub fn scan() -> Existing {
     found
 }
 
-/// The agent's own network namespace (inode).
-fn own_netns() -> u64 {
-    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
-}
-
-/// The sockets a process can hold in namespace `netns` (the agent's own, `own`, needs no
-/// setns, nor CAP_SYS_ADMIN).
-fn dump(netns: u64, own: u64, paths: &[PathBuf]) -> std::io::Result<Vec<DiagSock>> {
-    let socks = if netns == own {
-        ls::dump_here(held_states())
-    } else {
-        ls::dump_netns(paths, held_states())
-    };
-    socks.map(|(_, socks)| socks)
-}
-
 /// Which of `conns` (key, socket inode) are still open: those of a namespace that is gone
 /// are not, those of one that cannot be read are assumed to be. For forgetting the owners of
 /// the connections that ended without a reported close.
 pub fn still_open(conns: &[(ConnKey, u32)]) -> HashSet<(ConnKey, u32)> {
-    let wanted: HashSet<u32> = conns.iter().map(|(k, _)| k.netns).collect();
-    let own = own_netns();
-    let mut open = HashSet::new();
-    let mut unreadable = HashSet::new();
-    for (netns, paths) in ls::sys::namespaces() {
-        if !wanted.contains(&(netns as u32)) {
-            continue;
-        }
-        match dump(netns, own, &paths) {
-            Ok(socks) => open.extend(
-                socks
-                    .iter()
-                    .filter(|s| s.state != tcp_state::LISTEN)
-                    .map(|s| (ConnKey::of_diag(netns as u32, s), s.inode)),
-            ),
-            Err(_) => {
-                unreadable.insert(netns as u32);
-            }
-        }
-    }
+    let wanted = conns.iter().map(|(k, _)| u64::from(k.netns)).collect();
+    let dumps = ls::dump_namespaces(&wanted, held_states());
+    let open: HashSet<(ConnKey, u32)> = dumps
+        .iter()
+        .flat_map(|(&netns, socks)| {
+            socks
+                .iter()
+                .flatten()
+                .filter(|s| s.state != tcp_state::LISTEN)
+                .map(move |s| (ConnKey::of_diag(netns as u32, s), s.inode))
+        })
+        .collect();
     conns
         .iter()
-        .filter(|c| unreadable.contains(&c.0.netns) || open.contains(c))
+        .filter(|c| matches!(dumps.get(&u64::from(c.0.netns)), Some(None)) || open.contains(c))
         .copied()
         .collect()
 }
@@ -362,7 +346,7 @@ mod tests {
             std::net::IpAddr::V6(_) => unreachable!("a v4 loopback connection"),
         };
         let family = libc::AF_INET as u16;
-        let netns = own_netns() as u32;
+        let netns = ls::sys::own_netns() as u32;
         ConnKey::new(
             netns,
             family,

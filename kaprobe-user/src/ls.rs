@@ -10,7 +10,7 @@ pub mod diag;
 pub mod sys;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fmt::Write as _,
     io::{self, BufWriter, IsTerminal, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::{
     cli::LsArgs,
     error::{Fatal, exit},
+    existing::ConnKey,
     model::{Family, state_name},
     output::{Filter, Format},
     owner::{self, Owner},
@@ -31,10 +32,6 @@ use crate::{
 };
 use diag::{DiagSock, TcpInfo};
 use sys::{SockOpts, Sysctls};
-
-/// Capability numbers (include/uapi/linux/capability.h) `ls` needs besides
-/// [`privileges::CAP_SYS_ADMIN`].
-const CAP_SYS_PTRACE: u32 = 19;
 
 /// A TCP state for `--state`, named as in the event log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -280,7 +277,7 @@ struct NsDump {
 }
 
 /// Dumps the TCP sockets of the calling thread's namespace.
-pub(crate) fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
     let sysctls = sys::keepalive_sysctls();
     let mut sock = diag::DiagSocket::open()?;
     let mut socks = sock.dump(libc::AF_INET as u8, mask)?;
@@ -297,62 +294,72 @@ pub(crate) fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
 /// network namespace; a namespace that is gone has none). `None` where that cannot be told
 /// (the namespace could not be entered or read).
 pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
-    let namespaces = sys::namespaces();
-    let mut by_netns: HashMap<u32, Vec<usize>> = HashMap::new();
-    for (i, t) in tuples.iter().enumerate() {
-        by_netns.entry(t.netns).or_default().push(i);
-    }
-    let mut gone = vec![None; tuples.len()];
-    for (netns, idx) in by_netns {
-        let Some(paths) = namespaces.get(&u64::from(netns)) else {
-            idx.iter().for_each(|&i| gone[i] = Some(true));
-            continue;
-        };
-        let socks = match dump_netns(paths, u32::MAX) {
-            Ok((_, socks)) => socks,
-            Err(e) => {
-                log::debug!("network namespace {netns}: cannot list its sockets: {e}");
-                continue;
-            }
-        };
-        for i in idx {
-            let t = &tuples[i];
-            let len = if t.family == libc::AF_INET as u16 {
-                4
-            } else {
-                16
-            };
-            let present = socks.iter().any(|s| {
-                s.sport == t.sport
-                    && s.dport == t.dport
-                    && s.src[..len] == t.saddr[..len]
-                    && s.dst[..len] == t.daddr[..len]
-                    && s.state != tcp_state::CLOSE
-            });
-            gone[i] = Some(!present);
-        }
-    }
-    gone
+    let wanted = tuples.iter().map(|t| u64::from(t.netns)).collect();
+    let dumps = dump_namespaces(&wanted, u32::MAX);
+    let present: HashSet<ConnKey> = dumps
+        .iter()
+        .flat_map(|(&netns, socks)| {
+            socks
+                .iter()
+                .flatten()
+                .filter(|s| s.state != tcp_state::CLOSE)
+                .map(move |s| ConnKey::of_diag(netns as u32, s))
+        })
+        .collect();
+    tuples
+        .iter()
+        .map(|t| match dumps.get(&u64::from(t.netns)) {
+            None => Some(true),
+            Some(None) => None,
+            Some(Some(_)) => Some(!present.contains(&ConnKey::of_tuple(t))),
+        })
+        .collect()
 }
 
-/// Dumps the TCP sockets of the network namespace at `paths` (from [`sys::namespaces`]).
+/// The TCP sockets (states in `mask`) of each network namespace in `wanted` (inodes): a
+/// namespace that no longer exists is absent, one that cannot be read is `None`.
+pub(crate) fn dump_namespaces(
+    wanted: &HashSet<u64>,
+    mask: u32,
+) -> HashMap<u64, Option<Vec<DiagSock>>> {
+    sys::namespaces()
+        .into_iter()
+        .filter(|(netns, _)| wanted.contains(netns))
+        .map(|(netns, paths)| {
+            let socks = dump_netns(netns, &paths, mask)
+                .inspect_err(|e| {
+                    log::debug!("network namespace {netns}: cannot list its sockets: {e}");
+                })
+                .ok()
+                .map(|(_, socks)| socks);
+            (netns, socks)
+        })
+        .collect()
+}
+
+/// Dumps the TCP sockets of network namespace `netns` at `paths` (from
+/// [`sys::namespaces`]). This process's own is dumped in place: no setns, so no
+/// CAP_SYS_ADMIN.
 pub(crate) fn dump_netns(
+    netns: u64,
     paths: &[std::path::PathBuf],
     mask: u32,
 ) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+    if netns == sys::own_netns() {
+        return dump_here(mask);
+    }
     sys::open_netns(paths)
         .and_then(|ns| sys::in_netns(&ns, || dump_here(mask)))
         .and_then(|r| r)
 }
 
-/// What `ls` (and [`crate::existing`]) lacks to see every process's sockets.
-pub(crate) fn missing_caps() -> Vec<&'static str> {
+fn missing_caps() -> Vec<&'static str> {
     let caps = privileges::effective_caps();
     let mut missing = Vec::new();
     if caps & (1 << privileges::CAP_SYS_ADMIN) == 0 {
         missing.push("CAP_SYS_ADMIN (to enter network namespaces)");
     }
-    if caps & (1 << CAP_SYS_PTRACE) == 0 {
+    if caps & (1 << privileges::CAP_SYS_PTRACE) == 0 {
         missing.push("CAP_SYS_PTRACE (to read other processes' sockets and their options)");
     }
     missing
@@ -374,7 +381,7 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
     let mut dumps = Vec::new();
     let mut first_error = None;
     for (inode, paths) in &namespaces {
-        match dump_netns(paths, mask) {
+        match dump_netns(*inode, paths, mask) {
             Ok((sysctls, socks)) => dumps.push(NsDump {
                 inode: *inode,
                 sysctls,

@@ -1,6 +1,8 @@
 //! Checking, before anything is loaded, that the agent may do what it needs.
 
 /// Capability numbers (include/uapi/linux/capability.h).
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_SYSLOG: u32 = 34;
 pub const CAP_PERFMON: u32 = 38;

@@ -87,6 +87,9 @@ struct Agent {
     summary: Option<Summary>,
     /// The whole run, for `agent_stop`.
     summary_all: Summary,
+    /// The start-up look-up of owners of what was open before ([`existing::spawn`]), until
+    /// its answer is taken.
+    existing_lookup: Option<mpsc::Receiver<Existing>>,
     /// When [`Agent::forget_ended_existing`] last looked (CLOCK_MONOTONIC ns), and its
     /// answer to come.
     existing_checked_ns: u64,
@@ -151,6 +154,8 @@ impl Agent {
 
     /// Reads every record waiting in the ring buffer.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), Fatal> {
+        // (Before the records, so that they find the owners the look-up found.)
+        self.poll_existing(Duration::ZERO);
         let (mut records, mut bad, mut bytes) = (0u64, 0u64, 0u64);
         while let Some(item) = ring.next() {
             records += 1;
@@ -219,6 +224,21 @@ impl Agent {
         }
         self.write_scratch()?;
         self.report_evictions(now_mono)
+    }
+
+    /// Takes the start-up look-up's answer if it comes within `wait`.
+    fn poll_existing(&mut self, wait: Duration) {
+        let Some(rx) = &self.existing_lookup else {
+            return;
+        };
+        match rx.recv_timeout(wait) {
+            Ok(found) => self.learn_existing(found),
+            Err(mpsc::RecvTimeoutError::Timeout) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                log::warn!("owners of what was open before kaprobe started: the look-up failed");
+            }
+        }
+        self.existing_lookup = None;
     }
 
     /// Takes what [`existing::scan`] found (and says it).
@@ -655,6 +675,7 @@ async fn event_loop(
         cgroups: CgroupPaths::default(),
         summary: args.summary_interval.map(|_| Summary::default()),
         summary_all: Summary::default(),
+        existing_lookup: Some(existing),
         existing_checked_ns: monotonic_ns(),
         existing_check: None,
     };
@@ -698,24 +719,15 @@ async fn event_loop(
             max_connections: args.max_connections,
         },
     );
-    // Usually done by now; if not, events that come meanwhile may lack an owner.
-    let mut existing = match existing.recv_timeout(EXISTING_WAIT) {
-        Ok(found) => {
-            agent.learn_existing(found);
-            None
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            log::info!(
-                "owners of what was open before kaprobe started: still looking after {} ms; events meanwhile may lack them",
-                EXISTING_WAIT.as_millis()
-            );
-            Some(existing)
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            log::warn!("owners of what was open before kaprobe started: the look-up failed");
-            None
-        }
-    };
+    // Usually done by now; if not, it is taken on a later tick, and events that come
+    // meanwhile may lack an owner.
+    agent.poll_existing(EXISTING_WAIT);
+    if agent.existing_lookup.is_some() {
+        log::info!(
+            "owners of what was open before kaprobe started: still looking after {} ms; events meanwhile may lack them",
+            EXISTING_WAIT.as_millis()
+        );
+    }
     agent.write(&start)?;
     agent.flush()?;
     log::info!("tracing started in {} ms", started.elapsed().as_millis());
@@ -734,17 +746,6 @@ async fn event_loop(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                match existing.as_ref().map(mpsc::Receiver::try_recv) {
-                    Some(Ok(found)) => {
-                        agent.learn_existing(found);
-                        existing = None;
-                    }
-                    Some(Err(mpsc::TryRecvError::Disconnected)) => {
-                        log::warn!("owners of what was open before kaprobe started: the look-up failed");
-                        existing = None;
-                    }
-                    _ => {}
-                }
                 // Bulk records do not wake us up: collect them here.
                 agent.drain(ring.get_mut())?;
                 agent.tick(monotonic_ns())?;

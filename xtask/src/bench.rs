@@ -1000,14 +1000,14 @@ fn classify_samples(script: &str, tracer_pid: Option<u32>) -> (u64, u64, u64) {
     (busy, bpf, process)
 }
 
-/// Churn runs sampled by `perf record -a -g` (no bpf_stats), alternating tracers as the
-/// throughput rounds do: the share of the busy CPU in each tracer's BPF path and process.
-/// Unlike requests/s, a share does not move with the speed of the machine from run to run.
 /// perf's sampling rate in the CPU-share rounds. At 999 Hz a 3 s round had ~50 samples in
 /// kaprobe's BPF path: the per-round ratio to the empty programs scattered by ±20 % from
 /// counting alone (a `--lean` run: 0.69-1.18 % of busy CPU over six rounds).
 const PERF_HZ: &str = "2999";
 
+/// Churn runs sampled by `perf record -a -g` (no bpf_stats), alternating tracers as the
+/// throughput rounds do: the share of the busy CPU in each tracer's BPF path and process.
+/// Unlike requests/s, a share does not move with the speed of the machine from run to run.
 fn cpu_attribution(plan: &Plan, tools: &Tools, work: &Path, port: u16) -> Result<Vec<CpuRun>> {
     let mut out = vec![];
     let data = work.join("perf.data");

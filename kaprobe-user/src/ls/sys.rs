@@ -43,6 +43,11 @@ pub fn namespaces() -> BTreeMap<u64, Vec<PathBuf>> {
     found
 }
 
+/// The inode of this process's own network namespace (0 if unreadable).
+pub fn own_netns() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
+}
+
 /// Opens the first of `paths` that still leads to a namespace.
 pub fn open_netns(paths: &[PathBuf]) -> io::Result<File> {
     let mut last = io::Error::from(io::ErrorKind::NotFound);
