@@ -20,12 +20,11 @@ use kaprobe_common::{
     TimerRecord, Tuple, close_flag, kind, tcp_state, timer_flag,
 };
 use kaprobe_user::{
+    bpf::decode::{decode, encode},
     correlate::{Clock, Correlator, Settings},
-    decode::{decode, encode},
-    model::{Event, Totals},
-    output::{self, Filter, Format, Output},
-    owner::CgroupPaths,
-    summary::Summary,
+    event::{Event, Totals},
+    host::owner::CgroupPaths,
+    sink::{self as output, Filter, Format, Output, summary::Summary},
 };
 
 const HZ: u32 = 250;

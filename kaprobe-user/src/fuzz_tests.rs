@@ -7,11 +7,11 @@ use kaprobe_common::*;
 use proptest::prelude::*;
 
 use crate::{
+    bpf::decode::{RawEvent, decode, encode},
     correlate::{Clock, Correlator, Settings},
-    decode::{RawEvent, decode, encode},
-    metrics::{AgentInfo, Metrics},
-    model::Totals,
-    output::{self, Format, Output},
+    event::Totals,
+    sink::metrics::{AgentInfo, Metrics},
+    sink::{self as output, Format, Output},
 };
 
 /// Size of the record of each kind the kernel sends.

@@ -1,24 +1,23 @@
-//! kaprobe's agent, as a library so that tests and benchmarks can reuse its parts:
-//! kernel discovery ([`kernel`], [`btf`]), loading ([`loader`]), decoding ([`decode`]),
-//! correlation ([`correlate`]), the event model ([`model`]) and output ([`output`]).
-pub mod btf;
+//! kaprobe's agent, as a library so that tests and benchmarks can reuse its parts. The
+//! folders follow the data path (docs/design.md):
+//!
+//! - [`kernel`]: BTF, kernel facts, privileges (before anything loads);
+//! - [`bpf`]: loading the programs, decoding their records, their statistics;
+//! - [`correlate`]: kernel records -> events, per connection (mirrors kaprobe-ebpf's hooks);
+//! - [`event`]: the event log's model (a public contract, docs/events.md);
+//! - [`sink`]: filter, JSON, human lines, metrics, summaries;
+//! - [`host`]: sock_diag, namespaces, /proc owners (shared by `ls` and `watch`);
+//! - [`cli`], [`watch`], [`ls`]: the command line and its two verbs.
+pub mod bpf;
 pub mod cli;
 pub mod correlate;
-pub mod decode;
 pub mod error;
-pub mod existing;
-mod json;
+pub mod event;
+pub mod host;
 pub mod kernel;
-pub mod loader;
 pub mod logging;
 pub mod ls;
-pub mod metrics;
-pub mod model;
-pub mod output;
-pub mod owner;
-pub mod privileges;
-pub mod progstats;
-pub mod summary;
+pub mod sink;
 pub mod watch;
 
 #[cfg(test)]

@@ -223,7 +223,7 @@ fn filters_and_across_kinds_or_within_one() {
 
 #[test]
 fn cgroup_prefixes_match_whole_components() {
-    use crate::output::cgroup_under;
+    use crate::sink::cgroup_under;
     assert!(cgroup_under("/system.slice/nginx.service", "/system.slice"));
     assert!(cgroup_under(
         "/system.slice/nginx.service",

@@ -23,7 +23,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::model::{Body, Cause, Event, LostRecords, Side};
+use crate::event::{Body, Cause, Event, LostRecords, Side};
 
 /// Distinct remote ports labelled before the rest are counted as port 0.
 pub const MAX_REMOTE_PORTS: usize = 256;
@@ -511,7 +511,7 @@ pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoints, Family as Fam, Timestamp};
+    use crate::event::{Endpoints, Family as Fam, Timestamp};
 
     fn ev(body: Body) -> Event {
         let conn = Endpoints {

@@ -16,19 +16,19 @@ use tokio::{
 };
 
 use crate::{
+    bpf::decode::decode,
+    bpf::loader::{self, KernelStats, LoadOptions, Loaded},
     cli::WatchArgs,
     correlate::{Clock, Correlator, Settings},
-    decode::decode,
     error::{Fatal, exit},
-    existing::{self, Existing},
-    kernel::{self, KernelError, KernelFacts},
-    loader::{self, KernelStats, LoadOptions, Loaded},
-    metrics::{self, AgentInfo, Metrics},
-    model::{Body, Event, KernelFeatures, LostRecords, Totals},
-    output::{self, Filter, Format, Output},
-    owner::CgroupPaths,
-    privileges,
-    summary::Summary,
+    event::{Body, Event, KernelFeatures, LostRecords, Totals},
+    host::existing::{self, Existing},
+    host::owner::CgroupPaths,
+    kernel::facts::{self as kernel, KernelError, KernelFacts},
+    kernel::privileges,
+    sink::metrics::{self, AgentInfo, Metrics},
+    sink::summary::Summary,
+    sink::{self as output, Filter, Format, Output},
 };
 
 /// How often the ring buffer is drained without a wakeup (bulk records), closes waiting for
@@ -609,7 +609,7 @@ async fn event_loop(
     output: Output,
     metrics_listener: Option<std::net::TcpListener>,
     started: Instant,
-    startup_leftovers: (crate::btf::Btf, aya::Btf),
+    startup_leftovers: (crate::kernel::btf::Btf, aya::Btf),
 ) -> Result<(), Fatal> {
     // The programs are attached: the owners of what was open before are looked up now.
     let listeners = loaded

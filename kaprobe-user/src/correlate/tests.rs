@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use kaprobe_common::*;
 
 use super::*;
-use crate::model::{Body, Cause, Side};
+use crate::event::{Body, Cause, Side};
 
 const SK: u64 = 0xffff_8881_0848_8000;
 const HZ: u32 = 250;
@@ -737,13 +737,13 @@ fn v4_mapped_ipv6_is_reported_as_ipv4() {
     t.daddr = std::net::Ipv4Addr::new(10, 0, 0, 2)
         .to_ipv6_mapped()
         .octets();
-    let e = crate::model::Endpoints::from_tuple(&t);
-    assert_eq!(e.family, crate::model::Family::Ipv4);
+    let e = crate::event::Endpoints::from_tuple(&t);
+    assert_eq!(e.family, crate::event::Family::Ipv4);
     assert_eq!(e.saddr.to_string(), "10.0.0.1");
     t.daddr = "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
     assert_eq!(
-        crate::model::Endpoints::from_tuple(&t).family,
-        crate::model::Family::Ipv6
+        crate::event::Endpoints::from_tuple(&t).family,
+        crate::event::Family::Ipv6
     );
 }
 
@@ -993,10 +993,10 @@ fn idle_time_at_close_is_known_once_synchronized() {
 
 #[test]
 fn a_connection_older_than_the_agent_is_named_by_the_look_up_until_it_ends() {
-    use crate::existing::ConnKey;
+    use crate::host::existing::ConnKey;
     let mut c = correlator();
     let mut found = HashMap::new();
-    let old = crate::model::Owner::new(
+    let old = crate::event::Owner::new(
         31337,
         "postgres".into(),
         Some("/system.slice/pg.service".into()),
@@ -1052,12 +1052,12 @@ fn a_connection_older_than_the_agent_is_named_by_the_look_up_until_it_ends() {
 
 #[test]
 fn a_late_look_up_still_names_connections_already_followed() {
-    use crate::existing::ConnKey;
+    use crate::host::existing::ConnKey;
     let mut c = correlator();
     // Probes of an old connection come before the look-up is done: no owner yet.
     let mut out = run(&mut c, &[firing(SK, 5000, 1, 0, 0, 1)]);
     assert!(out.iter().all(|e| e.owner.is_none()), "{out:?}");
-    let old = crate::model::Owner::new(31337, "postgres".into(), None);
+    let old = crate::event::Owner::new(31337, "postgres".into(), None);
     let mut found = HashMap::new();
     found.insert(ConnKey::of_tuple(&tuple(5000)), (old.clone(), 1));
     c.set_existing(found);

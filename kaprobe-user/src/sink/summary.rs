@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::{
     FastMap,
-    model::{Body, Cause, Event, Owner, Side},
+    event::{Body, Cause, Event, Owner, Side},
 };
 
 /// Groups per table.
@@ -500,7 +500,7 @@ pub fn human(out: &mut String, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoints, Family, Timestamp};
+    use crate::event::{Endpoints, Family, Timestamp};
 
     fn closed(
         sport: u16,

@@ -1,6 +1,6 @@
 //! JSON Lines for connection events, written directly into a byte buffer.
 //!
-//! The serde model ([`crate::model`], documented in docs/events.md) defines the JSON; this
+//! The serde model ([`crate::event`], documented in docs/events.md) defines the JSON; this
 //! module writes the very same bytes for the events that come at high rates (keepalive,
 //! reset, FIN and close events), without serde_json's per-field map machinery and string
 //! escaping of every key. Every other event goes through serde_json. The tests check the
@@ -8,7 +8,7 @@
 //! field added to the model does not compile until it is written here too.
 use std::{io::Write as _, net::IpAddr};
 
-use crate::model::{Body, Endpoints, Event, Family, Owner, RFC3339_MICROS_LEN, Side, Timestamp};
+use crate::event::{Body, Endpoints, Event, Family, Owner, RFC3339_MICROS_LEN, Side, Timestamp};
 
 /// The JSON object of the last owner written, reused while the events name the same owner
 /// (every event of a connection does, and under churn most connections belong to a few
@@ -352,7 +352,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::Cause;
+    use crate::event::Cause;
 
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![

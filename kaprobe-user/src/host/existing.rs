@@ -23,10 +23,13 @@ use std::{
 use kaprobe_common::{ListenKey, Tuple, tcp_state};
 
 use crate::{
-    loader::Listeners,
-    ls::{self, diag::DiagSock},
-    owner::{self, Owner},
-    privileges::{self, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
+    bpf::loader::Listeners,
+    host::{
+        diag::DiagSock,
+        owner::{self, Owner},
+    },
+    kernel::privileges::{self, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
+    ls,
 };
 
 /// A connection as both the kernel's records and sock_diag name it: namespace, family and
@@ -189,7 +192,7 @@ pub fn scan() -> Existing {
     let mut seen_listeners = HashSet::new();
     let mut owners: HashMap<u32, Option<(Owner, kaprobe_common::Owner)>> = HashMap::new();
     let root = owner::cgroup2_root();
-    for (netns, paths) in ls::sys::namespaces() {
+    for (netns, paths) in crate::host::sys::namespaces() {
         let socks = match ls::dump_netns(netns, &paths, held_states()) {
             Ok((_, socks)) => socks,
             Err(e) => {
@@ -346,7 +349,7 @@ mod tests {
             std::net::IpAddr::V6(_) => unreachable!("a v4 loopback connection"),
         };
         let family = libc::AF_INET as u16;
-        let netns = ls::sys::own_netns() as u32;
+        let netns = crate::host::sys::own_netns() as u32;
         ConnKey::new(
             netns,
             family,

@@ -667,9 +667,9 @@ mod tests {
         }
         let btf = Btf::from_file(path).expect("read").expect("parse");
         let (config, protos) =
-            crate::kernel::config_from_btf(&btf).expect("all fields and tracepoints");
+            crate::kernel::facts::config_from_btf(&btf).expect("all fields and tracepoints");
         assert!(config.sk_timer > 0 && config.icsk_probes_out > config.sk_timer);
-        assert_eq!(protos.len(), crate::kernel::TRACEPOINTS.len());
+        assert_eq!(protos.len(), crate::kernel::facts::TRACEPOINTS.len());
         let state = protos
             .iter()
             .find(|p| p.name == "inet_sock_set_state")

@@ -24,9 +24,9 @@ use kaprobe_common::{
 
 use crate::{
     FastMap,
-    decode::RawEvent,
-    existing::{self, ConnKey},
-    model::{Body, Cause, Endpoints, Event, Owner, Side, Timestamp, errno_name, state_name},
+    bpf::decode::RawEvent,
+    event::{Body, Cause, Endpoints, Event, Owner, Side, Timestamp, errno_name, state_name},
+    host::existing::{self, ConnKey},
 };
 
 const ETIMEDOUT: i32 = 110;
@@ -196,7 +196,7 @@ pub struct Correlator {
     /// lost (ring buffer full): an overdue connection may be one of them, already counted.
     deaths_lost_ns: u64,
     /// Owners of the connections that were open when the agent started (see
-    /// [`crate::existing`]): named when a record has none. An entry goes when its
+    /// [`crate::host::existing`]): named when a record has none. An entry goes when its
     /// connection's close is reported (its addresses may be used again).
     existing: existing::Conns,
     pub stats: CorrelatorStats,
@@ -223,7 +223,7 @@ impl Correlator {
         }
     }
 
-    /// Owners of the connections open before the agent started ([`crate::existing::scan`]).
+    /// Owners of the connections open before the agent started ([`crate::host::existing::scan`]).
     /// Connections followed already (the look-up came late) get theirs now.
     pub fn set_existing(&mut self, conns: existing::Conns) {
         self.existing = conns;
@@ -1016,5 +1016,4 @@ impl Correlator {
 }
 
 #[cfg(test)]
-#[path = "correlate_tests.rs"]
 mod tests;

@@ -9,7 +9,7 @@ use std::{
 use kaprobe_common::{AF_INET6, Tuple, tcp_state};
 use serde::{Serialize, Serializer};
 
-pub use crate::owner::Owner;
+pub use crate::host::owner::Owner;
 
 /// Wall-clock time, nanoseconds since the Unix epoch; serialised as RFC 3339 UTC with
 /// microseconds.
@@ -251,12 +251,12 @@ pub enum Body {
         duration_ms: u64,
         totals: Totals,
         /// The whole run, grouped as in `summary` events.
-        summary: crate::summary::Report,
+        summary: crate::sink::summary::Report,
     },
     Summary {
         /// The period covered (`--summary-interval`).
         interval_ms: u64,
-        summary: crate::summary::Report,
+        summary: crate::sink::summary::Report,
     },
     KeepaliveProbe {
         probe: u8,

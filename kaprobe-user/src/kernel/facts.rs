@@ -10,7 +10,7 @@ use std::{
 use kaprobe_common::{Config, config_flag};
 use thiserror::Error;
 
-use crate::btf::{Btf, BtfError};
+use crate::kernel::btf::{Btf, BtfError};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -56,7 +56,7 @@ pub struct KernelFacts {
     pub reset_reasons: HashMap<u32, String>,
     pub tracepoints: Vec<TracepointProto>,
     /// Where the kernel reports skipped program runs (absent before 5.12).
-    pub prog_info: Option<crate::progstats::InfoLayout>,
+    pub prog_info: Option<crate::bpf::progstats::InfoLayout>,
 }
 
 impl KernelFacts {
@@ -308,7 +308,7 @@ pub fn probe(btf: &Btf, keepalive_timer_fn: u64) -> Result<KernelFacts, KernelEr
         hz_source,
         reset_reasons: reset_reason_names(btf),
         tracepoints,
-        prog_info: crate::progstats::InfoLayout::from_btf(btf).ok(),
+        prog_info: crate::bpf::progstats::InfoLayout::from_btf(btf).ok(),
     })
 }
 

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::output::{Cidr, Format};
+use crate::sink::{Cidr, Format};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,7 +78,7 @@ fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// The connection filters of `watch` and `ls` (see [`crate::output::Filter`]).
+/// The connection filters of `watch` and `ls` (see [`crate::sink::Filter`]).
 #[derive(Debug, Clone, Default, Args)]
 pub struct FilterArgs {
     /// Only connections where either end uses this port (repeatable).
@@ -133,7 +133,7 @@ pub struct WatchArgs {
     /// How to attach the hooks: BTF tracepoints, falling back to raw tracepoints (auto), or
     /// one kind only.
     #[arg(long, value_enum, default_value = "auto")]
-    pub attach: crate::loader::Attach,
+    pub attach: crate::bpf::loader::Attach,
     /// Serve Prometheus metrics on http://ADDR/metrics (a bare port listens on 127.0.0.1).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,

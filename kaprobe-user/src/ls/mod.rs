@@ -6,8 +6,6 @@
 //! `tcp_info`; /proc/*/fd for who holds each socket; a copy of that descriptor
 //! (pidfd_getfd) for its keepalive options; /proc/sys inside each namespace for the
 //! defaults ([`sys`]).
-pub mod diag;
-pub mod sys;
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -24,11 +22,12 @@ use serde::Serialize;
 use crate::{
     cli::LsArgs,
     error::{Fatal, exit},
-    existing::ConnKey,
-    model::{Family, state_name},
-    output::{Filter, Format},
-    owner::{self, Owner},
-    privileges,
+    event::{Family, state_name},
+    host::existing::ConnKey,
+    host::owner::{self, Owner},
+    host::{diag, sys},
+    kernel::privileges,
+    sink::{Filter, Format},
 };
 use diag::{DiagSock, TcpInfo};
 use sys::{SockOpts, Sysctls};

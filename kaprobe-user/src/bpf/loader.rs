@@ -7,7 +7,7 @@ use aya::{
 use kaprobe_common::{CONFIG_GLOBAL, map_name, stat};
 use thiserror::Error;
 
-use crate::{kernel::KernelFacts, model::HookInfo};
+use crate::{event::HookInfo, kernel::facts::KernelFacts};
 
 /// The eBPF object, built by `cargo xtask build` (or this crate's build script) and
 /// embedded so that the binary is the only file to deploy.
@@ -211,7 +211,7 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> Result<(), Strin
 
 impl Loaded {
     /// Runs of our programs the kernel skipped (recursion), summed.
-    pub fn recursion_misses(&self, layout: &crate::progstats::InfoLayout) -> u64 {
+    pub fn recursion_misses(&self, layout: &crate::bpf::progstats::InfoLayout) -> u64 {
         self.programs
             .iter()
             .filter_map(|name| self.ebpf.program(name))
@@ -243,7 +243,7 @@ impl Loaded {
     }
 
     /// The listening ports' owners (`LISTENERS`), taken out of the object (call once): for
-    /// seeding it with the listeners older than the agent ([`crate::existing`]).
+    /// seeding it with the listeners older than the agent ([`crate::host::existing`]).
     pub fn listeners(&mut self) -> Result<Listeners, LoadError> {
         let map = self.take(map_name::LISTENERS)?;
         aya::maps::HashMap::try_from(map).map_err(|e| LoadError::Map(map_name::LISTENERS, e))

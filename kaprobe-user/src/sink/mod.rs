@@ -1,5 +1,9 @@
 //! Output: filters, JSON Lines and the human format, and the running totals of what was
 //! written (for the exit summary).
+pub mod json;
+pub mod metrics;
+pub mod summary;
+
 use std::{
     fmt::Write as _,
     io::{self, Write},
@@ -9,7 +13,7 @@ use std::{
 
 use clap::ValueEnum;
 
-use crate::model::{Body, Cause, Endpoints, Event, Owner, Side, Totals};
+use crate::event::{Body, Cause, Endpoints, Event, Owner, Side, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -189,7 +193,7 @@ pub struct Output {
     /// JSON lines not yet handed to `out`: written in batches of [`JSON_BATCH`] bytes (or
     /// at [`Output::flush`]), one copy and one `write_all` per batch instead of per event.
     json: Vec<u8>,
-    owners: crate::json::OwnerCache,
+    owners: crate::sink::json::OwnerCache,
 }
 
 /// See [`Output::json`].
@@ -217,7 +221,7 @@ impl Output {
             Format::Json => {
                 // Serialising our own model into memory cannot fail (no maps with
                 // non-string keys).
-                crate::json::write_event_with(&mut self.json, e, &mut self.owners)
+                crate::sink::json::write_event_with(&mut self.json, e, &mut self.owners)
                     .map_err(io::Error::other)?;
                 self.json.push(b'\n');
                 if self.json.len() >= JSON_BATCH {
@@ -313,7 +317,7 @@ pub fn human(line: &mut String, e: &Event) {
                 secs(*interval_ms)
             );
             let mut tables = String::new();
-            crate::summary::human(&mut tables, summary);
+            crate::sink::summary::human(&mut tables, summary);
             if !tables.is_empty() {
                 line.push('\n');
                 line.push_str(tables.trim_end_matches('\n'));
@@ -506,7 +510,7 @@ pub fn human(line: &mut String, e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Family, Timestamp};
+    use crate::event::{Family, Timestamp};
 
     fn event(sport: u16, dport: u16, saddr: &str, daddr: &str) -> Event {
         Event {

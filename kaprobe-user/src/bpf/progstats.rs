@@ -4,7 +4,7 @@
 //! whose event is lost, so it is counted and reported like a ring-buffer drop.
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use crate::btf::{Btf, BtfError};
+use crate::kernel::btf::{Btf, BtfError};
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
