@@ -20,11 +20,11 @@ use kaprobe_common::{
     TimerRecord, Tuple, close_flag, kind, tcp_state, timer_flag,
 };
 use kaprobe_user::{
-    bpf::decode::{decode, encode},
+    bpf::decode::encode,
+    cli::Format,
     correlate::{Clock, Correlator, Settings},
-    event::{Event, Totals},
-    host::owner::CgroupPaths,
-    sink::{self as output, Filter, Format, Output, summary::Summary},
+    sink::{Filter, Output},
+    watch::Pipeline,
 };
 
 const HZ: u32 = 250;
@@ -275,7 +275,7 @@ fn main() {
         realtime_offset_ns: 1_700_000_000_000_000_000,
         hz: HZ,
     };
-    let mut correlator = Correlator::new(Settings {
+    let correlator = Correlator::new(Settings {
         clock,
         reset_reasons: reasons,
         max_connections: 65536,
@@ -283,60 +283,41 @@ fn main() {
     });
     let bytes_out = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sink = BufWriter::with_capacity(64 * 1024, CountingSink(bytes_out.clone()));
-    let mut output = Output::new(Box::new(sink), Format::Json);
-    let filter = Filter::default();
-    let mut totals = Totals::default();
-    let mut summary = Summary::default();
-    let mut cgroups = CgroupPaths::default();
-    let mut scratch: Vec<Event> = Vec::with_capacity(512);
+    // What `watch` does with each record, without metrics (and with a summary of the whole
+    // run only, as without --summary-interval).
+    let mut pipe = Pipeline::new(
+        correlator,
+        Filter::default(),
+        Output::new(Box::new(sink), Format::Json),
+        false,
+    );
     let mut generator = Generator::new(some_cgroup_id());
-    let (mut done, mut events, mut bad) = (0u64, 0u64, 0u64);
+    let (mut done, mut bad) = (0u64, 0u64);
     let mut elapsed = std::time::Duration::ZERO;
-
-    let mut write_all = |scratch: &mut Vec<Event>, output: &mut Output, events: &mut u64| {
-        for e in scratch.iter_mut() {
-            if let Some(o) = e.owner.as_mut() {
-                o.resolve(&mut cgroups);
-            }
-            if !filter.matches(e) {
-                continue;
-            }
-            output::count(&mut totals, e);
-            summary.observe(e);
-            output.write(e).expect("sink");
-            *events += 1;
-        }
-        scratch.clear();
-    };
-
     while done < total {
         let n = CHUNK.min((total - done) as usize);
         let chunk: Vec<Vec<u8>> = (0..n).map(|_| generator.next()).collect();
         let start = Instant::now();
         for item in &chunk {
-            match decode(item) {
-                Ok(raw) => correlator.handle(&raw, &mut scratch),
-                Err(_) => bad += 1,
-            }
-            if scratch.len() >= 256 {
-                write_all(&mut scratch, &mut output, &mut events);
+            if !pipe.record(item).expect("sink") {
+                bad += 1;
             }
         }
-        write_all(&mut scratch, &mut output, &mut events);
-        output.flush().expect("sink");
+        pipe.write_scratch().expect("sink");
+        pipe.flush().expect("sink");
         elapsed += start.elapsed();
         done += n as u64;
     }
     let start = Instant::now();
-    correlator.flush(&mut scratch);
-    write_all(&mut scratch, &mut output, &mut events);
-    output.flush().expect("sink");
+    pipe.finish().expect("sink");
+    pipe.flush().expect("sink");
     elapsed += start.elapsed();
     assert_eq!(bad, 0, "every generated record decodes");
     println!(
-        "{{\"records\":{done},\"events\":{events},\"bytes\":{},\"seconds\":{:.6},\"tracked_at_end\":{}}}",
+        "{{\"records\":{done},\"events\":{},\"bytes\":{},\"seconds\":{:.6},\"tracked_at_end\":{}}}",
+        pipe.written(),
         bytes_out.load(std::sync::atomic::Ordering::Relaxed),
         elapsed.as_secs_f64(),
-        correlator.tracked()
+        pipe.tracked()
     );
 }

@@ -8,10 +8,11 @@ use proptest::prelude::*;
 
 use crate::{
     bpf::decode::{RawEvent, decode, encode},
+    cli::Format,
     correlate::{Clock, Correlator, Settings},
     event::Totals,
+    sink::Output,
     sink::metrics::{AgentInfo, Metrics},
-    sink::{self as output, Format, Output},
 };
 
 /// Size of the record of each kind the kernel sends.
@@ -109,7 +110,7 @@ fn run(records: &[Vec<u8>], max_connections: usize) -> usize {
         let mut out = Output::new(Box::new(std::io::sink()), format);
         for e in &events {
             out.write(e).expect("write to a sink");
-            output::count(&mut totals, e);
+            totals.count(e);
         }
     }
     events.len()

@@ -7,7 +7,12 @@ use aya::{
 use kaprobe_common::{CONFIG_GLOBAL, map_name, stat};
 use thiserror::Error;
 
-use crate::{event::HookInfo, kernel::facts::KernelFacts};
+use super::progstats;
+use crate::{
+    cli::Attach,
+    event::HookInfo,
+    kernel::facts::{KernelFacts, ProgInfoLayout},
+};
 
 /// The eBPF object, built by `cargo xtask build` (or this crate's build script) and
 /// embedded so that the binary is the only file to deploy.
@@ -43,17 +48,6 @@ pub enum LoadError {
     },
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
-}
-
-/// Which kind of tracepoint the hooks attach as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Attach {
-    /// BTF tracepoints, else raw tracepoints.
-    Auto,
-    /// BTF tracepoints only.
-    TpBtf,
-    /// Raw tracepoints only.
-    RawTracepoint,
 }
 
 /// Sizes and choices the user made.
@@ -211,12 +205,12 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> Result<(), Strin
 
 impl Loaded {
     /// Runs of our programs the kernel skipped (recursion), summed.
-    pub fn recursion_misses(&self, layout: &crate::bpf::progstats::InfoLayout) -> u64 {
+    pub fn recursion_misses(&self, layout: &ProgInfoLayout) -> u64 {
         self.programs
             .iter()
             .filter_map(|name| self.ebpf.program(name))
             .filter_map(|p| p.fd().ok())
-            .filter_map(|fd| layout.recursion_misses(std::os::fd::AsFd::as_fd(fd)).ok())
+            .filter_map(|fd| progstats::recursion_misses(layout, std::os::fd::AsFd::as_fd(fd)).ok())
             .sum()
     }
 

@@ -4,63 +4,42 @@
 //! whose event is lost, so it is counted and reported like a ring-buffer drop.
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use crate::kernel::btf::{Btf, BtfError};
+use crate::kernel::facts::ProgInfoLayout;
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
-/// Where `recursion_misses` sits in `struct bpf_prog_info`, from the kernel's BTF.
-#[derive(Debug, Clone, Copy)]
-pub struct InfoLayout {
-    size: u32,
-    recursion_misses: u32,
-}
-
-impl InfoLayout {
-    pub fn from_btf(btf: &Btf) -> Result<InfoLayout, BtfError> {
-        let field = btf.field("bpf_prog_info", "recursion_misses")?;
-        let end = btf
-            .field("bpf_prog_info", "attach_btf_id")
-            .map(|f| f.offset + f.size)
-            .unwrap_or(field.offset + 8);
-        Ok(InfoLayout {
-            size: end.max(field.offset + 8),
-            recursion_misses: field.offset,
-        })
+/// `recursion_misses` of the program behind `fd`.
+pub fn recursion_misses(layout: &ProgInfoLayout, fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    #[repr(C)]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
     }
-
-    /// `recursion_misses` of the program behind `fd`.
-    pub fn recursion_misses(&self, fd: BorrowedFd<'_>) -> std::io::Result<u64> {
-        #[repr(C)]
-        struct GetInfo {
-            bpf_fd: u32,
-            info_len: u32,
-            info: u64,
-        }
-        let mut info = vec![0u8; self.size as usize];
-        let mut attr = GetInfo {
-            bpf_fd: fd.as_raw_fd() as u32,
-            info_len: self.size,
-            info: info.as_mut_ptr() as u64,
-        };
-        // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes into `info`, a
-        // buffer of that size that outlives the call; `attr` is a valid, initialised
-        // `bpf_attr.info` of the size passed.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET_INFO_BY_FD,
-                &mut attr as *mut GetInfo,
-                size_of::<GetInfo>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let at = self.recursion_misses as usize;
-        let bytes: [u8; 8] = info
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| std::io::Error::other("short bpf_prog_info"))?;
-        Ok(u64::from_ne_bytes(bytes))
+    let mut info = vec![0u8; layout.size as usize];
+    let mut attr = GetInfo {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: layout.size,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes into `info`, a
+    // buffer of that size that outlives the call; `attr` is a valid, initialised
+    // `bpf_attr.info` of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut GetInfo,
+            size_of::<GetInfo>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    let at = layout.recursion_misses as usize;
+    let bytes: [u8; 8] = info
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| std::io::Error::other("short bpf_prog_info"))?;
+    Ok(u64::from_ne_bytes(bytes))
 }

@@ -1,9 +1,13 @@
 //! Command line: `kaprobe <subcommand>`, one module per subcommand.
-use std::path::PathBuf;
+mod filter;
+mod ls;
+mod watch;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::sink::{Cidr, Format};
+pub use filter::{Cidr, FilterArgs};
+pub use ls::{LsArgs, StateArg};
+pub use watch::{Attach, WatchArgs, default_ring_size};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,206 +35,14 @@ pub enum Command {
     Ls(LsArgs),
 }
 
-fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let (num, mult) = match s.to_ascii_lowercase() {
-        ref t if t.ends_with("k") || t.ends_with("kib") => (
-            t.trim_end_matches("ib").trim_end_matches('k').to_owned(),
-            1u64 << 10,
-        ),
-        ref t if t.ends_with("m") || t.ends_with("mib") => (
-            t.trim_end_matches("ib").trim_end_matches('m').to_owned(),
-            1u64 << 20,
-        ),
-        t => (t, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 4M, 512K, 1048576)"))?;
-    let bytes = n.checked_mul(mult).ok_or("size too large")?;
-    if !(4096..=(1 << 30)).contains(&bytes) || !bytes.is_power_of_two() {
-        return Err(format!(
-            "`{s}`: the ring buffer must be a power of two between 4K and 1G"
-        ));
-    }
-    Ok(bytes as u32)
-}
-
-/// `HOST:PORT`, `[V6]:PORT`, or a bare port (on 127.0.0.1).
-fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    s.parse().map_err(|_| {
-        format!("`{s}` is not an address:port (e.g. 127.0.0.1:9464, [::1]:9464, 9464)")
-    })
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One aligned line per event.
+    Human,
+    /// JSON Lines (one object per line), see docs/events.md.
+    Json,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))
-}
-
-/// A duration of at least a second.
-fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = parse_duration(s)?;
-    if d < std::time::Duration::from_secs(1) {
-        return Err(format!("`{s}`: must be at least 1s"));
-    }
-    Ok(d)
-}
-
-/// The connection filters of `watch` and `ls` (see [`crate::sink::Filter`]).
-#[derive(Debug, Clone, Default, Args)]
-pub struct FilterArgs {
-    /// Only connections where either end uses this port (repeatable).
-    #[arg(long, value_name = "PORT")]
-    pub port: Vec<u16>,
-    /// Only connections where either end is in this address block (repeatable), e.g.
-    /// 10.0.0.0/8.
-    #[arg(long, value_name = "CIDR")]
-    pub addr: Vec<Cidr>,
-    /// Only connections of this network namespace, by inode number as `ls -L
-    /// /proc/PID/ns/net` shows it (repeatable).
-    #[arg(long, value_name = "INODE")]
-    pub netns: Vec<u32>,
-    /// Only connections owned by this process id (repeatable).
-    #[arg(long, value_name = "PID")]
-    pub pid: Vec<u32>,
-    /// Only connections owned by a process with this command name (repeatable).
-    #[arg(long, value_name = "COMM")]
-    pub comm: Vec<String>,
-    /// Only connections owned by a process in this cgroup v2 path or below (repeatable),
-    /// e.g. /system.slice/nginx.service.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct WatchArgs {
-    /// Output format [default: human on a terminal, json otherwise].
-    #[arg(long, value_enum)]
-    pub format: Option<Format>,
-    /// Append events to FILE instead of writing them to stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Report the lifecycle (FINs, close) of every TCP connection, not only of those with
-    /// keepalive on or that failed.
-    #[arg(long)]
-    pub all: bool,
-    /// Record nothing when a connection without keepalive starts: the cheapest mode under
-    /// heavy connection churn. Failures of such connections are still reported, but without
-    /// their lifetime, and without their owner unless a local listener accepted them.
-    #[arg(long, conflicts_with = "all")]
-    pub lean: bool,
-    #[command(flatten)]
-    pub filter: FilterArgs,
-    /// Size of the kernel ring buffer (power of two) [default: 64 bytes per
-    /// --max-connections, at least 4M: 4M for 65536 connections, 16M for 262144]
-    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
-    pub ring_size: Option<u32>,
-    /// Most connections followed at once, in the kernel and in the agent.
-    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
-    pub max_connections: u32,
-    /// How to attach the hooks: BTF tracepoints, falling back to raw tracepoints (auto), or
-    /// one kind only.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub attach: crate::bpf::loader::Attach,
-    /// Serve Prometheus metrics on http://ADDR/metrics (a bare port listens on 127.0.0.1).
-    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Break keepalive, reset and close counts down by remote port in the metrics
-    /// (at most 256 ports; the rest count as port 0).
-    #[arg(long, requires = "metrics_addr")]
-    pub metrics_remote_port: bool,
-    /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<std::time::Duration>,
-    /// Every this long (e.g. 60s), write a `summary` event: activity by remote endpoint and
-    /// by owner, closes by listening port and by remote endpoint.
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
-    pub summary_interval: Option<std::time::Duration>,
-}
-
-/// A NAT timeout: a positive duration.
-fn parse_nat_timeout(s: &str) -> Result<std::time::Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err(format!("`{s}`: the NAT timeout must be longer than 0"));
-    }
-    Ok(d)
-}
-
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// Output format [default: human on a terminal, json otherwise].
-    #[arg(long, value_enum)]
-    pub format: Option<Format>,
-    /// Idle time after which NATs and firewalls on the path may forget a connection: the
-    /// threshold of the risk flags.
-    #[arg(long, value_name = "DURATION", default_value = "350s", value_parser = parse_nat_timeout)]
-    pub nat_timeout: std::time::Duration,
-    #[command(flatten)]
-    pub filter: FilterArgs,
-    /// Only connections in this state (repeatable) [default: every state but listen].
-    #[arg(long, value_enum, value_name = "STATE")]
-    pub state: Vec<crate::ls::StateArg>,
-    /// Only connections with at least one risk.
-    #[arg(long)]
-    pub at_risk: bool,
-}
-
-/// The ring buffer's size when `--ring-size` is not given: 64 bytes per followed connection
-/// (a power of two, 4 MiB to 256 MiB). Keepalive timers armed together fire together, one
-/// record each (~250 bytes): with 100k connections at keepalive 1 s / 1 s, a 4 MiB ring lost
-/// 4-12 % of the records and the agent needed 75-77 s to see every connection once; with
-/// 16 MiB, none and 0.3-0.6 s (docs/benchmarks.md, Memory). The agent's RSS counts the ring twice (its
-/// pages are mapped twice), so the size grows with what the user asked to follow.
-pub fn default_ring_size(max_connections: u32) -> u32 {
-    (u64::from(max_connections) * 64)
-        .next_power_of_two()
-        .clamp(4 << 20, 256 << 20) as u32
-}
-
-impl WatchArgs {
-    /// `--ring-size`, else [`default_ring_size`].
-    pub fn ring_bytes(&self) -> u32 {
-        self.ring_size
-            .unwrap_or_else(|| default_ring_size(self.max_connections))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    fn watch(args: &[&str]) -> WatchArgs {
-        let argv = ["kaprobe", "watch"].iter().chain(args).copied();
-        match Cli::try_parse_from(argv).expect("valid flags").command {
-            Command::Watch(w) => w,
-            other => panic!("parsed as {other:?}"),
-        }
-    }
-
-    #[test]
-    fn ring_grows_with_the_connections_followed_unless_given() {
-        assert_eq!(watch(&[]).ring_bytes(), 4 << 20);
-        assert_eq!(watch(&["--max-connections", "1000"]).ring_bytes(), 4 << 20);
-        assert_eq!(
-            watch(&["--max-connections", "100000"]).ring_bytes(),
-            8 << 20
-        );
-        assert_eq!(
-            watch(&["--max-connections", "262144"]).ring_bytes(),
-            16 << 20
-        );
-        assert_eq!(
-            watch(&["--max-connections", "16777216"]).ring_bytes(),
-            256 << 20
-        );
-        assert_eq!(
-            watch(&["--max-connections", "262144", "--ring-size", "1M"]).ring_bytes(),
-            1 << 20
-        );
-    }
 }

@@ -26,7 +26,7 @@ use crate::{
     FastMap,
     bpf::decode::RawEvent,
     event::{Body, Cause, Endpoints, Event, Owner, Side, Timestamp, errno_name, state_name},
-    host::existing::{self, ConnKey},
+    host::{diag::ConnKey, existing},
 };
 
 const ETIMEDOUT: i32 = 110;

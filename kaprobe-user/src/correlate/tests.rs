@@ -993,7 +993,7 @@ fn idle_time_at_close_is_known_once_synchronized() {
 
 #[test]
 fn a_connection_older_than_the_agent_is_named_by_the_look_up_until_it_ends() {
-    use crate::host::existing::ConnKey;
+    use crate::host::diag::ConnKey;
     let mut c = correlator();
     let mut found = HashMap::new();
     let old = crate::event::Owner::new(
@@ -1052,7 +1052,7 @@ fn a_connection_older_than_the_agent_is_named_by_the_look_up_until_it_ends() {
 
 #[test]
 fn a_late_look_up_still_names_connections_already_followed() {
-    use crate::host::existing::ConnKey;
+    use crate::host::diag::ConnKey;
     let mut c = correlator();
     // Probes of an old connection come before the look-up is done: no owner yet.
     let mut out = run(&mut c, &[firing(SK, 5000, 1, 0, 0, 1)]);

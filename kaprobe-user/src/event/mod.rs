@@ -1,81 +1,20 @@
 //! The event log: what kaprobe reports, as one serde model used by every output format.
 //! This is a public contract, documented in docs/events.md.
-use std::{
-    cell::Cell,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, UNIX_EPOCH},
-};
+pub mod names;
+pub mod owner;
+pub mod summary;
+pub mod time;
+pub mod totals;
 
-use kaprobe_common::{AF_INET6, Tuple, tcp_state};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use kaprobe_common::{AF_INET6, Tuple};
 use serde::{Serialize, Serializer};
 
-pub use crate::host::owner::Owner;
-
-/// Wall-clock time, nanoseconds since the Unix epoch; serialised as RFC 3339 UTC with
-/// microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Timestamp(pub u64);
-
-/// `2025-11-24T16:00:00.123456Z`.
-pub(crate) const RFC3339_MICROS_LEN: usize = 27;
-/// Its date and time, `2025-11-24T16:00:00`.
-const RFC3339_SECONDS_LEN: usize = 19;
-
-thread_local! {
-    /// The date and time of the last second formatted: events come in bursts within a
-    /// second, and only the microseconds change between them.
-    static LAST_SECOND: Cell<(u64, [u8; RFC3339_SECONDS_LEN])> =
-        const { Cell::new((u64::MAX, [0; RFC3339_SECONDS_LEN])) };
-}
-
-impl Timestamp {
-    pub fn rfc3339(&self) -> String {
-        self.rfc3339_str(&mut [0; RFC3339_MICROS_LEN]).to_owned()
-    }
-
-    /// The text of [`Timestamp::rfc3339`], made in `buf`.
-    fn rfc3339_str<'a>(&self, buf: &'a mut [u8; RFC3339_MICROS_LEN]) -> &'a str {
-        self.rfc3339_ascii(buf);
-        std::str::from_utf8(buf).expect("ASCII digits and separators")
-    }
-
-    /// The text of [`Timestamp::rfc3339`] (what humantime's `format_rfc3339_micros`
-    /// writes) as ASCII, into `buf`.
-    pub(crate) fn rfc3339_ascii(&self, buf: &mut [u8; RFC3339_MICROS_LEN]) {
-        let secs = self.0 / 1_000_000_000;
-        let micros = (self.0 % 1_000_000_000 / 1_000) as u32;
-        let date_time = LAST_SECOND.with(|last| {
-            let (cached, text) = last.get();
-            if cached == secs {
-                return text;
-            }
-            let mut text = [0; RFC3339_SECONDS_LEN];
-            let full = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
-                .to_string();
-            // Always `YYYY-MM-DDTHH:MM:SSZ`: u64 nanoseconds end in the year 2554.
-            text.copy_from_slice(&full.as_bytes()[..RFC3339_SECONDS_LEN]);
-            last.set((secs, text));
-            text
-        });
-        buf[..RFC3339_SECONDS_LEN].copy_from_slice(&date_time);
-        buf[RFC3339_SECONDS_LEN] = b'.';
-        let mut rest = micros;
-        for b in buf[RFC3339_SECONDS_LEN + 1..RFC3339_MICROS_LEN - 1]
-            .iter_mut()
-            .rev()
-        {
-            *b = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
-        buf[RFC3339_MICROS_LEN - 1] = b'Z';
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.rfc3339_str(&mut [0; RFC3339_MICROS_LEN]))
-    }
-}
+pub use names::{errno_name, state_name};
+pub use owner::Owner;
+pub use time::Timestamp;
+pub use totals::{LostRecords, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -190,50 +129,6 @@ pub struct KernelFeatures {
     pub hz_source: String,
 }
 
-/// What the records lost from a full ring buffer were.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LostRecords {
-    /// Lost records by kind (`keepalive_timer`, `state`, `close`, `reset_sent`,
-    /// `reset_received`, `error`, `destroy`); kinds with none lost are left out.
-    pub by_kind: std::collections::BTreeMap<&'static str, u64>,
-    /// Connection ends that will not be reported (no `connection_closed`): lost close
-    /// records, and lost keepalive timer records of firings that ended the connection.
-    pub connection_ends: u64,
-    /// Of those, the keepalive timer's: each a `keepalive_timeout` (or an orphan's end in
-    /// the same timer) that will not be reported.
-    pub keepalive_timer_ends: u64,
-}
-
-/// Totals for the exit summary.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Totals {
-    pub keepalive_probes: u64,
-    pub keepalive_acks: u64,
-    pub keepalive_timeouts: u64,
-    pub resets_sent: u64,
-    pub resets_received: u64,
-    pub fins_sent: u64,
-    pub fins_received: u64,
-    pub connections_closed: u64,
-    /// Closes by cause, in a fixed order.
-    pub closed_by_cause: std::collections::BTreeMap<&'static str, u64>,
-    /// Records the kernel could not deliver (ring buffer full).
-    pub events_lost: u64,
-    /// What those records were.
-    pub lost_records: LostRecords,
-    /// Sockets the kernel could not track (its connection table was full).
-    pub untracked_sockets: u64,
-    /// Connections the agent stopped following because its table was full.
-    pub evicted_connections: u64,
-    /// Records that failed to decode.
-    pub bad_records: u64,
-    /// Runs of kaprobe's programs the kernel skipped because the same program was already
-    /// running on that CPU (`recursion_misses`): their events are lost.
-    pub skipped_hook_runs: u64,
-    /// Records of other connections the kernel side did not send, by `--netns`/`--port`.
-    pub filtered_in_kernel: u64,
-}
-
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -251,12 +146,12 @@ pub enum Body {
         duration_ms: u64,
         totals: Totals,
         /// The whole run, grouped as in `summary` events.
-        summary: crate::sink::summary::Report,
+        summary: summary::Report,
     },
     Summary {
         /// The period covered (`--summary-interval`).
         interval_ms: u64,
-        summary: crate::sink::summary::Report,
+        summary: summary::Report,
     },
     KeepaliveProbe {
         probe: u8,
@@ -406,202 +301,22 @@ impl Serialize for Event {
     }
 }
 
-/// Lowercase TCP state name.
-pub fn state_name(state: u8) -> &'static str {
-    match state {
-        tcp_state::ESTABLISHED => "established",
-        tcp_state::SYN_SENT => "syn_sent",
-        tcp_state::SYN_RECV => "syn_recv",
-        tcp_state::FIN_WAIT1 => "fin_wait1",
-        tcp_state::FIN_WAIT2 => "fin_wait2",
-        tcp_state::TIME_WAIT => "time_wait",
-        tcp_state::CLOSE => "close",
-        tcp_state::CLOSE_WAIT => "close_wait",
-        tcp_state::LAST_ACK => "last_ack",
-        tcp_state::LISTEN => "listen",
-        tcp_state::CLOSING => "closing",
-        tcp_state::NEW_SYN_RECV => "new_syn_recv",
-        _ => "unknown",
-    }
-}
-
-/// errno name (Linux numbering, from include/uapi/asm-generic/errno*.h).
-pub fn errno_name(errno: i32) -> Option<&'static str> {
-    Some(match errno {
-        1 => "EPERM",
-        2 => "ENOENT",
-        3 => "ESRCH",
-        4 => "EINTR",
-        5 => "EIO",
-        6 => "ENXIO",
-        7 => "E2BIG",
-        8 => "ENOEXEC",
-        9 => "EBADF",
-        10 => "ECHILD",
-        11 => "EAGAIN",
-        12 => "ENOMEM",
-        13 => "EACCES",
-        14 => "EFAULT",
-        15 => "ENOTBLK",
-        16 => "EBUSY",
-        17 => "EEXIST",
-        18 => "EXDEV",
-        19 => "ENODEV",
-        20 => "ENOTDIR",
-        21 => "EISDIR",
-        22 => "EINVAL",
-        23 => "ENFILE",
-        24 => "EMFILE",
-        25 => "ENOTTY",
-        26 => "ETXTBSY",
-        27 => "EFBIG",
-        28 => "ENOSPC",
-        29 => "ESPIPE",
-        30 => "EROFS",
-        31 => "EMLINK",
-        32 => "EPIPE",
-        33 => "EDOM",
-        34 => "ERANGE",
-        35 => "EDEADLK",
-        36 => "ENAMETOOLONG",
-        37 => "ENOLCK",
-        38 => "ENOSYS",
-        39 => "ENOTEMPTY",
-        40 => "ELOOP",
-        42 => "ENOMSG",
-        43 => "EIDRM",
-        44 => "ECHRNG",
-        45 => "EL2NSYNC",
-        46 => "EL3HLT",
-        47 => "EL3RST",
-        48 => "ELNRNG",
-        49 => "EUNATCH",
-        50 => "ENOCSI",
-        51 => "EL2HLT",
-        52 => "EBADE",
-        53 => "EBADR",
-        54 => "EXFULL",
-        55 => "ENOANO",
-        56 => "EBADRQC",
-        57 => "EBADSLT",
-        59 => "EBFONT",
-        60 => "ENOSTR",
-        61 => "ENODATA",
-        62 => "ETIME",
-        63 => "ENOSR",
-        64 => "ENONET",
-        65 => "ENOPKG",
-        66 => "EREMOTE",
-        67 => "ENOLINK",
-        68 => "EADV",
-        69 => "ESRMNT",
-        70 => "ECOMM",
-        71 => "EPROTO",
-        72 => "EMULTIHOP",
-        73 => "EDOTDOT",
-        74 => "EBADMSG",
-        75 => "EOVERFLOW",
-        76 => "ENOTUNIQ",
-        77 => "EBADFD",
-        78 => "EREMCHG",
-        79 => "ELIBACC",
-        80 => "ELIBBAD",
-        81 => "ELIBSCN",
-        82 => "ELIBMAX",
-        83 => "ELIBEXEC",
-        84 => "EILSEQ",
-        85 => "ERESTART",
-        86 => "ESTRPIPE",
-        87 => "EUSERS",
-        88 => "ENOTSOCK",
-        89 => "EDESTADDRREQ",
-        90 => "EMSGSIZE",
-        91 => "EPROTOTYPE",
-        92 => "ENOPROTOOPT",
-        93 => "EPROTONOSUPPORT",
-        94 => "ESOCKTNOSUPPORT",
-        95 => "EOPNOTSUPP",
-        96 => "EPFNOSUPPORT",
-        97 => "EAFNOSUPPORT",
-        98 => "EADDRINUSE",
-        99 => "EADDRNOTAVAIL",
-        100 => "ENETDOWN",
-        101 => "ENETUNREACH",
-        102 => "ENETRESET",
-        103 => "ECONNABORTED",
-        104 => "ECONNRESET",
-        105 => "ENOBUFS",
-        106 => "EISCONN",
-        107 => "ENOTCONN",
-        108 => "ESHUTDOWN",
-        109 => "ETOOMANYREFS",
-        110 => "ETIMEDOUT",
-        111 => "ECONNREFUSED",
-        112 => "EHOSTDOWN",
-        113 => "EHOSTUNREACH",
-        114 => "EALREADY",
-        115 => "EINPROGRESS",
-        116 => "ESTALE",
-        117 => "EUCLEAN",
-        118 => "ENOTNAM",
-        119 => "ENAVAIL",
-        120 => "EISNAM",
-        121 => "EREMOTEIO",
-        122 => "EDQUOT",
-        123 => "ENOMEDIUM",
-        124 => "EMEDIUMTYPE",
-        125 => "ECANCELED",
-        126 => "ENOKEY",
-        127 => "EKEYEXPIRED",
-        128 => "EKEYREVOKED",
-        129 => "EKEYREJECTED",
-        130 => "EOWNERDEAD",
-        131 => "ENOTRECOVERABLE",
-        132 => "ERFKILL",
-        133 => "EHWPOISON",
-        _ => return None,
-    })
-}
-
+/// An event of a connection, for unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_formatted_as_humantime_does() {
-        let humantime = |ns: u64| {
-            humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
-        };
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut cases = vec![
-            0,
-            999,
-            1_000,
-            999_999_999,
-            1_000_000_000,
-            951_782_400_000_000_000, // 2000-02-29
-            1_764_000_000_123_456_789,
-            1_764_000_000_999_999_999,
-            1_764_000_001_000_000_000,
-            u64::MAX,
-        ];
-        for _ in 0..10_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            cases.push(seed);
-            // Neighbours in the same second and across it (the cached date and time).
-            cases.push(seed.wrapping_add(seed % 1_000_000_000));
-            cases.push(seed.wrapping_sub(1_000_000_000));
-        }
-        for ns in cases {
-            let t = Timestamp(ns);
-            assert_eq!(t.rfc3339(), humantime(ns), "{ns}");
-            assert_eq!(
-                serde_json::to_string(&t).unwrap(),
-                format!("\"{}\"", humantime(ns)),
-                "{ns}"
-            );
-        }
+pub(crate) fn test_event(sport: u16, dport: u16, saddr: &str, daddr: &str) -> Event {
+    Event {
+        ts: Timestamp(1_764_000_000_123_456_789),
+        conn: Some(Endpoints {
+            saddr: saddr.parse().unwrap(),
+            sport,
+            daddr: daddr.parse().unwrap(),
+            dport,
+            family: Family::Ipv4,
+            netns: 1,
+        }),
+        owner: None,
+        body: Body::KeepaliveAck {
+            probes_unanswered: 1,
+        },
     }
 }

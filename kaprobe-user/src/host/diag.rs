@@ -3,6 +3,7 @@
 //!
 //! Layouts are those of include/uapi/linux/{netlink,inet_diag,sock_diag,tcp}.h; every read
 //! is bounds-checked, so a short or damaged message is an error, never a panic.
+use kaprobe_common::Tuple;
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -311,6 +312,56 @@ impl DiagSocket {
                 return Ok(out);
             }
         }
+    }
+}
+
+/// A connection as both the kernel's records and sock_diag name it: namespace, family and
+/// both ends (address bytes past the family's length are ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub(crate) netns: u32,
+    family: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+}
+
+impl ConnKey {
+    pub(crate) fn new(
+        netns: u32,
+        family: u16,
+        saddr: &[u8; 16],
+        daddr: &[u8; 16],
+        sport: u16,
+        dport: u16,
+    ) -> Self {
+        let len = if family == libc::AF_INET as u16 {
+            4
+        } else {
+            16
+        };
+        let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+        s[..len].copy_from_slice(&saddr[..len]);
+        d[..len].copy_from_slice(&daddr[..len]);
+        ConnKey {
+            netns,
+            family,
+            saddr: s,
+            daddr: d,
+            sport,
+            dport,
+        }
+    }
+
+    /// The key of a kernel record's tuple.
+    pub fn of_tuple(t: &Tuple) -> Self {
+        Self::new(t.netns, t.family, &t.saddr, &t.daddr, t.sport, t.dport)
+    }
+
+    /// The key of a socket sock_diag listed in namespace `netns`.
+    pub(crate) fn of_diag(netns: u32, s: &DiagSock) -> Self {
+        Self::new(netns, u16::from(s.family), &s.src, &s.dst, s.sport, s.dport)
     }
 }
 

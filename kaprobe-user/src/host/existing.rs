@@ -24,63 +24,10 @@ use kaprobe_common::{ListenKey, Tuple, tcp_state};
 
 use crate::{
     bpf::loader::Listeners,
-    host::{
-        diag::DiagSock,
-        owner::{self, Owner},
-    },
+    event::Owner,
+    host::{diag::ConnKey, netns, owner},
     kernel::privileges::{self, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
-    ls,
 };
-
-/// A connection as both the kernel's records and sock_diag name it: namespace, family and
-/// both ends (address bytes past the family's length are ignored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    netns: u32,
-    family: u16,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-    sport: u16,
-    dport: u16,
-}
-
-impl ConnKey {
-    fn new(
-        netns: u32,
-        family: u16,
-        saddr: &[u8; 16],
-        daddr: &[u8; 16],
-        sport: u16,
-        dport: u16,
-    ) -> Self {
-        let len = if family == libc::AF_INET as u16 {
-            4
-        } else {
-            16
-        };
-        let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
-        s[..len].copy_from_slice(&saddr[..len]);
-        d[..len].copy_from_slice(&daddr[..len]);
-        ConnKey {
-            netns,
-            family,
-            saddr: s,
-            daddr: d,
-            sport,
-            dport,
-        }
-    }
-
-    /// The key of a kernel record's tuple.
-    pub fn of_tuple(t: &Tuple) -> Self {
-        Self::new(t.netns, t.family, &t.saddr, &t.daddr, t.sport, t.dport)
-    }
-
-    /// The key of a socket sock_diag listed in namespace `netns`.
-    pub(crate) fn of_diag(netns: u32, s: &DiagSock) -> Self {
-        Self::new(netns, u16::from(s.family), &s.src, &s.dst, s.sport, s.dport)
-    }
-}
 
 /// Open connections (any state but LISTEN, TIME_WAIT and request sockets): the process
 /// holding each, and the socket's inode (which tells a connection from a later one with the
@@ -192,8 +139,8 @@ pub fn scan() -> Existing {
     let mut seen_listeners = HashSet::new();
     let mut owners: HashMap<u32, Option<(Owner, kaprobe_common::Owner)>> = HashMap::new();
     let root = owner::cgroup2_root();
-    for (netns, paths) in crate::host::sys::namespaces() {
-        let socks = match ls::dump_netns(netns, &paths, held_states()) {
+    for (netns, paths) in netns::namespaces() {
+        let socks = match netns::dump_netns(netns, &paths, held_states()) {
             Ok((_, socks)) => socks,
             Err(e) => {
                 log::debug!("network namespace {netns}: cannot list its sockets: {e}");
@@ -240,7 +187,7 @@ pub fn scan() -> Existing {
 /// the connections that ended without a reported close.
 pub fn still_open(conns: &[(ConnKey, u32)]) -> HashSet<(ConnKey, u32)> {
     let wanted = conns.iter().map(|(k, _)| u64::from(k.netns)).collect();
-    let dumps = ls::dump_namespaces(&wanted, held_states());
+    let dumps = netns::dump_namespaces(&wanted, held_states());
     let open: HashSet<(ConnKey, u32)> = dumps
         .iter()
         .flat_map(|(&netns, socks)| {
@@ -299,6 +246,7 @@ fn process(pid: u32, cgroup_root: Option<&Path>) -> Option<(Owner, kaprobe_commo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::diag::DiagSock;
 
     #[test]
     fn a_record_and_a_dump_of_one_connection_have_one_key() {
@@ -349,7 +297,7 @@ mod tests {
             std::net::IpAddr::V6(_) => unreachable!("a v4 loopback connection"),
         };
         let family = libc::AF_INET as u16;
-        let netns = crate::host::sys::own_netns() as u32;
+        let netns = crate::host::netns::own_netns() as u32;
         ConnKey::new(
             netns,
             family,
@@ -403,7 +351,10 @@ mod tests {
         let root = owner::cgroup2_root();
         let (owner, raw) = process(me, Some(&root)).expect("this process");
         assert_eq!(raw.tgid, me);
-        assert_eq!(owner::comm_text(&raw.comm), owner.comm.as_ref());
+        assert_eq!(
+            crate::event::owner::comm_text(&raw.comm),
+            owner.comm.as_ref()
+        );
         if owner.cgroup.is_some() {
             assert_ne!(raw.cgroup_id, 0, "{owner:?}");
         }

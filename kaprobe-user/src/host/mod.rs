@@ -2,5 +2,6 @@
 //! sockets and their options, processes owning them, and what was open before the agent.
 pub mod diag;
 pub mod existing;
+pub mod netns;
 pub mod owner;
 pub mod sys;

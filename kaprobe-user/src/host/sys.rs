@@ -1,82 +1,10 @@
-//! What `ls` asks the system besides sock_diag: the host's network namespaces (and entering
-//! them), their keepalive sysctls, and the options of other processes' sockets.
+//! What `ls` asks the system besides sock_diag: a namespace's keepalive sysctls, and the
+//! options of other processes' sockets.
 use std::{
-    collections::{BTreeMap, HashMap},
-    fs::File,
+    collections::HashMap,
     io,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::MetadataExt,
-    },
-    path::PathBuf,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
-
-/// Every network namespace of the host: inode → paths that lead to it (a process's
-/// `/proc/PID/ns/net`, or a bind mount in /run/netns), from one pass over both.
-pub fn namespaces() -> BTreeMap<u64, Vec<PathBuf>> {
-    let mut found: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
-    let mut add = |path: PathBuf| {
-        // stat follows the magic link to the namespace's nsfs inode.
-        if let Ok(meta) = std::fs::metadata(&path) {
-            let paths = found.entry(meta.ino()).or_default();
-            // A few paths suffice: the next is only tried if a process exited meanwhile.
-            if paths.len() < 4 {
-                paths.push(path);
-            }
-        }
-    };
-    if let Ok(dir) = std::fs::read_dir("/run/netns") {
-        for e in dir.flatten() {
-            add(e.path());
-        }
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            if e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-            {
-                add(e.path().join("ns/net"));
-            }
-        }
-    }
-    found
-}
-
-/// The inode of this process's own network namespace (0 if unreadable).
-pub fn own_netns() -> u64 {
-    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
-}
-
-/// Opens the first of `paths` that still leads to a namespace.
-pub fn open_netns(paths: &[PathBuf]) -> io::Result<File> {
-    let mut last = io::Error::from(io::ErrorKind::NotFound);
-    for p in paths {
-        match File::open(p) {
-            Ok(f) => return Ok(f),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-/// Runs `f` on a new thread that has entered the network namespace `ns` (only that thread
-/// moves; it ends with `f`).
-pub fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on a valid namespace fd; it changes only this thread's network
-            // namespace, and this thread ends when `f` returns.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
-    })
-}
 
 /// A namespace's `net.ipv4.tcp_keepalive_*` (each None if unreadable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -56,7 +56,7 @@ pub struct KernelFacts {
     pub reset_reasons: HashMap<u32, String>,
     pub tracepoints: Vec<TracepointProto>,
     /// Where the kernel reports skipped program runs (absent before 5.12).
-    pub prog_info: Option<crate::bpf::progstats::InfoLayout>,
+    pub prog_info: Option<ProgInfoLayout>,
 }
 
 impl KernelFacts {
@@ -308,8 +308,29 @@ pub fn probe(btf: &Btf, keepalive_timer_fn: u64) -> Result<KernelFacts, KernelEr
         hz_source,
         reset_reasons: reset_reason_names(btf),
         tracepoints,
-        prog_info: crate::bpf::progstats::InfoLayout::from_btf(btf).ok(),
+        prog_info: ProgInfoLayout::from_btf(btf).ok(),
     })
+}
+
+/// Where `recursion_misses` sits in `struct bpf_prog_info`, from the kernel's BTF.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgInfoLayout {
+    pub(crate) size: u32,
+    pub(crate) recursion_misses: u32,
+}
+
+impl ProgInfoLayout {
+    pub fn from_btf(btf: &Btf) -> Result<ProgInfoLayout, BtfError> {
+        let field = btf.field("bpf_prog_info", "recursion_misses")?;
+        let end = btf
+            .field("bpf_prog_info", "attach_btf_id")
+            .map(|f| f.offset + f.size)
+            .unwrap_or(field.offset + 8);
+        Ok(ProgInfoLayout {
+            size: end.max(field.offset + 8),
+            recursion_misses: field.offset,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -8,71 +8,29 @@
 //! defaults ([`sys`]).
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     fmt::Write as _,
     io::{self, BufWriter, IsTerminal, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
-use clap::ValueEnum;
 use kaprobe_common::tcp_state;
 use serde::Serialize;
 
 use crate::{
-    cli::LsArgs,
+    cli::{Format, LsArgs, StateArg},
     error::{Fatal, exit},
+    event::Owner,
     event::{Family, state_name},
-    host::existing::ConnKey,
-    host::owner::{self, Owner},
+    host::netns,
+    host::owner,
     host::{diag, sys},
     kernel::privileges,
-    sink::{Filter, Format},
+    sink::Filter,
 };
 use diag::{DiagSock, TcpInfo};
 use sys::{SockOpts, Sysctls};
-
-/// A TCP state for `--state`, named as in the event log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StateArg {
-    #[value(name = "established")]
-    Established,
-    #[value(name = "syn_sent")]
-    SynSent,
-    #[value(name = "syn_recv")]
-    SynRecv,
-    #[value(name = "fin_wait1")]
-    FinWait1,
-    #[value(name = "fin_wait2")]
-    FinWait2,
-    #[value(name = "time_wait")]
-    TimeWait,
-    #[value(name = "close_wait")]
-    CloseWait,
-    #[value(name = "last_ack")]
-    LastAck,
-    #[value(name = "closing")]
-    Closing,
-    #[value(name = "listen")]
-    Listen,
-}
-
-impl StateArg {
-    fn code(self) -> u8 {
-        match self {
-            StateArg::Established => tcp_state::ESTABLISHED,
-            StateArg::SynSent => tcp_state::SYN_SENT,
-            StateArg::SynRecv => tcp_state::SYN_RECV,
-            StateArg::FinWait1 => tcp_state::FIN_WAIT1,
-            StateArg::FinWait2 => tcp_state::FIN_WAIT2,
-            StateArg::TimeWait => tcp_state::TIME_WAIT,
-            StateArg::CloseWait => tcp_state::CLOSE_WAIT,
-            StateArg::LastAck => tcp_state::LAST_ACK,
-            StateArg::Closing => tcp_state::CLOSING,
-            StateArg::Listen => tcp_state::LISTEN,
-        }
-    }
-}
 
 /// The sock_diag state mask: the states asked for, or every state but LISTEN (request
 /// sockets, NEW_SYN_RECV, come with SYN_RECV).
@@ -275,83 +233,6 @@ struct NsDump {
     socks: Vec<DiagSock>,
 }
 
-/// Dumps the TCP sockets of the calling thread's namespace.
-fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
-    let sysctls = sys::keepalive_sysctls();
-    let mut sock = diag::DiagSocket::open()?;
-    let mut socks = sock.dump(libc::AF_INET as u8, mask)?;
-    match sock.dump(libc::AF_INET6 as u8, mask) {
-        Ok(v6) => socks.extend(v6),
-        // A kernel without IPv6 has no such sockets.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        Err(e) => return Err(e),
-    }
-    Ok((sysctls, socks))
-}
-
-/// For each connection, whether the kernel no longer has its socket (sock_diag in its
-/// network namespace; a namespace that is gone has none). `None` where that cannot be told
-/// (the namespace could not be entered or read).
-pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
-    let wanted = tuples.iter().map(|t| u64::from(t.netns)).collect();
-    let dumps = dump_namespaces(&wanted, u32::MAX);
-    let present: HashSet<ConnKey> = dumps
-        .iter()
-        .flat_map(|(&netns, socks)| {
-            socks
-                .iter()
-                .flatten()
-                .filter(|s| s.state != tcp_state::CLOSE)
-                .map(move |s| ConnKey::of_diag(netns as u32, s))
-        })
-        .collect();
-    tuples
-        .iter()
-        .map(|t| match dumps.get(&u64::from(t.netns)) {
-            None => Some(true),
-            Some(None) => None,
-            Some(Some(_)) => Some(!present.contains(&ConnKey::of_tuple(t))),
-        })
-        .collect()
-}
-
-/// The TCP sockets (states in `mask`) of each network namespace in `wanted` (inodes): a
-/// namespace that no longer exists is absent, one that cannot be read is `None`.
-pub(crate) fn dump_namespaces(
-    wanted: &HashSet<u64>,
-    mask: u32,
-) -> HashMap<u64, Option<Vec<DiagSock>>> {
-    sys::namespaces()
-        .into_iter()
-        .filter(|(netns, _)| wanted.contains(netns))
-        .map(|(netns, paths)| {
-            let socks = dump_netns(netns, &paths, mask)
-                .inspect_err(|e| {
-                    log::debug!("network namespace {netns}: cannot list its sockets: {e}");
-                })
-                .ok()
-                .map(|(_, socks)| socks);
-            (netns, socks)
-        })
-        .collect()
-}
-
-/// Dumps the TCP sockets of network namespace `netns` at `paths` (from
-/// [`sys::namespaces`]). This process's own is dumped in place: no setns, so no
-/// CAP_SYS_ADMIN.
-pub(crate) fn dump_netns(
-    netns: u64,
-    paths: &[std::path::PathBuf],
-    mask: u32,
-) -> io::Result<(Sysctls, Vec<DiagSock>)> {
-    if netns == sys::own_netns() {
-        return dump_here(mask);
-    }
-    sys::open_netns(paths)
-        .and_then(|ns| sys::in_netns(&ns, || dump_here(mask)))
-        .and_then(|r| r)
-}
-
 fn missing_caps() -> Vec<&'static str> {
     let caps = privileges::effective_caps();
     let mut missing = Vec::new();
@@ -368,7 +249,7 @@ fn missing_caps() -> Vec<&'static str> {
 /// endpoints; and how many namespaces were read.
 pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>, usize), Fatal> {
     let fds = owner::socket_fds();
-    let mut namespaces = sys::namespaces();
+    let mut namespaces = netns::namespaces();
     if !filter.netns.is_empty() {
         for want in &filter.netns {
             if !namespaces.contains_key(&u64::from(*want)) {
@@ -380,7 +261,7 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
     let mut dumps = Vec::new();
     let mut first_error = None;
     for (inode, paths) in &namespaces {
-        match dump_netns(*inode, paths, mask) {
+        match netns::dump_netns(*inode, paths, mask) {
             Ok((sysctls, socks)) => dumps.push(NsDump {
                 inode: *inode,
                 sysctls,

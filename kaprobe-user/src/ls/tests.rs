@@ -1,5 +1,6 @@
 //! The risk rules, the keepalive source rule, filters and the output of `ls`.
 use super::*;
+use clap::ValueEnum;
 
 const NAT: Duration = Duration::from_secs(350);
 const EST: u8 = tcp_state::ESTABLISHED;
@@ -223,7 +224,7 @@ fn filters_and_across_kinds_or_within_one() {
 
 #[test]
 fn cgroup_prefixes_match_whole_components() {
-    use crate::sink::cgroup_under;
+    use crate::sink::filter::cgroup_under;
     assert!(cgroup_under("/system.slice/nginx.service", "/system.slice"));
     assert!(cgroup_under(
         "/system.slice/nginx.service",

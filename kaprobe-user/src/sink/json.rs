@@ -8,7 +8,9 @@
 //! field added to the model does not compile until it is written here too.
 use std::{io::Write as _, net::IpAddr};
 
-use crate::event::{Body, Endpoints, Event, Family, Owner, RFC3339_MICROS_LEN, Side, Timestamp};
+use crate::event::{
+    Body, Endpoints, Event, Family, Owner, Side, Timestamp, time::RFC3339_MICROS_LEN,
+};
 
 /// The JSON object of the last owner written, reused while the events name the same owner
 /// (every event of a connection does, and under churn most connections belong to a few

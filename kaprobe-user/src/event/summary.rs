@@ -1,0 +1,85 @@
+//! What a `summary` event (and `agent_stop`'s `summary`) holds: tables of groups of
+//! connections (made by [`crate::sink::summary`]).
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use serde::Serialize;
+
+/// What a `summary` event (and `agent_stop`'s `summary`) holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Connection events summarised.
+    pub events: u64,
+    pub by_remote: Rows<Remote, Activity>,
+    pub by_owner: Rows<OwnerKey, Activity>,
+    /// Closes of accepted connections, by the port they were accepted on.
+    pub closes_by_listening_port: Rows<Listener, CloseStats>,
+    /// Closes of connections this side opened, by the endpoint they went to.
+    pub closes_by_remote: Rows<Remote, CloseStats>,
+}
+
+/// Who a remote endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Remote {
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// Who an owner is, for grouping (the pid changes across restarts; comm and cgroup don't).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct OwnerKey {
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub cgroup: Option<Arc<str>>,
+}
+
+/// A listening port in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Listener {
+    pub netns: u32,
+    pub port: u16,
+}
+
+/// Keepalive and failure activity of a group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    pub keepalive_probes: u64,
+    pub keepalive_acks: u64,
+    pub keepalive_timeouts: u64,
+    /// `sent` / `received` → reason → count (received resets have no reason).
+    pub resets: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    pub closes_by_cause: BTreeMap<&'static str, u64>,
+}
+
+/// What a summary says about the closes of one group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CloseStats {
+    pub count: u64,
+    pub median_lifetime_ms: Option<u64>,
+    /// Median of bytes sent plus received.
+    pub median_bytes: Option<u64>,
+    /// Share of closes this side started (its FIN or RST first, or its timeout).
+    pub closed_locally: f64,
+    pub closed_remotely: f64,
+    /// Closes after which this side held TIME_WAIT, and after which the peer did (the peer
+    /// sent the first FIN).
+    pub time_wait_local: u64,
+    pub time_wait_remote: u64,
+    pub by_cause: BTreeMap<&'static str, u64>,
+}
+
+/// One row of a summary table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row<K, V> {
+    #[serde(flatten)]
+    pub key: K,
+    #[serde(flatten)]
+    pub value: V,
+}
+
+/// A table as reported: the busiest groups, and how many more there were.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rows<K, V> {
+    pub top: Vec<Row<K, V>>,
+    /// Groups not shown (past the busiest shown, or past the limit of groups per table: crate::sink::summary).
+    pub more_groups: u64,
+}

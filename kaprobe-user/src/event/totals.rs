@@ -1,0 +1,71 @@
+//! The run's totals (`agent_stop`) and what lost records were (`events_lost`).
+use serde::Serialize;
+
+use super::{Body, Event};
+
+/// What the records lost from a full ring buffer were.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LostRecords {
+    /// Lost records by kind (`keepalive_timer`, `state`, `close`, `reset_sent`,
+    /// `reset_received`, `error`, `destroy`); kinds with none lost are left out.
+    pub by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Connection ends that will not be reported (no `connection_closed`): lost close
+    /// records, and lost keepalive timer records of firings that ended the connection.
+    pub connection_ends: u64,
+    /// Of those, the keepalive timer's: each a `keepalive_timeout` (or an orphan's end in
+    /// the same timer) that will not be reported.
+    pub keepalive_timer_ends: u64,
+}
+
+/// Totals for the exit summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub keepalive_probes: u64,
+    pub keepalive_acks: u64,
+    pub keepalive_timeouts: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub fins_sent: u64,
+    pub fins_received: u64,
+    pub connections_closed: u64,
+    /// Closes by cause, in a fixed order.
+    pub closed_by_cause: std::collections::BTreeMap<&'static str, u64>,
+    /// Records the kernel could not deliver (ring buffer full).
+    pub events_lost: u64,
+    /// What those records were.
+    pub lost_records: LostRecords,
+    /// Sockets the kernel could not track (its connection table was full).
+    pub untracked_sockets: u64,
+    /// Connections the agent stopped following because its table was full.
+    pub evicted_connections: u64,
+    /// Records that failed to decode.
+    pub bad_records: u64,
+    /// Runs of kaprobe's programs the kernel skipped because the same program was already
+    /// running on that CPU (`recursion_misses`): their events are lost.
+    pub skipped_hook_runs: u64,
+    /// Records of other connections the kernel side did not send, by `--netns`/`--port`.
+    pub filtered_in_kernel: u64,
+}
+
+impl Totals {
+    /// Adds an event to the totals.
+    pub fn count(&mut self, e: &Event) {
+        match &e.body {
+            Body::KeepaliveProbe { .. } => self.keepalive_probes += 1,
+            Body::KeepaliveAck { .. } => self.keepalive_acks += 1,
+            Body::KeepaliveTimeout { .. } => self.keepalive_timeouts += 1,
+            Body::ResetSent { .. } => self.resets_sent += 1,
+            Body::ResetReceived { .. } => self.resets_received += 1,
+            Body::FinSent { .. } => self.fins_sent += 1,
+            Body::FinReceived { .. } => self.fins_received += 1,
+            Body::ConnectionClosed { cause, .. } => {
+                self.connections_closed += 1;
+                *self.closed_by_cause.entry(cause.as_str()).or_default() += 1;
+            }
+            Body::AgentStart { .. }
+            | Body::AgentStop { .. }
+            | Body::Summary { .. }
+            | Body::EventsLost { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Network namespaces: every one of the host, entering one, and dumping the TCP sockets of
+//! a set of them (sock_diag), for `ls` and for `watch`'s checks.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::PathBuf,
+};
+
+use kaprobe_common::tcp_state;
+
+use super::{
+    diag::{ConnKey, DiagSock, DiagSocket},
+    sys::{Sysctls, keepalive_sysctls},
+};
+
+/// Every network namespace of the host: inode → paths that lead to it (a process's
+/// `/proc/PID/ns/net`, or a bind mount in /run/netns), from one pass over both.
+pub fn namespaces() -> BTreeMap<u64, Vec<PathBuf>> {
+    let mut found: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+    let mut add = |path: PathBuf| {
+        // stat follows the magic link to the namespace's nsfs inode.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let paths = found.entry(meta.ino()).or_default();
+            // A few paths suffice: the next is only tried if a process exited meanwhile.
+            if paths.len() < 4 {
+                paths.push(path);
+            }
+        }
+    };
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            add(e.path());
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+            {
+                add(e.path().join("ns/net"));
+            }
+        }
+    }
+    found
+}
+
+/// The inode of this process's own network namespace (0 if unreadable).
+pub fn own_netns() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
+}
+
+/// Opens the first of `paths` that still leads to a namespace.
+pub fn open_netns(paths: &[PathBuf]) -> io::Result<File> {
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    for p in paths {
+        match File::open(p) {
+            Ok(f) => return Ok(f),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Runs `f` on a new thread that has entered the network namespace `ns` (only that thread
+/// moves; it ends with `f`).
+pub fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace fd; it changes only this thread's network
+            // namespace, and this thread ends when `f` returns.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    })
+}
+
+/// Dumps the TCP sockets of the calling thread's namespace.
+fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+    let sysctls = keepalive_sysctls();
+    let mut sock = DiagSocket::open()?;
+    let mut socks = sock.dump(libc::AF_INET as u8, mask)?;
+    match sock.dump(libc::AF_INET6 as u8, mask) {
+        Ok(v6) => socks.extend(v6),
+        // A kernel without IPv6 has no such sockets.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    Ok((sysctls, socks))
+}
+
+/// For each connection, whether the kernel no longer has its socket (sock_diag in its
+/// network namespace; a namespace that is gone has none). `None` where that cannot be told
+/// (the namespace could not be entered or read).
+pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
+    let wanted = tuples.iter().map(|t| u64::from(t.netns)).collect();
+    let dumps = dump_namespaces(&wanted, u32::MAX);
+    let present: HashSet<ConnKey> = dumps
+        .iter()
+        .flat_map(|(&netns, socks)| {
+            socks
+                .iter()
+                .flatten()
+                .filter(|s| s.state != tcp_state::CLOSE)
+                .map(move |s| ConnKey::of_diag(netns as u32, s))
+        })
+        .collect();
+    tuples
+        .iter()
+        .map(|t| match dumps.get(&u64::from(t.netns)) {
+            None => Some(true),
+            Some(None) => None,
+            Some(Some(_)) => Some(!present.contains(&ConnKey::of_tuple(t))),
+        })
+        .collect()
+}
+
+/// The TCP sockets (states in `mask`) of each network namespace in `wanted` (inodes): a
+/// namespace that no longer exists is absent, one that cannot be read is `None`.
+pub fn dump_namespaces(wanted: &HashSet<u64>, mask: u32) -> HashMap<u64, Option<Vec<DiagSock>>> {
+    namespaces()
+        .into_iter()
+        .filter(|(netns, _)| wanted.contains(netns))
+        .map(|(netns, paths)| {
+            let socks = dump_netns(netns, &paths, mask)
+                .inspect_err(|e| {
+                    log::debug!("network namespace {netns}: cannot list its sockets: {e}");
+                })
+                .ok()
+                .map(|(_, socks)| socks);
+            (netns, socks)
+        })
+        .collect()
+}
+
+/// Dumps the TCP sockets of network namespace `netns` at `paths` (from
+/// [`namespaces`]). This process's own is dumped in place: no setns, so no
+/// CAP_SYS_ADMIN.
+pub fn dump_netns(
+    netns: u64,
+    paths: &[std::path::PathBuf],
+    mask: u32,
+) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+    if netns == own_netns() {
+        return dump_here(mask);
+    }
+    open_netns(paths)
+        .and_then(|ns| in_netns(&ns, || dump_here(mask)))
+        .and_then(|r| r)
+}
