@@ -3,11 +3,15 @@
 //!
 //! Layouts are those of include/uapi/linux/{netlink,inet_diag,sock_diag,tcp}.h; every read
 //! is bounds-checked, so a short or damaged message is an error, never a panic.
-use kaprobe_common::Tuple;
 use std::{
     io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
+
+use kaprobe_common::Tuple;
+
+use crate::event::Family;
 
 /// `SOCK_DIAG_BY_FAMILY` (sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -98,6 +102,24 @@ pub struct DiagSock {
     pub inode: u32,
     /// Present for full sockets (not TIME_WAIT or request sockets).
     pub info: Option<TcpInfo>,
+}
+
+impl DiagSock {
+    /// Addresses as on the wire: an IPv6 socket with v4-mapped addresses on both ends is
+    /// IPv4, as in the event log.
+    pub fn endpoints(&self) -> (IpAddr, IpAddr, Family) {
+        if self.family == libc::AF_INET6 as u8 {
+            let src = Ipv6Addr::from(self.src);
+            let dst = Ipv6Addr::from(self.dst);
+            match (src.to_ipv4_mapped(), dst.to_ipv4_mapped()) {
+                (Some(a), Some(b)) => (IpAddr::V4(a), IpAddr::V4(b), Family::Ipv4),
+                _ => (IpAddr::V6(src), IpAddr::V6(dst), Family::Ipv6),
+            }
+        } else {
+            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            (v4(&self.src), v4(&self.dst), Family::Ipv4)
+        }
+    }
 }
 
 /// What a received datagram meant for the dump.

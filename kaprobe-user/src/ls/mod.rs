@@ -2,35 +2,38 @@
 //! namespace, from one snapshot (no eBPF). The output is documented in docs/events.md
 //! ("`kaprobe ls`").
 //!
-//! Sources: sock_diag ([`diag`]) in each namespace for the connections, their timers and
+//! Sources: sock_diag ([`crate::host::diag`]) in each namespace for the connections, their timers and
 //! `tcp_info`; /proc/*/fd for who holds each socket; a copy of that descriptor
 //! (pidfd_getfd) for its keepalive options; /proc/sys inside each namespace for the
-//! defaults ([`sys`]).
+//! defaults ([`crate::host::sys`]).
+
+mod audit;
+mod render;
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    fmt::Write as _,
+    collections::HashMap,
     io::{self, BufWriter, IsTerminal, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     time::Duration,
 };
 
 use kaprobe_common::tcp_state;
-use serde::Serialize;
+
+use audit::{Conn, Keepalive, last_heard_ms, risks};
+use render::{human, json_lines};
 
 use crate::{
     cli::{Format, LsArgs, StateArg},
     error::{Fatal, exit},
-    event::Owner,
-    event::{Family, state_name},
-    host::netns,
-    host::owner,
-    host::{diag, sys},
+    event::{Family, Owner, state_name},
+    host::{
+        diag::{self, DiagSock},
+        netns, owner,
+        sys::{self, SockOpts, Sysctls},
+    },
     kernel::privileges,
     sink::Filter,
 };
-use diag::{DiagSock, TcpInfo};
-use sys::{SockOpts, Sysctls};
 
 /// The sock_diag state mask: the states asked for, or every state but LISTEN (request
 /// sockets, NEW_SYN_RECV, come with SYN_RECV).
@@ -46,184 +49,6 @@ pub fn state_mask(states: &[StateArg]) -> u32 {
         }
     }
     mask
-}
-
-/// Where the effective keepalive values come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// At least one of idle, interval, probes differs from the namespace's sysctl: the
-    /// socket set it.
-    Socket,
-    /// All three equal the namespace's sysctls (the socket set none, or set the same values).
-    Sysctl,
-}
-
-/// A connection's keepalive: null fields when unknown (nobody holds the socket, or its
-/// descriptor could not be copied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Keepalive {
-    pub enabled: Option<bool>,
-    pub idle_s: Option<u32>,
-    pub interval_s: Option<u32>,
-    pub probes: Option<u32>,
-    pub source: Option<Source>,
-}
-
-impl Keepalive {
-    /// From the socket's options and its namespace's sysctls. getsockopt(TCP_KEEPIDLE,
-    /// TCP_KEEPINTVL, TCP_KEEPCNT) answers with the sysctl when the socket set none, so the
-    /// values are always the effective ones, and the source is told by comparison: all three
-    /// equal to the sysctls → `sysctl`, else `socket` (null when the sysctls are unreadable).
-    pub fn new(o: &SockOpts, sys: &Sysctls) -> Keepalive {
-        let source = match (sys.time_s, sys.intvl_s, sys.probes) {
-            (Some(t), Some(i), Some(p)) => Some(if (o.idle_s, o.intvl_s, o.probes) == (t, i, p) {
-                Source::Sysctl
-            } else {
-                Source::Socket
-            }),
-            _ => None,
-        };
-        Keepalive {
-            enabled: Some(o.keepalive),
-            idle_s: Some(o.idle_s),
-            interval_s: Some(o.intvl_s),
-            probes: Some(o.probes),
-            source,
-        }
-    }
-}
-
-/// What may go wrong with a connection's keepalive, from one snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Risk {
-    NoKeepaliveIdle,
-    KeepaliveTooLate,
-    KeepaliveSuppressed,
-}
-
-impl Risk {
-    pub const ALL: [Risk; 3] = [
-        Risk::NoKeepaliveIdle,
-        Risk::KeepaliveTooLate,
-        Risk::KeepaliveSuppressed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Risk::NoKeepaliveIdle => "no_keepalive_idle",
-            Risk::KeepaliveTooLate => "keepalive_too_late",
-            Risk::KeepaliveSuppressed => "keepalive_suppressed",
-        }
-    }
-
-    fn explain(self, nat: Duration) -> String {
-        let nat = format!("{}s", nat.as_secs_f64());
-        match self {
-            Risk::NoKeepaliveIdle => format!(
-                "keepalive is off and the peer has not been heard for longer than the NAT/firewall \
-                 idle timeout ({nat}): a middlebox may have dropped the connection's state already, \
-                 so the next send may hang or be reset, and a vanished peer is never detected. \
-                 Turn SO_KEEPALIVE on with TCP_KEEPIDLE below {nat}."
-            ),
-            Risk::KeepaliveTooLate => format!(
-                "keepalive is on, but its first probe comes only after an idle time at least the \
-                 NAT/firewall idle timeout ({nat}): the middlebox forgets the connection before \
-                 keepalive refreshes it. Set TCP_KEEPIDLE (or net.ipv4.tcp_keepalive_time) below \
-                 {nat}."
-            ),
-            Risk::KeepaliveSuppressed => "data is unacknowledged and the retransmission (or \
-                 zero-window probe) timer has already fired: keepalive never probes while data is \
-                 in flight, so if the peer is gone only retransmissions giving up (tcp_retries2, \
-                 about 15 min) or TCP_USER_TIMEOUT end the connection. Set TCP_USER_TIMEOUT."
-                .to_owned(),
-        }
-    }
-}
-
-/// Milliseconds since the peer was last heard: the later of the last data and the last ACK
-/// received (what the kernel's keepalive timer measures idle time from).
-pub fn last_heard_ms(info: &TcpInfo) -> u32 {
-    info.last_data_recv_ms.min(info.last_ack_recv_ms)
-}
-
-/// The risk flags of a connection (only ESTABLISHED connections have any):
-/// - `no_keepalive_idle`: keepalive off, peer not heard for longer than `nat`;
-/// - `keepalive_too_late`: keepalive on, effective idle time ≥ `nat`;
-/// - `keepalive_suppressed`: keepalive on, data unacknowledged (`tcpi_unacked` > 0 or the
-///   write queue not empty: the kernel's own test for skipping a probe), and the
-///   retransmission or zero-window probe timer has fired since the peer last acknowledged
-///   anything (`tcpi_backoff` or `tcpi_retransmits` > 0), so that a busy healthy
-///   connection with data momentarily in flight is not flagged.
-pub fn risks(
-    state: u8,
-    ka: &Keepalive,
-    info: Option<&TcpInfo>,
-    wqueue: u32,
-    nat: Duration,
-) -> Vec<Risk> {
-    let mut out = Vec::new();
-    if state != tcp_state::ESTABLISHED {
-        return out;
-    }
-    let nat_ms = nat.as_millis();
-    let idle_past_nat = info.is_some_and(|i| u128::from(last_heard_ms(i)) > nat_ms);
-    if ka.enabled == Some(false) && idle_past_nat {
-        out.push(Risk::NoKeepaliveIdle);
-    }
-    if ka.enabled != Some(true) {
-        return out;
-    }
-    if ka.idle_s.is_some_and(|s| u128::from(s) * 1000 >= nat_ms) {
-        out.push(Risk::KeepaliveTooLate);
-    }
-    if let Some(i) = info {
-        // tcp_keepalive_timer() does nothing while packets are out or the write queue holds
-        // data: exactly then keepalive cannot fire (even on a healthy busy connection, for
-        // that moment; a stalled one stays flagged until the retransmissions give up).
-        if i.unacked > 0 || wqueue > 0 {
-            out.push(Risk::KeepaliveSuppressed);
-        }
-    }
-    out
-}
-
-/// One connection, as `ls --format json` writes it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Conn {
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub family: Family,
-    pub netns: u64,
-    pub state: &'static str,
-    pub owner: Option<Owner>,
-    pub keepalive: Keepalive,
-    pub user_timeout_ms: Option<u32>,
-    pub last_heard_ms: Option<u32>,
-    pub probes_outstanding: Option<u8>,
-    pub timer_expires_ms: Option<u32>,
-    pub unacked_bytes: Option<u32>,
-    pub queued_bytes: u32,
-    pub risks: Vec<Risk>,
-}
-
-/// Addresses as on the wire: an IPv6 socket with v4-mapped addresses on both ends is
-/// IPv4, as in the event log.
-pub fn endpoints(s: &DiagSock) -> (IpAddr, IpAddr, Family) {
-    if s.family == libc::AF_INET6 as u8 {
-        let src = Ipv6Addr::from(s.src);
-        let dst = Ipv6Addr::from(s.dst);
-        match (src.to_ipv4_mapped(), dst.to_ipv4_mapped()) {
-            (Some(a), Some(b)) => (IpAddr::V4(a), IpAddr::V4(b), Family::Ipv4),
-            _ => (IpAddr::V6(src), IpAddr::V6(dst), Family::Ipv6),
-        }
-    } else {
-        let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-        (v4(&s.src), v4(&s.dst), Family::Ipv4)
-    }
 }
 
 /// What one namespace gave.
@@ -289,7 +114,7 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
     let mut conns = Vec::new();
     for d in &dumps {
         for s in &d.socks {
-            let (saddr, daddr, family) = endpoints(s);
+            let (saddr, daddr, family) = s.endpoints();
             if !filter.matches_endpoints(&saddr, s.sport, &daddr, s.dport) {
                 continue;
             }
@@ -407,161 +232,6 @@ pub fn run(args: LsArgs) -> Result<(), Fatal> {
             format!("cannot write the output: {e}"),
         )),
     }
-}
-
-/// One JSON object per line.
-pub fn json_lines(conns: &[Conn]) -> String {
-    let mut text = String::new();
-    for c in conns {
-        // Serialising our own model cannot fail (no maps with non-string keys).
-        if let Ok(line) = serde_json::to_string(c) {
-            text.push_str(&line);
-            text.push('\n');
-        }
-    }
-    text
-}
-
-/// A duration in milliseconds, short: `850ms`, `4.2s`, `42s`, `12m05s`, `3h20m`.
-pub fn short_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 10_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if s < 100 {
-        format!("{s}s")
-    } else if s < 6000 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
-    }
-}
-
-fn addr_port(a: &IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V4(a) => format!("{a}:{p}"),
-        IpAddr::V6(a) => format!("[{a}]:{p}"),
-    }
-}
-
-fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
-    v.map(f).unwrap_or_else(|| "-".to_owned())
-}
-
-/// The human format: an aligned table, a summary line and each risk found in words.
-pub fn human(conns: &[Conn], scanned: usize, nat: Duration) -> String {
-    const HEAD: [&str; 13] = [
-        "NETNS",
-        "LOCAL",
-        "REMOTE",
-        "STATE",
-        "OWNER",
-        "KEEPALIVE idle/intvl/cnt",
-        "USER_TIMEOUT",
-        "HEARD",
-        "KA_TIMER",
-        "PROBES",
-        "UNACKED",
-        "SEND_Q",
-        "RISKS",
-    ];
-    let mut rows: Vec<[String; 13]> = vec![HEAD.map(str::to_owned)];
-    for c in conns {
-        let ka = &c.keepalive;
-        let keepalive = match ka.enabled {
-            None => "?".to_owned(),
-            Some(false) => "off".to_owned(),
-            Some(true) => format!(
-                "on {}/{}/{}{}",
-                opt(ka.idle_s, |v| v.to_string()),
-                opt(ka.interval_s, |v| v.to_string()),
-                opt(ka.probes, |v| v.to_string()),
-                match ka.source {
-                    Some(Source::Socket) => " socket",
-                    Some(Source::Sysctl) => " sysctl",
-                    None => "",
-                }
-            ),
-        };
-        let risks: Vec<&str> = c.risks.iter().map(|r| r.as_str()).collect();
-        rows.push([
-            c.netns.to_string(),
-            addr_port(&c.saddr, c.sport),
-            addr_port(&c.daddr, c.dport),
-            c.state.to_owned(),
-            opt(c.owner.as_ref(), |o| format!("{}/{}", o.pid, o.comm)),
-            keepalive,
-            opt(c.user_timeout_ms, |v| short_ms(v.into())),
-            opt(c.last_heard_ms, |v| short_ms(v.into())),
-            opt(c.timer_expires_ms, |v| short_ms(v.into())),
-            opt(c.probes_outstanding, |v| v.to_string()),
-            opt(c.unacked_bytes, |v| v.to_string()),
-            c.queued_bytes.to_string(),
-            if risks.is_empty() {
-                "-".to_owned()
-            } else {
-                risks.join(",")
-            },
-        ]);
-    }
-    let mut widths = [0usize; 13];
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut text = String::new();
-    if !conns.is_empty() {
-        for r in &rows {
-            let mut line = String::new();
-            for (i, (cell, w)) in r.iter().zip(widths).enumerate() {
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                let _ = write!(line, "{cell:<w$}");
-            }
-            text.push_str(line.trim_end());
-            text.push('\n');
-        }
-    }
-    // Summary.
-    let mut counts: Vec<(Risk, usize)> = Risk::ALL
-        .iter()
-        .map(|&r| (r, conns.iter().filter(|c| c.risks.contains(&r)).count()))
-        .collect();
-    counts.retain(|&(_, n)| n > 0);
-    let at_risk = conns.iter().filter(|c| !c.risks.is_empty()).count();
-    let namespaces: BTreeSet<u64> = conns.iter().map(|c| c.netns).collect();
-    let _ = write!(
-        text,
-        "{} connection(s) in {} of {} network namespace(s) scanned; ",
-        conns.len(),
-        namespaces.len(),
-        scanned
-    );
-    if at_risk == 0 {
-        let _ = writeln!(
-            text,
-            "no keepalive risks (NAT timeout {}s)",
-            nat.as_secs_f64()
-        );
-    } else {
-        let list: Vec<String> = counts
-            .iter()
-            .map(|(r, n)| format!("{n} {}", r.as_str()))
-            .collect();
-        let _ = writeln!(
-            text,
-            "{at_risk} at risk (NAT timeout {}s): {}",
-            nat.as_secs_f64(),
-            list.join(", ")
-        );
-        for (r, _) in &counts {
-            let _ = writeln!(text, "  {}: {}", r.as_str(), r.explain(nat));
-        }
-    }
-    text
 }
 
 #[cfg(test)]

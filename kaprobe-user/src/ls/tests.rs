@@ -1,6 +1,21 @@
 //! The risk rules, the keepalive source rule, filters and the output of `ls`.
-use super::*;
+use std::{net::Ipv6Addr, time::Duration};
+
 use clap::ValueEnum;
+use kaprobe_common::tcp_state;
+
+use super::{
+    audit::{Keepalive, Risk, Source, risks},
+    render::{human, json_lines, short_ms},
+    *,
+};
+use crate::{
+    event::Family,
+    host::{
+        diag::{self, TcpInfo},
+        sys::SockOpts,
+    },
+};
 
 const NAT: Duration = Duration::from_secs(350);
 const EST: u8 = tcp_state::ESTABLISHED;
@@ -253,13 +268,13 @@ fn v4_mapped_ipv6_is_ipv4() {
         inode: 0,
         info: None,
     };
-    let (a, b, f) = endpoints(&s);
+    let (a, b, f) = s.endpoints();
     assert_eq!(
         (a.to_string(), b.to_string(), f),
         ("10.0.0.1".into(), "10.0.0.2".into(), Family::Ipv4)
     );
     s.dst = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
-    assert_eq!(endpoints(&s).2, Family::Ipv6);
+    assert_eq!(s.endpoints().2, Family::Ipv6);
 }
 
 fn sample() -> Conn {
@@ -282,7 +297,7 @@ fn sample() -> Conn {
             ..info(12_000)
         }),
     };
-    let (saddr, daddr, family) = endpoints(&sock);
+    let (saddr, daddr, family) = sock.endpoints();
     let ns = NsDump {
         inode: 4026531840,
         sysctls: Sysctls {

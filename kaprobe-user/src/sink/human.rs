@@ -33,6 +33,37 @@ pub fn human(line: &mut String, e: &Event) {
     let conn = e.conn.as_ref().map(endpoints).unwrap_or_default();
     let _ = write!(line, "{time}  {:<18} {conn:<47} ", e.body.name());
     let _ = match &e.body {
+        Body::AgentStart { .. } | Body::Summary { .. } | Body::AgentStop { .. } => {
+            agent(line, &e.body)
+        }
+        Body::KeepaliveProbe { .. } | Body::KeepaliveAck { .. } | Body::KeepaliveTimeout { .. } => {
+            keepalive(line, &e.body)
+        }
+        Body::ResetSent { .. }
+        | Body::ResetReceived { .. }
+        | Body::FinSent { .. }
+        | Body::FinReceived { .. } => reset_or_fin(line, &e.body),
+        Body::ConnectionClosed { .. } => closed(line, &e.body),
+        Body::EventsLost { .. } => lost(line, &e.body),
+    };
+    if let Some(c) = &e.conn {
+        let _ = write!(line, " [netns {}", c.netns);
+        if let Some(o) = &e.owner {
+            let _ = write!(line, ", pid {} {}", o.pid, o.comm);
+            if let Some(id) = &o.container_id {
+                let _ = write!(line, ", container {}", id.get(..12).unwrap_or(id));
+            }
+        }
+        line.push(']');
+    }
+    while line.ends_with(' ') {
+        line.pop();
+    }
+}
+
+/// `agent_start`, `summary`, `agent_stop`.
+fn agent(line: &mut String, body: &Body) -> std::fmt::Result {
+    match body {
         Body::AgentStart {
             version,
             kernel,
@@ -88,7 +119,7 @@ pub fn human(line: &mut String, e: &Event) {
             write!(
                 line,
                 "after {}: keepalive {} probes, {} acks, {} timeouts; resets {} sent, {} received; \
-                 FINs {} sent, {} received; {} closed ({}); lost {} records, {} untracked sockets",
+             FINs {} sent, {} received; {} closed ({}); lost {} records, {} untracked sockets",
                 secs(*duration_ms),
                 totals.keepalive_probes,
                 totals.keepalive_acks,
@@ -107,6 +138,13 @@ pub fn human(line: &mut String, e: &Event) {
                 totals.untracked_sockets,
             )
         }
+        _ => Ok(()),
+    }
+}
+
+/// `keepalive_probe`, `keepalive_ack`, `keepalive_timeout`.
+fn keepalive(line: &mut String, body: &Body) -> std::fmt::Result {
+    match body {
         Body::KeepaliveProbe {
             probe,
             max_probes,
@@ -153,6 +191,13 @@ pub fn human(line: &mut String, e: &Event) {
                 }
             )
         }
+        _ => Ok(()),
+    }
+}
+
+/// `reset_sent`, `reset_received`, `fin_sent`, `fin_received`.
+fn reset_or_fin(line: &mut String, body: &Body) -> std::fmt::Result {
+    match body {
         Body::ResetSent { reason, state } => match state {
             Some(s) => write!(line, "RST sent ({reason}) from {s}"),
             None => write!(
@@ -174,6 +219,13 @@ pub fn human(line: &mut String, e: &Event) {
         ),
         Body::FinSent { state } => write!(line, "FIN sent (now {state})"),
         Body::FinReceived { state } => write!(line, "FIN received (now {state})"),
+        _ => Ok(()),
+    }
+}
+
+/// `connection_closed`.
+fn closed(line: &mut String, body: &Body) -> std::fmt::Result {
+    match body {
         Body::ConnectionClosed {
             cause,
             error,
@@ -216,6 +268,13 @@ pub fn human(line: &mut String, e: &Event) {
                 cause_text(*cause)
             )
         }
+        _ => Ok(()),
+    }
+}
+
+/// `events_lost`.
+fn lost(line: &mut String, body: &Body) -> std::fmt::Result {
+    match body {
         Body::EventsLost {
             count,
             source,
@@ -242,19 +301,7 @@ pub fn human(line: &mut String, e: &Event) {
                 "{count} sockets not tracked: kernel connection table full ({total} in total)"
             ),
         },
-    };
-    if let Some(c) = &e.conn {
-        let _ = write!(line, " [netns {}", c.netns);
-        if let Some(o) = &e.owner {
-            let _ = write!(line, ", pid {} {}", o.pid, o.comm);
-            if let Some(id) = &o.container_id {
-                let _ = write!(line, ", container {}", id.get(..12).unwrap_or(id));
-            }
-        }
-        line.push(']');
-    }
-    while line.ends_with(' ') {
-        line.pop();
+        _ => Ok(()),
     }
 }
 

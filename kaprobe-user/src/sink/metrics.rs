@@ -133,85 +133,97 @@ impl Metrics {
             ports: Mutex::new(HashSet::new()),
             registry: Registry::default(),
         };
+        m.register_events(&mut registry);
+        m.register_agent(&mut registry, info);
+        m.precreate_series();
+        Metrics { registry, ..m }
+    }
+
+    /// What happened to connections.
+    fn register_events(&self, registry: &mut Registry) {
         registry.register(
             "keepalive_probes",
             "Keepalive probes sent",
-            m.probes.clone(),
+            self.probes.clone(),
         );
         registry.register(
             "keepalive_acks",
             "Keepalive probes answered by the peer",
-            m.acks.clone(),
+            self.acks.clone(),
         );
         registry.register(
             "keepalive_timeouts",
             "Connections the kernel gave up on in its keepalive timer (ETIMEDOUT)",
-            m.timeouts.clone(),
+            self.timeouts.clone(),
         );
         registry.register(
             "resets",
             "RSTs sent and received on reported connections, by direction and reason",
-            m.resets.clone(),
+            self.resets.clone(),
         );
         registry.register(
             "inferred_events",
             "Keepalive events of timer firings no tracepoint saw, inferred afterwards (also counted in keepalive_probes / keepalive_timeouts; see docs/design.md)",
-            m.inferred.clone(),
+            self.inferred.clone(),
         );
         registry.register(
             "fins",
             "FINs sent and received on reported connections",
-            m.fins.clone(),
+            self.fins.clone(),
         );
         registry.register(
             "connections_closed",
             "Reported connections that ended, by cause and by the side that ended them",
-            m.closes.clone(),
+            self.closes.clone(),
         );
         registry.register(
             "events_lost",
             "What could not be followed or delivered, by source (ring_buffer: records; kernel_conn_table: sockets; agent_conn_table: connections evicted by the agent; recursion: hook runs)",
-            m.lost.clone(),
+            self.lost.clone(),
         );
         registry.register(
             "lost_records",
             "Records lost because the ring buffer was full, by record kind",
-            m.lost_records.clone(),
+            self.lost_records.clone(),
         );
         registry.register(
             "lost_connection_ends",
             "Connection ends (connection_closed events) lost with the ring buffer full",
-            m.lost_connection_ends.clone(),
+            self.lost_connection_ends.clone(),
         );
+    }
+
+    /// The agent itself: records, losses, tables, ring buffer, build.
+    fn register_agent(&self, registry: &mut Registry, info: &AgentInfo) {
         registry.register(
             "records_read",
             "Records read from the kernel's ring buffer",
-            m.records_read.clone(),
+            self.records_read.clone(),
         );
         registry.register(
             "bad_records",
             "Records that failed to decode",
-            m.bad_records.clone(),
+            self.bad_records.clone(),
         );
         registry.register(
             "evicted_connections",
             "Connections the agent stopped following because its table was full",
-            m.evicted.clone(),
+            self.evicted.clone(),
         );
         registry.register(
             "tracked_connections",
             "Connections the agent follows now",
-            m.tracked.clone(),
+            self.tracked.clone(),
         );
         registry.register(
             "ring_buffer_used_bytes",
             "Bytes waiting in the ring buffer when the agent last drained it",
-            m.ring_used.clone(),
+            self.ring_used.clone(),
         );
         registry.register(
             "ring_buffer_peak_used_bytes",
             "Most bytes found waiting in the ring buffer since start",
-            m.ring_peak.clone(),
+            self.ring_peak.clone(),
         );
         let size = Gauge::<i64>::default();
         size.set(info.ring_buffer_bytes as i64);
@@ -234,43 +246,45 @@ impl Metrics {
             "The agent: version, kernel, how the hooks attached, mode",
             build,
         );
-        if let Some(f) = &m.by_port {
+        if let Some(f) = &self.by_port {
             registry.register(
                 "remote_port_events",
                 "Keepalive and close events by remote port (--metrics-remote-port; at most 256 ports, the rest as 0)",
                 f.clone(),
             );
         }
-        // Series that exist from the start, at 0, so that a first increase shows in rate().
+    }
+
+    /// Series that exist from the start, at 0, so that a first increase shows in rate().
+    fn precreate_series(&self) {
         for source in [
             "ring_buffer",
             "kernel_conn_table",
             "agent_conn_table",
             "recursion",
         ] {
-            let _ = m.lost.get_or_create(&SourceLabels { source });
+            let _ = self.lost.get_or_create(&SourceLabels { source });
         }
         for direction in ["sent", "received"] {
-            let _ = m.fins.get_or_create(&DirectionLabels { direction });
+            let _ = self.fins.get_or_create(&DirectionLabels { direction });
         }
         for event in ["keepalive_probe", "keepalive_timeout"] {
-            let _ = m.inferred.get_or_create(&EventLabels { event });
+            let _ = self.inferred.get_or_create(&EventLabels { event });
         }
         for reason in ["answer_to_keepalive_probe", "unspecified"] {
-            let _ = m.resets.get_or_create(&ResetLabels {
+            let _ = self.resets.get_or_create(&ResetLabels {
                 direction: "received",
                 reason,
             });
         }
         for cause in Cause::ALL {
             for closed_by in ["local", "remote"] {
-                let _ = m.closes.get_or_create(&CloseLabels {
+                let _ = self.closes.get_or_create(&CloseLabels {
                     cause: cause.as_str(),
                     closed_by,
                 });
             }
         }
-        Metrics { registry, ..m }
     }
 
     fn reason(&self, name: &str) -> &'static str {
