@@ -2,24 +2,24 @@
 use std::fmt;
 
 /// Exit statuses (2 is clap's, for bad flags).
-pub mod exit {
-    pub const RUNTIME: i32 = 1;
-    pub const USAGE: i32 = 2;
-    pub const PERMISSION: i32 = 3;
-    pub const UNSUPPORTED_KERNEL: i32 = 4;
-    pub const OUTPUT: i32 = 5;
+pub(crate) mod exit {
+    pub(crate) const RUNTIME: i32 = 1;
+    pub(crate) const USAGE: i32 = 2;
+    pub(crate) const PERMISSION: i32 = 3;
+    pub(crate) const UNSUPPORTED_KERNEL: i32 = 4;
+    pub(crate) const OUTPUT: i32 = 5;
     /// The metrics address cannot be listened on (in use, not local, no permission).
-    pub const METRICS: i32 = 6;
+    pub(crate) const METRICS: i32 = 6;
 }
 
 #[derive(Debug)]
 pub struct Fatal {
-    pub code: i32,
-    pub message: String,
+    pub(crate) code: i32,
+    pub(crate) message: String,
 }
 
 impl Fatal {
-    pub fn new(code: i32, message: impl fmt::Display) -> Self {
+    pub(crate) fn new(code: i32, message: impl fmt::Display) -> Self {
         Fatal {
             code,
             message: message.to_string(),

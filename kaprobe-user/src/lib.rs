@@ -12,18 +12,53 @@ pub mod bpf;
 pub mod cli;
 pub mod correlate;
 pub mod error;
-pub mod event;
-pub mod host;
-pub mod kernel;
-pub mod logging;
-pub mod ls;
+mod event;
+mod host;
+mod kernel;
+mod logging;
+mod ls;
 pub mod sink;
 pub mod watch;
 
 #[cfg(test)]
 mod fuzz_tests;
 
+use clap::{Parser, error::ErrorKind};
+
 /// A hash map with a fast hasher (foldhash), for the tables touched per event: keys are
 /// socket addresses, cgroup ids and endpoints, for which SipHash's cost buys nothing (the
 /// tables that grow with outside input are bounded).
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// `kaprobe`: parses the command line and runs the verb; exits with its status.
+pub fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        Err(e) => {
+            // One line: clap's first line (with what it lists after a colon), without its
+            // usage block.
+            let text = e.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("bad arguments").to_owned();
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:")).collect();
+                first = format!("{} {}", first, listed.join(", "));
+            }
+            eprintln!("kaprobe: {first} (see kaprobe --help)");
+            std::process::exit(error::exit::USAGE);
+        }
+    };
+    logging::init(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        cli::Command::Watch(args) => watch::run(args),
+        cli::Command::Ls(args) => ls::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("kaprobe: error: {e}");
+        std::process::exit(e.code());
+    }
+}

@@ -28,7 +28,7 @@ impl Log for Stderr {
 static LOGGER: Stderr = Stderr;
 
 /// `verbose` counts `-v`; `quiet` keeps only errors.
-pub fn init(verbose: u8, quiet: bool) {
+pub(crate) fn init(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => LevelFilter::Error,
         (false, 0) => LevelFilter::Warn,

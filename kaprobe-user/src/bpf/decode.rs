@@ -7,7 +7,7 @@ use thiserror::Error;
 
 /// A record from the kernel, checked and copied out of the ring buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RawEvent {
+pub(crate) enum RawEvent {
     Timer(TimerRecord),
     State(StateRecord),
     Close(CloseRecord),
@@ -32,17 +32,17 @@ impl RawEvent {
     }
 
     /// The connection the record is about (none for a destroy record).
-    pub fn tuple(&self) -> Option<&Tuple> {
+    pub(crate) fn tuple(&self) -> Option<&Tuple> {
         self.record().tuple()
     }
 
-    pub fn header(&self) -> &Header {
+    pub(crate) fn header(&self) -> &Header {
         self.record().header()
     }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("record of {0} bytes is too short for a header")]
     NoHeader(usize),
     #[error("record kind {kind} needs {want} bytes, got {got}")]
@@ -88,7 +88,7 @@ fn read<T: Wire>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
 }
 
 /// Decodes one ring-buffer record. Never panics, whatever the bytes.
-pub fn decode(buf: &[u8]) -> Result<RawEvent, DecodeError> {
+pub(crate) fn decode(buf: &[u8]) -> Result<RawEvent, DecodeError> {
     if buf.len() < size_of::<Header>() {
         return Err(DecodeError::NoHeader(buf.len()));
     }

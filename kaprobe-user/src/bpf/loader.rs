@@ -20,7 +20,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Each hook: the tracepoint, the `tp_btf` program, the `raw_tp` fallback. In attach order:
 /// the timer's exit before its entry, so that no firing is entered without its exit.
-pub const HOOKS: [(&str, &str, &str); 7] = [
+pub(crate) const HOOKS: [(&str, &str, &str); 7] = [
     ("timer_expire_exit", "kp_timer_exit", "kr_timer_exit"),
     ("timer_expire_entry", "kp_timer_entry", "kr_timer_entry"),
     ("inet_sock_set_state", "kp_set_state", "kr_set_state"),
@@ -31,7 +31,7 @@ pub const HOOKS: [(&str, &str, &str); 7] = [
 ];
 
 #[derive(Debug, Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error(
         "this kaprobe binary was built without its eBPF object: build it with `cargo xtask build`"
     )]
@@ -52,18 +52,18 @@ pub enum LoadError {
 
 /// Sizes and choices the user made.
 #[derive(Debug, Clone, Copy)]
-pub struct LoadOptions {
-    pub ring_bytes: u32,
-    pub max_connections: u32,
-    pub attach: Attach,
+pub(crate) struct LoadOptions {
+    pub(crate) ring_bytes: u32,
+    pub(crate) max_connections: u32,
+    pub(crate) attach: Attach,
 }
 
 /// The loaded programs; dropping it detaches and unloads everything.
-pub struct Loaded {
-    pub ebpf: Ebpf,
-    pub hooks: Vec<HookInfo>,
+pub(crate) struct Loaded {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) hooks: Vec<HookInfo>,
     /// Names of the attached programs.
-    pub programs: Vec<&'static str>,
+    pub(crate) programs: Vec<&'static str>,
 }
 
 fn describe(e: &aya::programs::ProgramError) -> String {
@@ -90,7 +90,7 @@ fn describe(e: &aya::programs::ProgramError) -> String {
 
 /// Sets of the kernel's socket table for `max_connections`: twice as many slots as
 /// connections, 8 per set, a power of two (the programs mask the hash with it).
-pub fn sock_sets(max_connections: u32) -> u32 {
+pub(crate) fn sock_sets(max_connections: u32) -> u32 {
     (max_connections as u64 * 2 / kaprobe_common::SOCK_WAYS as u64)
         .next_power_of_two()
         .clamp(1, 1 << 24) as u32
@@ -100,7 +100,11 @@ pub fn sock_sets(max_connections: u32) -> u32 {
 /// `btf` is the kernel's (`aya::Btf::from_sys_fs`), for attaching BTF tracepoints: parsed by
 /// the caller while it does other start-up work. (The loader parses it again: aya 0.14's
 /// `EbpfLoader::new` always does.)
-pub fn load(facts: &KernelFacts, opts: LoadOptions, btf: &aya::Btf) -> Result<Loaded, LoadError> {
+pub(crate) fn load(
+    facts: &KernelFacts,
+    opts: LoadOptions,
+    btf: &aya::Btf,
+) -> Result<Loaded, LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -205,7 +209,7 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> Result<(), Strin
 
 impl Loaded {
     /// Runs of our programs the kernel skipped (recursion), summed.
-    pub fn recursion_misses(&self, layout: &ProgInfoLayout) -> u64 {
+    pub(crate) fn recursion_misses(&self, layout: &ProgInfoLayout) -> u64 {
         self.programs
             .iter()
             .filter_map(|name| self.ebpf.program(name))
@@ -223,13 +227,13 @@ impl Loaded {
     }
 
     /// The ring buffer, taken out of the object (call once).
-    pub fn ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+    pub(crate) fn ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self.take(map_name::EVENTS)?;
         RingBuf::try_from(map).map_err(|e| LoadError::Map(map_name::EVENTS, e))
     }
 
     /// The per-CPU loss counters, taken out of the object (call once).
-    pub fn stats(&mut self) -> Result<KernelStats, LoadError> {
+    pub(crate) fn stats(&mut self) -> Result<KernelStats, LoadError> {
         let map = self.take(map_name::STATS)?;
         Ok(KernelStats {
             map: PerCpuArray::try_from(map).map_err(|e| LoadError::Map(map_name::STATS, e))?,
@@ -238,17 +242,18 @@ impl Loaded {
 
     /// The listening ports' owners (`LISTENERS`), taken out of the object (call once): for
     /// seeding it with the listeners older than the agent ([`crate::host::existing`]).
-    pub fn listeners(&mut self) -> Result<Listeners, LoadError> {
+    pub(crate) fn listeners(&mut self) -> Result<Listeners, LoadError> {
         let map = self.take(map_name::LISTENERS)?;
         aya::maps::HashMap::try_from(map).map_err(|e| LoadError::Map(map_name::LISTENERS, e))
     }
 }
 
 /// The kernel's `LISTENERS` map: listening port → owner.
-pub type Listeners = aya::maps::HashMap<MapData, kaprobe_common::ListenKey, kaprobe_common::Owner>;
+pub(crate) type Listeners =
+    aya::maps::HashMap<MapData, kaprobe_common::ListenKey, kaprobe_common::Owner>;
 
 /// Reads the kernel side's per-CPU counters.
-pub struct KernelStats {
+pub(crate) struct KernelStats {
     map: PerCpuArray<MapData, u64>,
 }
 
@@ -258,39 +263,39 @@ impl KernelStats {
     }
 
     /// Records dropped because the ring buffer was full.
-    pub fn ringbuf_full(&self) -> u64 {
+    pub(crate) fn ringbuf_full(&self) -> u64 {
         self.sum(stat::RINGBUF_FULL)
     }
 
     /// Sockets whose kernel-side record was evicted from a full set of `SOCKS`.
-    pub fn conn_table_full(&self) -> u64 {
+    pub(crate) fn conn_table_full(&self) -> u64 {
         self.sum(stat::CONN_TABLE_FULL)
     }
 
     /// Records the programs wrote into the ring buffer.
-    pub fn records_sent(&self) -> u64 {
+    pub(crate) fn records_sent(&self) -> u64 {
         self.sum(stat::RECORDS_SENT)
     }
 
     /// Records the programs did not send because `--netns`/`--port` excluded them.
-    pub fn records_filtered(&self) -> u64 {
+    pub(crate) fn records_filtered(&self) -> u64 {
         self.sum(stat::FILTERED)
     }
 
     /// Records lost (ring buffer full), per record kind: `(kind, count)` for kinds 1..=7.
-    pub fn lost_by_kind(&self) -> Vec<(u32, u64)> {
+    pub(crate) fn lost_by_kind(&self) -> Vec<(u32, u64)> {
         (1..=7)
             .map(|k| (k, self.sum(stat::LOST_BY_KIND + k)))
             .collect()
     }
 
     /// Lost keepalive timer records whose firing ended the connection.
-    pub fn lost_timer_deaths(&self) -> u64 {
+    pub(crate) fn lost_timer_deaths(&self) -> u64 {
         self.sum(stat::LOST_TIMER_DEATHS)
     }
 
     /// Keepalive timer firings: (all, on sockets without SO_KEEPALIVE, quiet: nothing sent).
-    pub fn timer_firings(&self) -> (u64, u64, u64) {
+    pub(crate) fn timer_firings(&self) -> (u64, u64, u64) {
         (
             self.sum(stat::TIMER_FIRINGS),
             self.sum(stat::TIMER_NOT_KEEPOPEN),
@@ -300,7 +305,7 @@ impl KernelStats {
 
     /// Keepalive timer firings whose entry and exit did not pair up on one CPU: (exits
     /// without entry, overlapping entries).
-    pub fn timer_unpaired(&self) -> (u64, u64) {
+    pub(crate) fn timer_unpaired(&self) -> (u64, u64) {
         (
             self.sum(stat::TIMER_UNPAIRED),
             self.sum(stat::TIMER_OVERLAP),

@@ -1,5 +1,5 @@
 //! The eBPF side as user space sees it: loading and attaching the programs, the one decoder
 //! of ring-buffer records, and the kernel's own statistics of the programs.
 pub mod decode;
-pub mod loader;
-pub mod progstats;
+pub(crate) mod loader;
+pub(crate) mod progstats;

@@ -9,7 +9,10 @@ use crate::kernel::facts::ProgInfoLayout;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 /// `recursion_misses` of the program behind `fd`.
-pub fn recursion_misses(layout: &ProgInfoLayout, fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+pub(crate) fn recursion_misses(
+    layout: &ProgInfoLayout,
+    fd: BorrowedFd<'_>,
+) -> std::io::Result<u64> {
     #[repr(C)]
     struct GetInfo {
         bpf_fd: u32,

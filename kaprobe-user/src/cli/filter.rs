@@ -5,33 +5,33 @@ use clap::Args;
 
 /// The connection filters of `watch` and `ls` (see [`crate::sink::Filter`]).
 #[derive(Debug, Clone, Default, Args)]
-pub struct FilterArgs {
+pub(crate) struct FilterArgs {
     /// Only connections where either end uses this port (repeatable).
     #[arg(long, value_name = "PORT")]
-    pub port: Vec<u16>,
+    pub(crate) port: Vec<u16>,
     /// Only connections where either end is in this address block (repeatable), e.g.
     /// 10.0.0.0/8.
     #[arg(long, value_name = "CIDR")]
-    pub addr: Vec<Cidr>,
+    pub(crate) addr: Vec<Cidr>,
     /// Only connections of this network namespace, by inode number as `ls -L
     /// /proc/PID/ns/net` shows it (repeatable).
     #[arg(long, value_name = "INODE")]
-    pub netns: Vec<u32>,
+    pub(crate) netns: Vec<u32>,
     /// Only connections owned by this process id (repeatable).
     #[arg(long, value_name = "PID")]
-    pub pid: Vec<u32>,
+    pub(crate) pid: Vec<u32>,
     /// Only connections owned by a process with this command name (repeatable).
     #[arg(long, value_name = "COMM")]
-    pub comm: Vec<String>,
+    pub(crate) comm: Vec<String>,
     /// Only connections owned by a process in this cgroup v2 path or below (repeatable),
     /// e.g. /system.slice/nginx.service.
     #[arg(long, value_name = "PATH")]
-    pub cgroup: Vec<String>,
+    pub(crate) cgroup: Vec<String>,
 }
 
 /// An address block, `10.0.0.0/8` or `fd00::/8` (a bare address means a single host).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     addr: IpAddr,
     prefix: u8,
 }
@@ -61,7 +61,7 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
-    pub fn contains(&self, ip: &IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: &IpAddr) -> bool {
         fn bits(ip: &IpAddr) -> (u128, u32) {
             match ip {
                 IpAddr::V4(a) => (u32::from(*a) as u128, 32),

@@ -5,22 +5,22 @@ use kaprobe_common::tcp_state;
 use super::{Format, filter::FilterArgs, parse_duration};
 
 #[derive(Debug, Args)]
-pub struct LsArgs {
+pub(crate) struct LsArgs {
     /// Output format [default: human on a terminal, json otherwise].
     #[arg(long, value_enum)]
-    pub format: Option<Format>,
+    pub(crate) format: Option<Format>,
     /// Idle time after which NATs and firewalls on the path may forget a connection: the
     /// threshold of the risk flags.
     #[arg(long, value_name = "DURATION", default_value = "350s", value_parser = parse_nat_timeout)]
-    pub nat_timeout: std::time::Duration,
+    pub(crate) nat_timeout: std::time::Duration,
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub(crate) filter: FilterArgs,
     /// Only connections in this state (repeatable) [default: every state but listen].
     #[arg(long, value_enum, value_name = "STATE")]
-    pub state: Vec<StateArg>,
+    pub(crate) state: Vec<StateArg>,
     /// Only connections with at least one risk.
     #[arg(long)]
-    pub at_risk: bool,
+    pub(crate) at_risk: bool,
 }
 
 /// A NAT timeout: a positive duration.
@@ -34,7 +34,7 @@ fn parse_nat_timeout(s: &str) -> Result<std::time::Duration, String> {
 
 /// A TCP state for `--state`, named as in the event log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StateArg {
+pub(crate) enum StateArg {
     #[value(name = "established")]
     Established,
     #[value(name = "syn_sent")]

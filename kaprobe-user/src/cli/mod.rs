@@ -5,9 +5,9 @@ mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use filter::{Cidr, FilterArgs};
-pub use ls::{LsArgs, StateArg};
-pub use watch::{Attach, WatchArgs, default_ring_size};
+pub(crate) use filter::{Cidr, FilterArgs};
+pub(crate) use ls::{LsArgs, StateArg};
+pub(crate) use watch::{Attach, WatchArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,19 +15,19 @@ pub use watch::{Attach, WatchArgs, default_ring_size};
     version,
     about = "Traces TCP keepalive and tells why connections die (eBPF)"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// More log output on stderr (-v: info, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Trace keepalive probes, answers, timeouts, resets, FINs and closes until Ctrl-C.
     Watch(WatchArgs),
     /// List live TCP connections of every network namespace with their keepalive settings

@@ -6,54 +6,54 @@ use clap::Args;
 use super::{Format, filter::FilterArgs, parse_duration};
 
 #[derive(Debug, Args)]
-pub struct WatchArgs {
+pub(crate) struct WatchArgs {
     /// Output format [default: human on a terminal, json otherwise].
     #[arg(long, value_enum)]
-    pub format: Option<Format>,
+    pub(crate) format: Option<Format>,
     /// Append events to FILE instead of writing them to stdout.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
     /// Report the lifecycle (FINs, close) of every TCP connection, not only of those with
     /// keepalive on or that failed.
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
     /// Record nothing when a connection without keepalive starts: the cheapest mode under
     /// heavy connection churn. Failures of such connections are still reported, but without
     /// their lifetime, and without their owner unless a local listener accepted them.
     #[arg(long, conflicts_with = "all")]
-    pub lean: bool,
+    pub(crate) lean: bool,
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub(crate) filter: FilterArgs,
     /// Size of the kernel ring buffer (power of two) [default: 64 bytes per
     /// --max-connections, at least 4M: 4M for 65536 connections, 16M for 262144]
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
-    pub ring_size: Option<u32>,
+    pub(crate) ring_size: Option<u32>,
     /// Most connections followed at once, in the kernel and in the agent.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
-    pub max_connections: u32,
+    pub(crate) max_connections: u32,
     /// How to attach the hooks: BTF tracepoints, falling back to raw tracepoints (auto), or
     /// one kind only.
     #[arg(long, value_enum, default_value = "auto")]
-    pub attach: Attach,
+    pub(crate) attach: Attach,
     /// Serve Prometheus metrics on http://ADDR/metrics (a bare port listens on 127.0.0.1).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Break keepalive, reset and close counts down by remote port in the metrics
     /// (at most 256 ports; the rest count as port 0).
     #[arg(long, requires = "metrics_addr")]
-    pub metrics_remote_port: bool,
+    pub(crate) metrics_remote_port: bool,
     /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<std::time::Duration>,
+    pub(crate) duration: Option<std::time::Duration>,
     /// Every this long (e.g. 60s), write a `summary` event: activity by remote endpoint and
     /// by owner, closes by listening port and by remote endpoint.
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
-    pub summary_interval: Option<std::time::Duration>,
+    pub(crate) summary_interval: Option<std::time::Duration>,
 }
 
 /// Which kind of tracepoint the hooks attach as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Attach {
+pub(crate) enum Attach {
     /// BTF tracepoints, else raw tracepoints.
     Auto,
     /// BTF tracepoints only.
@@ -111,7 +111,7 @@ fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
 /// 4-12 % of the records and the agent needed 75-77 s to see every connection once; with
 /// 16 MiB, none and 0.3-0.6 s (docs/benchmarks.md, Memory). The agent's RSS counts the ring twice (its
 /// pages are mapped twice), so the size grows with what the user asked to follow.
-pub fn default_ring_size(max_connections: u32) -> u32 {
+pub(crate) fn default_ring_size(max_connections: u32) -> u32 {
     (u64::from(max_connections) * 64)
         .next_power_of_two()
         .clamp(4 << 20, 256 << 20) as u32
@@ -119,7 +119,7 @@ pub fn default_ring_size(max_connections: u32) -> u32 {
 
 impl WatchArgs {
     /// `--ring-size`, else [`default_ring_size`].
-    pub fn ring_bytes(&self) -> u32 {
+    pub(crate) fn ring_bytes(&self) -> u32 {
         self.ring_size
             .unwrap_or_else(|| default_ring_size(self.max_connections))
     }

@@ -20,7 +20,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use kaprobe_common::{CloseInfo, REASON_UNKNOWN, Tuple};
 
 use timer::Dying;
-pub use timer::Overdue;
 
 use crate::{
     FastMap,
@@ -33,7 +32,7 @@ const ETIMEDOUT: i32 = 110;
 
 /// How long a graceful-looking close waits for an RST that the kernel sends *after*
 /// `TCP_CLOSE` (close() with unread data, SO_LINGER 0, disconnect), before it is reported.
-pub const CLOSE_GRACE_NS: u64 = 20_000_000;
+pub(crate) const CLOSE_GRACE_NS: u64 = 20_000_000;
 
 /// Converts kernel time to wall time and jiffies to milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -44,11 +43,11 @@ pub struct Clock {
 }
 
 impl Clock {
-    pub fn wall(&self, mono_ns: u64) -> Timestamp {
+    pub(crate) fn wall(&self, mono_ns: u64) -> Timestamp {
         Timestamp((mono_ns as i128 + self.realtime_offset_ns).max(0) as u64)
     }
 
-    pub fn jiffies_to_ms(&self, jiffies: u32) -> u64 {
+    pub(crate) fn jiffies_to_ms(&self, jiffies: u32) -> u64 {
         jiffies as u64 * 1000 / self.hz.max(1) as u64
     }
 }
@@ -134,14 +133,14 @@ struct Pending {
 
 /// Counters kept by the correlator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CorrelatorStats {
-    pub evicted: u64,
-    pub replaced: u64,
+pub(crate) struct CorrelatorStats {
+    pub(crate) evicted: u64,
+    pub(crate) replaced: u64,
     /// Keepalive timeouts found after the fact (the socket gone, its firing never traced).
-    pub unseen_deaths: u64,
+    pub(crate) unseen_deaths: u64,
     /// Records of a connection whose end had been inferred, that came after all (late, not
     /// lost): dropped, so that the end is not reported twice.
-    pub late_after_inference: u64,
+    pub(crate) late_after_inference: u64,
 }
 
 pub struct Correlator {
@@ -166,7 +165,7 @@ pub struct Correlator {
     /// [`crate::host::existing`]): named when a record has none. An entry goes when its
     /// connection's close is reported (its addresses may be used again).
     existing: existing::Conns,
-    pub stats: CorrelatorStats,
+    pub(crate) stats: CorrelatorStats,
 }
 
 impl Correlator {
@@ -186,7 +185,7 @@ impl Correlator {
 
     /// Owners of the connections open before the agent started ([`crate::host::existing::scan`]).
     /// Connections followed already (the look-up came late) get theirs now.
-    pub fn set_existing(&mut self, conns: existing::Conns) {
+    pub(crate) fn set_existing(&mut self, conns: existing::Conns) {
         self.existing = conns;
         for c in self.conns.values_mut().filter(|c| c.owner.is_none()) {
             c.owner = existing::owner_of(&self.existing, &c.tuple);
@@ -194,7 +193,7 @@ impl Correlator {
     }
 
     /// The connections open before the agent started whose owner is still kept.
-    pub fn existing_keys(&self) -> Vec<(ConnKey, u32)> {
+    pub(crate) fn existing_keys(&self) -> Vec<(ConnKey, u32)> {
         self.existing
             .iter()
             .map(|(k, (_, inode))| (*k, *inode))
@@ -202,18 +201,18 @@ impl Correlator {
     }
 
     /// Forgets the owners of those that ended unreported (not in `open`).
-    pub fn retain_existing(&mut self, open: &HashSet<(ConnKey, u32)>) {
+    pub(crate) fn retain_existing(&mut self, open: &HashSet<(ConnKey, u32)>) {
         self.existing
             .retain(|k, (_, inode)| open.contains(&(*k, *inode)));
     }
 
     /// Connections currently followed (for metrics and tests).
-    pub fn tracked(&self) -> usize {
+    pub(crate) fn tracked(&self) -> usize {
         self.conns.len() + self.pending.len()
     }
 
     /// Feeds one kernel record; appends the resulting events to `out`.
-    pub fn handle(&mut self, raw: &RawEvent, out: &mut Vec<Event>) {
+    pub(crate) fn handle(&mut self, raw: &RawEvent, out: &mut Vec<Event>) {
         // Closes whose grace period ended before this record are reported first, so the
         // log stays close to time order.
         self.tick(raw.header().ts_ns, out);
@@ -233,7 +232,7 @@ impl Correlator {
     }
 
     /// Reports closes whose grace period is over at kernel time `now_ns`.
-    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Event>) {
+    pub(crate) fn tick(&mut self, now_ns: u64, out: &mut Vec<Event>) {
         // Records from different CPUs may arrive slightly out of time order; a close is
         // never reported early, at worst a little late.
         while let Some(&(ts, sk)) = self.due.front() {
@@ -255,7 +254,7 @@ impl Correlator {
     }
 
     /// Reports every close still waiting (at exit).
-    pub fn flush(&mut self, out: &mut Vec<Event>) {
+    pub(crate) fn flush(&mut self, out: &mut Vec<Event>) {
         let mut rest: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         rest.sort_by_key(|p| p.ts_ns);
         self.due.clear();

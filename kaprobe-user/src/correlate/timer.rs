@@ -31,11 +31,11 @@ pub(super) struct Dying {
 /// of it: the firing may have been one the kernel never traced (see `on_timer`). The agent
 /// asks the kernel (sock_diag) whether the socket still exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Overdue {
-    pub sk: u64,
-    pub tuple: Tuple,
+pub(crate) struct Overdue {
+    pub(crate) sk: u64,
+    pub(crate) tuple: Tuple,
     /// When its keepalive timer was due (CLOCK_MONOTONIC ns).
-    pub due_ns: u64,
+    pub(crate) due_ns: u64,
     max_probes: u8,
     idle_ms: u64,
 }
@@ -127,7 +127,7 @@ fn catch_up(
 impl Correlator {
     /// Followed connections whose fatal keepalive firing is overdue by `OVERDUE_GRACE_NS`
     /// at `now_ns` (each is returned once: check it, then call [`Correlator::unseen_death`]).
-    pub fn overdue(&mut self, now_ns: u64) -> Vec<Overdue> {
+    pub(crate) fn overdue(&mut self, now_ns: u64) -> Vec<Overdue> {
         self.inferred_ends
             .retain(|_, (_, at)| now_ns <= at.saturating_add(INFERRED_MEMORY_NS));
         let mut found = Vec::new();
@@ -178,14 +178,14 @@ impl Correlator {
 
     /// The kernel counted lost records of keepalive firings that ended connections, up to
     /// `now_ns`.
-    pub fn note_lost_deaths(&mut self, now_ns: u64) {
+    pub(crate) fn note_lost_deaths(&mut self, now_ns: u64) {
         self.deaths_lost_ns = now_ns;
     }
 
     /// The kernel no longer has the socket of an overdue connection: its keepalive timer
     /// ended it in a firing no tracepoint saw. Reports the timeout (inferred, at the time it
     /// was due) and the close.
-    pub fn unseen_death(&mut self, o: &Overdue, out: &mut Vec<Event>) {
+    pub(crate) fn unseen_death(&mut self, o: &Overdue, out: &mut Vec<Event>) {
         let due_ns = o.due_ns;
         let Some(conn) = self.conns.remove(&o.sk).filter(|c| c.tuple == o.tuple) else {
             return;

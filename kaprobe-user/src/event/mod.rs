@@ -1,43 +1,43 @@
 //! The event log: what kaprobe reports, as one serde model used by every output format.
 //! This is a public contract, documented in docs/events.md.
-pub mod names;
-pub mod owner;
-pub mod summary;
-pub mod time;
-pub mod totals;
+pub(crate) mod names;
+pub(crate) mod owner;
+pub(crate) mod summary;
+pub(crate) mod time;
+pub(crate) mod totals;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use kaprobe_common::{AF_INET6, Tuple};
 use serde::{Serialize, Serializer};
 
-pub use names::{errno_name, state_name};
-pub use owner::Owner;
-pub use time::Timestamp;
-pub use totals::{LostRecords, Totals};
+pub(crate) use names::{errno_name, state_name};
+pub(crate) use owner::Owner;
+pub(crate) use time::Timestamp;
+pub(crate) use totals::{LostRecords, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Family {
+pub(crate) enum Family {
     Ipv4,
     Ipv6,
 }
 
 /// Both ends of a connection, from the traced socket's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Endpoints {
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub family: Family,
-    pub netns: u32,
+pub(crate) struct Endpoints {
+    pub(crate) saddr: IpAddr,
+    pub(crate) sport: u16,
+    pub(crate) daddr: IpAddr,
+    pub(crate) dport: u16,
+    pub(crate) family: Family,
+    pub(crate) netns: u32,
 }
 
 impl Endpoints {
     /// From the kernel's tuple. An IPv6 socket talking IPv4 (v4-mapped addresses on both
     /// ends) is reported as `ipv4` with plain IPv4 addresses: that is what is on the wire.
-    pub fn from_tuple(t: &Tuple) -> Endpoints {
+    pub(crate) fn from_tuple(t: &Tuple) -> Endpoints {
         let (saddr, daddr, family) = if t.family == AF_INET6 {
             let s = Ipv6Addr::from(t.saddr);
             let d = Ipv6Addr::from(t.daddr);
@@ -64,7 +64,7 @@ impl Endpoints {
 /// Why a connection ended, as the kernel decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Cause {
+pub(crate) enum Cause {
     /// Keepalive probes went unanswered (or TCP_USER_TIMEOUT ran out while probing).
     KeepaliveTimeout,
     /// The peer sent an RST.
@@ -80,7 +80,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 6] = [
+    pub(crate) const ALL: [Cause; 6] = [
         Cause::KeepaliveTimeout,
         Cause::ResetReceived,
         Cause::ResetSent,
@@ -89,7 +89,7 @@ impl Cause {
         Cause::Other,
     ];
 
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Cause::KeepaliveTimeout => "keepalive_timeout",
             Cause::ResetReceived => "reset_received",
@@ -103,36 +103,36 @@ impl Cause {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Side {
+pub(crate) enum Side {
     Local,
     Remote,
 }
 
 /// One hook as attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HookInfo {
-    pub tracepoint: String,
+pub(crate) struct HookInfo {
+    pub(crate) tracepoint: String,
     /// `tp_btf`, `raw_tracepoint` or `tracepoint`.
-    pub attach: String,
+    pub(crate) attach: String,
 }
 
 /// Optional kernel facts, so a user on an old kernel sees what is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KernelFeatures {
+pub(crate) struct KernelFeatures {
     /// `tcp_send_reset` has its `reason` argument (6.10+).
-    pub reset_reason: bool,
+    pub(crate) reset_reason: bool,
     /// The kernel names the RST of a keepalive timeout (`SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT`,
     /// 6.12+); before, that RST's reason is `not_specified` or `unknown` (the timeout is
     /// still classified, from the timer hook).
-    pub keepalive_reset_reason: bool,
-    pub hz: u32,
-    pub hz_source: String,
+    pub(crate) keepalive_reset_reason: bool,
+    pub(crate) hz: u32,
+    pub(crate) hz_source: String,
 }
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
-pub enum Body {
+pub(crate) enum Body {
     AgentStart {
         version: &'static str,
         kernel: String,
@@ -236,7 +236,7 @@ pub enum Body {
 
 impl Body {
     /// The `event` field.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Body::AgentStart { .. } => "agent_start",
             Body::AgentStop { .. } => "agent_stop",
@@ -256,17 +256,17 @@ impl Body {
 
 /// One line of the event log.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub ts: Timestamp,
-    pub conn: Option<Endpoints>,
+pub(crate) struct Event {
+    pub(crate) ts: Timestamp,
+    pub(crate) conn: Option<Endpoints>,
     /// The connection's owner (connection events only; `null` when unknown).
-    pub owner: Option<Owner>,
-    pub body: Body,
+    pub(crate) owner: Option<Owner>,
+    pub(crate) body: Body,
 }
 
 impl Event {
     /// An event of the agent itself (no connection, no owner).
-    pub fn agent(ts: Timestamp, body: Body) -> Event {
+    pub(crate) fn agent(ts: Timestamp, body: Body) -> Event {
         Event {
             ts,
             conn: None,

@@ -2,7 +2,7 @@
 use kaprobe_common::tcp_state;
 
 /// Lowercase TCP state name.
-pub fn state_name(state: u8) -> &'static str {
+pub(crate) fn state_name(state: u8) -> &'static str {
     match state {
         tcp_state::ESTABLISHED => "established",
         tcp_state::SYN_SENT => "syn_sent",
@@ -21,7 +21,7 @@ pub fn state_name(state: u8) -> &'static str {
 }
 
 /// errno name (Linux numbering, from include/uapi/asm-generic/errno*.h).
-pub fn errno_name(errno: i32) -> Option<&'static str> {
+pub(crate) fn errno_name(errno: i32) -> Option<&'static str> {
     Some(match errno {
         1 => "EPERM",
         2 => "ENOENT",

@@ -7,24 +7,24 @@ use serde::Serialize;
 /// The process a connection belongs to. Its texts are shared (every event of a
 /// connection names the same owner): a clone allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Owner {
+pub(crate) struct Owner {
     /// Thread-group id (what `ps` calls the pid).
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// The process's command name (`comm`, at most 15 bytes).
-    pub comm: Arc<str>,
+    pub(crate) comm: Arc<str>,
     /// cgroup v2 path, e.g. `/system.slice/nginx.service`; null when unknown.
-    pub cgroup: Option<Arc<str>>,
+    pub(crate) cgroup: Option<Arc<str>>,
     /// Container id when the cgroup path shows one (docker, containerd, CRI-O, podman).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<Arc<str>>,
+    pub(crate) container_id: Option<Arc<str>>,
     /// cgroup v2 id as the kernel recorded it (0: none); resolved into `cgroup` by the
     /// agent.
     #[serde(skip)]
-    pub cgroup_id: u64,
+    pub(crate) cgroup_id: u64,
 }
 
 impl Owner {
-    pub fn new(pid: u32, comm: String, cgroup: Option<String>) -> Owner {
+    pub(crate) fn new(pid: u32, comm: String, cgroup: Option<String>) -> Owner {
         let container_id = cgroup.as_deref().and_then(container_id).map(Arc::from);
         Owner {
             pid,
@@ -36,7 +36,7 @@ impl Owner {
     }
 
     /// From a kernel record; `None` when the kernel did not know the owner.
-    pub fn from_kernel(raw: &kaprobe_common::Owner) -> Option<Owner> {
+    pub(crate) fn from_kernel(raw: &kaprobe_common::Owner) -> Option<Owner> {
         (raw.tgid != 0).then(|| Owner {
             pid: raw.tgid,
             comm: match std::str::from_utf8(comm_bytes(&raw.comm)) {
@@ -51,7 +51,7 @@ impl Owner {
 
     /// Is this the owner a kernel record names (as [`Owner::from_kernel`] would make it,
     /// before [`crate::host::owner::CgroupPaths::resolve`])?
-    pub fn is_from_kernel(&self, raw: &kaprobe_common::Owner) -> bool {
+    pub(crate) fn is_from_kernel(&self, raw: &kaprobe_common::Owner) -> bool {
         self.pid == raw.tgid
             && self.cgroup_id == raw.cgroup_id
             && self.cgroup.is_none()
@@ -63,7 +63,7 @@ impl Owner {
 /// The container id in a cgroup path: a run of 64 hex digits in one of its components
 /// (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
 /// `libpod-<id>.scope`, `/docker/<id>`, `/kubepods/.../<id>`). The innermost wins.
-pub fn container_id(path: &str) -> Option<String> {
+pub(crate) fn container_id(path: &str) -> Option<String> {
     path.rsplit('/').find_map(|component| {
         let bytes = component.as_bytes();
         let mut start = 0;
@@ -82,7 +82,7 @@ pub fn container_id(path: &str) -> Option<String> {
 }
 
 /// A NUL-padded `comm` from the kernel as text.
-pub fn comm_text(raw: &[u8]) -> String {
+pub(crate) fn comm_text(raw: &[u8]) -> String {
     String::from_utf8_lossy(comm_bytes(raw)).into_owned()
 }
 

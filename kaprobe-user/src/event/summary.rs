@@ -6,80 +6,80 @@ use serde::Serialize;
 
 /// What a `summary` event (and `agent_stop`'s `summary`) holds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Connection events summarised.
-    pub events: u64,
-    pub by_remote: Rows<Remote, Activity>,
-    pub by_owner: Rows<OwnerKey, Activity>,
+    pub(crate) events: u64,
+    pub(crate) by_remote: Rows<Remote, Activity>,
+    pub(crate) by_owner: Rows<OwnerKey, Activity>,
     /// Closes of accepted connections, by the port they were accepted on.
-    pub closes_by_listening_port: Rows<Listener, CloseStats>,
+    pub(crate) closes_by_listening_port: Rows<Listener, CloseStats>,
     /// Closes of connections this side opened, by the endpoint they went to.
-    pub closes_by_remote: Rows<Remote, CloseStats>,
+    pub(crate) closes_by_remote: Rows<Remote, CloseStats>,
 }
 
 /// Who a remote endpoint is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Remote {
-    pub daddr: IpAddr,
-    pub dport: u16,
+pub(crate) struct Remote {
+    pub(crate) daddr: IpAddr,
+    pub(crate) dport: u16,
 }
 
 /// Who an owner is, for grouping (the pid changes across restarts; comm and cgroup don't).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct OwnerKey {
-    pub pid: u32,
-    pub comm: Arc<str>,
-    pub cgroup: Option<Arc<str>>,
+pub(crate) struct OwnerKey {
+    pub(crate) pid: u32,
+    pub(crate) comm: Arc<str>,
+    pub(crate) cgroup: Option<Arc<str>>,
 }
 
 /// A listening port in a namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Listener {
-    pub netns: u32,
-    pub port: u16,
+pub(crate) struct Listener {
+    pub(crate) netns: u32,
+    pub(crate) port: u16,
 }
 
 /// Keepalive and failure activity of a group.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Activity {
-    pub keepalive_probes: u64,
-    pub keepalive_acks: u64,
-    pub keepalive_timeouts: u64,
+pub(crate) struct Activity {
+    pub(crate) keepalive_probes: u64,
+    pub(crate) keepalive_acks: u64,
+    pub(crate) keepalive_timeouts: u64,
     /// `sent` / `received` → reason → count (received resets have no reason).
-    pub resets: BTreeMap<&'static str, BTreeMap<String, u64>>,
-    pub closes_by_cause: BTreeMap<&'static str, u64>,
+    pub(crate) resets: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    pub(crate) closes_by_cause: BTreeMap<&'static str, u64>,
 }
 
 /// What a summary says about the closes of one group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CloseStats {
-    pub count: u64,
-    pub median_lifetime_ms: Option<u64>,
+pub(crate) struct CloseStats {
+    pub(crate) count: u64,
+    pub(crate) median_lifetime_ms: Option<u64>,
     /// Median of bytes sent plus received.
-    pub median_bytes: Option<u64>,
+    pub(crate) median_bytes: Option<u64>,
     /// Share of closes this side started (its FIN or RST first, or its timeout).
-    pub closed_locally: f64,
-    pub closed_remotely: f64,
+    pub(crate) closed_locally: f64,
+    pub(crate) closed_remotely: f64,
     /// Closes after which this side held TIME_WAIT, and after which the peer did (the peer
     /// sent the first FIN).
-    pub time_wait_local: u64,
-    pub time_wait_remote: u64,
-    pub by_cause: BTreeMap<&'static str, u64>,
+    pub(crate) time_wait_local: u64,
+    pub(crate) time_wait_remote: u64,
+    pub(crate) by_cause: BTreeMap<&'static str, u64>,
 }
 
 /// One row of a summary table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Row<K, V> {
+pub(crate) struct Row<K, V> {
     #[serde(flatten)]
-    pub key: K,
+    pub(crate) key: K,
     #[serde(flatten)]
-    pub value: V,
+    pub(crate) value: V,
 }
 
 /// A table as reported: the busiest groups, and how many more there were.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Rows<K, V> {
-    pub top: Vec<Row<K, V>>,
+pub(crate) struct Rows<K, V> {
+    pub(crate) top: Vec<Row<K, V>>,
     /// Groups not shown (past the busiest shown, or past the limit of groups per table: crate::sink::summary).
-    pub more_groups: u64,
+    pub(crate) more_groups: u64,
 }

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 /// Wall-clock time, nanoseconds since the Unix epoch; serialised as RFC 3339 UTC with
 /// microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Timestamp(pub u64);
+pub(crate) struct Timestamp(pub u64);
 
 /// `2025-11-24T16:00:00.123456Z`.
 pub(crate) const RFC3339_MICROS_LEN: usize = 27;
@@ -24,7 +24,7 @@ thread_local! {
 }
 
 impl Timestamp {
-    pub fn rfc3339(&self) -> String {
+    pub(crate) fn rfc3339(&self) -> String {
         self.rfc3339_str(&mut [0; RFC3339_MICROS_LEN]).to_owned()
     }
 

@@ -29,43 +29,38 @@ const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg`.
 const MSG_LEN: usize = 72;
 
-/// `idiag_timer` values (net/ipv4/inet_diag.c): which timer `idiag_expires` is about.
-pub mod timer {
-    /// Retransmission (or loss probe / reordering) timer; `idiag_retrans` = retransmits.
-    pub const RETRANSMIT: u8 = 1;
+/// `idiag_timer` values (net/ipv4/inet_diag.c): which timer `idiag_expires` is about
+/// (1 retransmission, 3 TIME_WAIT, 4 zero-window probe: not used here).
+pub(crate) mod timer {
     /// `sk_timer`: the keepalive timer (for an orphaned FIN_WAIT2 socket, its FIN_WAIT2
     /// timeout); `idiag_retrans` = keepalive probes outstanding.
-    pub const KEEPALIVE: u8 = 2;
-    /// TIME_WAIT.
-    pub const TIME_WAIT: u8 = 3;
-    /// Zero-window probe timer.
-    pub const PROBE0: u8 = 4;
+    pub(crate) const KEEPALIVE: u8 = 2;
 }
 
 /// The parts of `struct tcp_info` that `ls` uses. Offsets (tcp.h): probes 3, backoff 4,
 /// retransmits 2, unacked 24, last_data_recv 52, last_ack_recv 56, notsent_bytes 144.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TcpInfo {
+pub(crate) struct TcpInfo {
     /// `icsk_retransmits`: RTO firings since the last forward progress.
-    pub retransmits: u8,
+    pub(crate) retransmits: u8,
     /// `icsk_probes_out`: keepalive (or zero-window) probes unanswered.
-    pub probes: u8,
+    pub(crate) probes: u8,
     /// `icsk_backoff`: exponential backoff of the retransmission timer.
-    pub backoff: u8,
+    pub(crate) backoff: u8,
     /// `packets_out`: segments sent and not yet acknowledged.
-    pub unacked: u32,
+    pub(crate) unacked: u32,
     /// Milliseconds since data was last received.
-    pub last_data_recv_ms: u32,
+    pub(crate) last_data_recv_ms: u32,
     /// Milliseconds since an ACK was last received (`rcv_tstamp`).
-    pub last_ack_recv_ms: u32,
+    pub(crate) last_ack_recv_ms: u32,
     /// Bytes written but not yet sent (Linux 4.6+; None on shorter `tcp_info`).
-    pub notsent_bytes: Option<u32>,
+    pub(crate) notsent_bytes: Option<u32>,
 }
 
 impl TcpInfo {
     /// Decodes a `struct tcp_info` (any length from the 4.x layout on: fields past the end
     /// of a shorter one are absent).
-    pub fn parse(b: &[u8]) -> Option<TcpInfo> {
+    pub(crate) fn parse(b: &[u8]) -> Option<TcpInfo> {
         Some(TcpInfo {
             retransmits: *b.get(2)?,
             probes: *b.get(3)?,
@@ -80,34 +75,34 @@ impl TcpInfo {
 
 /// One socket from the dump (`struct inet_diag_msg` and its INET_DIAG_INFO).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiagSock {
+pub(crate) struct DiagSock {
     /// AF_INET or AF_INET6.
-    pub family: u8,
+    pub(crate) family: u8,
     /// TCP state (`TCP_ESTABLISHED` = 1, ...).
-    pub state: u8,
-    pub timer: u8,
-    pub retrans: u8,
-    pub sport: u16,
-    pub dport: u16,
+    pub(crate) state: u8,
+    pub(crate) timer: u8,
+    pub(crate) retrans: u8,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
     /// Addresses as the kernel gives them: 4 bytes used for AF_INET, 16 for AF_INET6.
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub(crate) src: [u8; 16],
+    pub(crate) dst: [u8; 16],
     /// Milliseconds until `timer` expires.
-    pub expires_ms: u32,
-    pub rqueue: u32,
+    pub(crate) expires_ms: u32,
+    pub(crate) rqueue: u32,
     /// For a connection: bytes written and not yet acknowledged (`write_seq - snd_una`).
-    pub wqueue: u32,
-    pub uid: u32,
+    pub(crate) wqueue: u32,
+    pub(crate) uid: u32,
     /// Socket inode; 0 for TIME_WAIT and request sockets (nobody holds them).
-    pub inode: u32,
+    pub(crate) inode: u32,
     /// Present for full sockets (not TIME_WAIT or request sockets).
-    pub info: Option<TcpInfo>,
+    pub(crate) info: Option<TcpInfo>,
 }
 
 impl DiagSock {
     /// Addresses as on the wire: an IPv6 socket with v4-mapped addresses on both ends is
     /// IPv4, as in the event log.
-    pub fn endpoints(&self) -> (IpAddr, IpAddr, Family) {
+    pub(crate) fn endpoints(&self) -> (IpAddr, IpAddr, Family) {
         if self.family == libc::AF_INET6 as u8 {
             let src = Ipv6Addr::from(self.src);
             let dst = Ipv6Addr::from(self.dst);
@@ -124,7 +119,7 @@ impl DiagSock {
 
 /// What a received datagram meant for the dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     More,
     Done,
 }
@@ -147,7 +142,7 @@ fn bad(what: &str) -> io::Error {
 
 /// The dump request: `nlmsghdr` + `inet_diag_req_v2` for TCP sockets of `family` in the
 /// states of the bit mask `states` (bit N = state N), asking for INET_DIAG_INFO.
-pub fn dump_request(family: u8, states: u32, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
+pub(crate) fn dump_request(family: u8, states: u32, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
     let mut m = [0u8; NLMSG_HDRLEN + REQ_LEN];
     m[0..4].copy_from_slice(&((NLMSG_HDRLEN + REQ_LEN) as u32).to_ne_bytes());
     m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -165,7 +160,7 @@ pub fn dump_request(family: u8, states: u32, seq: u32) -> [u8; NLMSG_HDRLEN + RE
 
 /// Parses one datagram of the dump's answer, appending its sockets to `out`. Messages with
 /// another sequence number are skipped. NLMSG_ERROR is the kernel's errno as an error.
-pub fn parse(buf: &[u8], seq: u32, out: &mut Vec<DiagSock>) -> io::Result<Progress> {
+pub(crate) fn parse(buf: &[u8], seq: u32, out: &mut Vec<DiagSock>) -> io::Result<Progress> {
     let mut off = 0;
     while off + NLMSG_HDRLEN <= buf.len() {
         let len = u32_at(buf, off).ok_or_else(|| bad("short header"))? as usize;
@@ -240,14 +235,14 @@ fn parse_msg(p: &[u8]) -> io::Result<DiagSock> {
 }
 
 /// A NETLINK_SOCK_DIAG socket, bound to the network namespace of the thread that opened it.
-pub struct DiagSocket {
+pub(crate) struct DiagSocket {
     fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl DiagSocket {
-    pub fn open() -> io::Result<DiagSocket> {
+    pub(crate) fn open() -> io::Result<DiagSocket> {
         // SAFETY: plain socket(2) call with constant arguments; no pointers.
         let fd = unsafe {
             libc::socket(
@@ -287,7 +282,7 @@ impl DiagSocket {
     }
 
     /// Every TCP socket of `family` (AF_INET or AF_INET6) in the states of `states`.
-    pub fn dump(&mut self, family: u8, states: u32) -> io::Result<Vec<DiagSock>> {
+    pub(crate) fn dump(&mut self, family: u8, states: u32) -> io::Result<Vec<DiagSock>> {
         self.seq = self.seq.wrapping_add(1);
         let req = dump_request(family, states, self.seq);
         // SAFETY: zeroed sockaddr_nl is valid (nl_pid 0 = the kernel); its fields are set below.
@@ -340,7 +335,7 @@ impl DiagSocket {
 /// A connection as both the kernel's records and sock_diag name it: namespace, family and
 /// both ends (address bytes past the family's length are ignored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnKey {
+pub(crate) struct ConnKey {
     pub(crate) netns: u32,
     family: u16,
     saddr: [u8; 16],
@@ -377,7 +372,7 @@ impl ConnKey {
     }
 
     /// The key of a kernel record's tuple.
-    pub fn of_tuple(t: &Tuple) -> Self {
+    pub(crate) fn of_tuple(t: &Tuple) -> Self {
         Self::new(t.netns, t.family, &t.saddr, &t.daddr, t.sport, t.dport)
     }
 

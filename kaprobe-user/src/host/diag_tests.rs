@@ -39,7 +39,7 @@ fn ipv4_dump_with_keepalive_timer_time_wait_and_tcp_info() {
 
     let tw = &out[1];
     assert_eq!(tw.state, 6, "time_wait");
-    assert_eq!(tw.timer, timer::TIME_WAIT);
+    assert_eq!(tw.timer, 3, "idiag_timer of TIME_WAIT");
     assert_eq!(tw.inode, 0);
     assert_eq!(tw.info, None, "no tcp_info for TIME_WAIT");
 

@@ -32,10 +32,10 @@ use crate::{
 /// Open connections (any state but LISTEN, TIME_WAIT and request sockets): the process
 /// holding each, and the socket's inode (which tells a connection from a later one with the
 /// same addresses).
-pub type Conns = HashMap<ConnKey, (Owner, u32)>;
+pub(crate) type Conns = HashMap<ConnKey, (Owner, u32)>;
 
 /// The owner `conns` holds for the connection of a kernel record's `tuple`.
-pub fn owner_of(conns: &Conns, tuple: &Tuple) -> Option<Owner> {
+pub(crate) fn owner_of(conns: &Conns, tuple: &Tuple) -> Option<Owner> {
     if conns.is_empty() {
         return None; // (no key to build once every older connection is gone)
     }
@@ -46,21 +46,21 @@ pub fn owner_of(conns: &Conns, tuple: &Tuple) -> Option<Owner> {
 
 /// What the look-up found.
 #[derive(Debug, Default)]
-pub struct Existing {
+pub(crate) struct Existing {
     /// Listening ports and their owners, in the form the kernel records them.
-    pub listeners: Vec<(ListenKey, kaprobe_common::Owner)>,
-    pub conns: Conns,
+    pub(crate) listeners: Vec<(ListenKey, kaprobe_common::Owner)>,
+    pub(crate) conns: Conns,
     /// Why nothing was looked up, if so.
-    pub skipped: Option<&'static str>,
+    pub(crate) skipped: Option<&'static str>,
     /// Network namespaces read, and those that could not be.
-    pub namespaces: usize,
-    pub unreadable: usize,
+    pub(crate) namespaces: usize,
+    pub(crate) unreadable: usize,
     /// Sockets found with no process holding them that this agent could see.
-    pub unowned: usize,
+    pub(crate) unowned: usize,
     /// Listeners written into the kernel's map (not those whose `listen()` it saw since).
-    pub listeners_seeded: usize,
+    pub(crate) listeners_seeded: usize,
     /// How long the look-up took.
-    pub took: Duration,
+    pub(crate) took: Duration,
 }
 
 /// `BPF_NOEXIST`: a `listen()` the kernel recorded since the programs were attached wins.
@@ -69,7 +69,7 @@ const BPF_NOEXIST: u64 = 1;
 /// Runs [`scan`] on a thread of its own, writes the listeners it found into `listeners`
 /// (the kernel's map) and sends the rest. Call once the programs are attached: what starts
 /// after that, the kernel sees itself.
-pub fn spawn(mut listeners: Option<Listeners>) -> mpsc::Receiver<Existing> {
+pub(crate) fn spawn(mut listeners: Option<Listeners>) -> mpsc::Receiver<Existing> {
     let (tx, rx) = mpsc::channel();
     let job = move || {
         let started = Instant::now();
@@ -111,7 +111,7 @@ fn in_init_ns(kind: &str, init: u64) -> bool {
 
 /// What the look-up lacks to see every process's sockets: entering namespaces, reading
 /// other users' /proc/PID/fd (a directory of mode 0500, then ptrace access).
-pub fn missing_caps() -> Vec<&'static str> {
+pub(crate) fn missing_caps() -> Vec<&'static str> {
     let caps = privileges::effective_caps();
     [
         (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
@@ -125,7 +125,7 @@ pub fn missing_caps() -> Vec<&'static str> {
 }
 
 /// Looks up every TCP socket of the host and the process holding it.
-pub fn scan() -> Existing {
+pub(crate) fn scan() -> Existing {
     let mut found = Existing::default();
     // In a container without the host's pid namespace, /proc shows other pids than the
     // kernel records (and only the container's processes): nothing to look up.
@@ -185,7 +185,7 @@ pub fn scan() -> Existing {
 /// Which of `conns` (key, socket inode) are still open: those of a namespace that is gone
 /// are not, those of one that cannot be read are assumed to be. For forgetting the owners of
 /// the connections that ended without a reported close.
-pub fn still_open(conns: &[(ConnKey, u32)]) -> HashSet<(ConnKey, u32)> {
+pub(crate) fn still_open(conns: &[(ConnKey, u32)]) -> HashSet<(ConnKey, u32)> {
     let wanted = conns.iter().map(|(k, _)| u64::from(k.netns)).collect();
     let dumps = netns::dump_namespaces(&wanted, held_states());
     let open: HashSet<(ConnKey, u32)> = dumps
@@ -206,7 +206,7 @@ pub fn still_open(conns: &[(ConnKey, u32)]) -> HashSet<(ConnKey, u32)> {
 }
 
 /// [`still_open`] on a thread of its own (it reads every namespace concerned).
-pub fn spawn_still_open(
+pub(crate) fn spawn_still_open(
     conns: Vec<(ConnKey, u32)>,
 ) -> Option<mpsc::Receiver<HashSet<(ConnKey, u32)>>> {
     let (tx, rx) = mpsc::channel();

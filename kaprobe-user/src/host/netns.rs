@@ -17,7 +17,7 @@ use super::{
 
 /// Every network namespace of the host: inode → paths that lead to it (a process's
 /// `/proc/PID/ns/net`, or a bind mount in /run/netns), from one pass over both.
-pub fn namespaces() -> BTreeMap<u64, Vec<PathBuf>> {
+pub(crate) fn namespaces() -> BTreeMap<u64, Vec<PathBuf>> {
     let mut found: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
     let mut add = |path: PathBuf| {
         // stat follows the magic link to the namespace's nsfs inode.
@@ -48,12 +48,12 @@ pub fn namespaces() -> BTreeMap<u64, Vec<PathBuf>> {
 }
 
 /// The inode of this process's own network namespace (0 if unreadable).
-pub fn own_netns() -> u64 {
+pub(crate) fn own_netns() -> u64 {
     std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
 }
 
 /// Opens the first of `paths` that still leads to a namespace.
-pub fn open_netns(paths: &[PathBuf]) -> io::Result<File> {
+pub(crate) fn open_netns(paths: &[PathBuf]) -> io::Result<File> {
     let mut last = io::Error::from(io::ErrorKind::NotFound);
     for p in paths {
         match File::open(p) {
@@ -66,7 +66,7 @@ pub fn open_netns(paths: &[PathBuf]) -> io::Result<File> {
 
 /// Runs `f` on a new thread that has entered the network namespace `ns` (only that thread
 /// moves; it ends with `f`).
-pub fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+pub(crate) fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> io::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on a valid namespace fd; it changes only this thread's network
@@ -99,7 +99,7 @@ fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
 /// For each connection, whether the kernel no longer has its socket (sock_diag in its
 /// network namespace; a namespace that is gone has none). `None` where that cannot be told
 /// (the namespace could not be entered or read).
-pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
+pub(crate) fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
     let wanted = tuples.iter().map(|t| u64::from(t.netns)).collect();
     let dumps = dump_namespaces(&wanted, u32::MAX);
     let present: HashSet<ConnKey> = dumps
@@ -124,7 +124,10 @@ pub fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
 
 /// The TCP sockets (states in `mask`) of each network namespace in `wanted` (inodes): a
 /// namespace that no longer exists is absent, one that cannot be read is `None`.
-pub fn dump_namespaces(wanted: &HashSet<u64>, mask: u32) -> HashMap<u64, Option<Vec<DiagSock>>> {
+pub(crate) fn dump_namespaces(
+    wanted: &HashSet<u64>,
+    mask: u32,
+) -> HashMap<u64, Option<Vec<DiagSock>>> {
     namespaces()
         .into_iter()
         .filter(|(netns, _)| wanted.contains(netns))
@@ -143,7 +146,7 @@ pub fn dump_namespaces(wanted: &HashSet<u64>, mask: u32) -> HashMap<u64, Option<
 /// Dumps the TCP sockets of network namespace `netns` at `paths` (from
 /// [`namespaces`]). This process's own is dumped in place: no setns, so no
 /// CAP_SYS_ADMIN.
-pub fn dump_netns(
+pub(crate) fn dump_netns(
     netns: u64,
     paths: &[std::path::PathBuf],
     mask: u32,

@@ -16,10 +16,10 @@ use crate::{
 };
 
 /// Where the cgroup v2 hierarchy usually is (`/sys/fs/cgroup/unified` on hybrid hosts).
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Where cgroup2 is mounted, from /proc/self/mountinfo.
-pub fn cgroup2_root() -> PathBuf {
+pub(crate) fn cgroup2_root() -> PathBuf {
     std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|text| {
@@ -34,7 +34,7 @@ pub fn cgroup2_root() -> PathBuf {
 }
 
 /// The cgroup v2 path of a process (`0::<path>` in /proc/PID/cgroup).
-pub fn cgroup_of_pid(pid: u32) -> Option<String> {
+pub(crate) fn cgroup_of_pid(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
@@ -42,14 +42,14 @@ pub fn cgroup_of_pid(pid: u32) -> Option<String> {
 }
 
 /// The command name of a process.
-pub fn comm_of_pid(pid: u32) -> Option<String> {
+pub(crate) fn comm_of_pid(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim_end_matches('\n').to_owned())
 }
 
 /// The owner of a live process, from /proc.
-pub fn owner_of_pid(pid: u32) -> Option<Owner> {
+pub(crate) fn owner_of_pid(pid: u32) -> Option<Owner> {
     let comm = comm_of_pid(pid)?;
     Some(Owner::new(pid, comm, cgroup_of_pid(pid)))
 }
@@ -57,7 +57,7 @@ pub fn owner_of_pid(pid: u32) -> Option<Owner> {
 /// Socket inode → (pid, fd): the process holding it (the lowest pid when several share
 /// it, e.g. after fork) and one of its descriptors for it. One pass over /proc/*/fd: for
 /// snapshots (`ls`), not per event.
-pub fn socket_fds() -> HashMap<u64, (u32, i32)> {
+pub(crate) fn socket_fds() -> HashMap<u64, (u32, i32)> {
     let mut owners = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return owners;
@@ -94,7 +94,7 @@ pub fn socket_fds() -> HashMap<u64, (u32, i32)> {
 /// cgroup id (what `bpf_get_current_cgroup_id()` returns: the inode number of the
 /// cgroup's directory in cgroup2fs) → path, with a cache. A miss rescans the hierarchy,
 /// at most once per [`CgroupPaths::RESCAN`], so a burst of unknown ids costs one walk.
-pub struct CgroupPaths {
+pub(crate) struct CgroupPaths {
     root: PathBuf,
     paths: FastMap<u64, Cgroup>,
     scanned: Option<Instant>,
@@ -102,10 +102,10 @@ pub struct CgroupPaths {
 
 /// A cgroup as owners name it.
 #[derive(Debug, Clone)]
-pub struct Cgroup {
-    pub path: Arc<str>,
+pub(crate) struct Cgroup {
+    pub(crate) path: Arc<str>,
     /// [`container_id`] of the path.
-    pub container_id: Option<Arc<str>>,
+    pub(crate) container_id: Option<Arc<str>>,
 }
 
 impl Cgroup {
@@ -125,7 +125,7 @@ impl Default for CgroupPaths {
 
 impl CgroupPaths {
     /// Fills `cgroup` and `container_id` from `cgroup_id`.
-    pub fn resolve(&mut self, owner: &mut Owner) {
+    pub(crate) fn resolve(&mut self, owner: &mut Owner) {
         if owner.cgroup.is_none() && owner.cgroup_id != 0 {
             if let Some(cgroup) = self.cgroup(owner.cgroup_id) {
                 owner.cgroup = Some(cgroup.path.clone());
@@ -134,9 +134,9 @@ impl CgroupPaths {
         }
     }
 
-    pub const RESCAN: Duration = Duration::from_secs(1);
+    pub(crate) const RESCAN: Duration = Duration::from_secs(1);
 
-    pub fn new(root: &Path) -> CgroupPaths {
+    pub(crate) fn new(root: &Path) -> CgroupPaths {
         CgroupPaths {
             root: root.to_path_buf(),
             paths: FastMap::default(),
@@ -144,13 +144,8 @@ impl CgroupPaths {
         }
     }
 
-    /// The path of cgroup `id`, if it exists (or existed at the last scan).
-    pub fn path(&mut self, id: u64) -> Option<Arc<str>> {
-        self.cgroup(id).map(|c| c.path.clone())
-    }
-
     /// Cgroup `id`, if it exists (or existed at the last scan).
-    pub fn cgroup(&mut self, id: u64) -> Option<&Cgroup> {
+    pub(crate) fn cgroup(&mut self, id: u64) -> Option<&Cgroup> {
         if id == 0 {
             return None;
         }
@@ -208,7 +203,7 @@ mod tests {
             let ino =
                 std::fs::metadata(format!("{}{cg}", cgroup2_root().display())).map(|m| m.ino());
             if let Ok(ino) = ino {
-                assert_eq!(paths.path(ino).as_deref(), Some(&**cg));
+                assert_eq!(paths.cgroup(ino).map(|c| &*c.path), Some(&**cg));
             }
         }
     }

@@ -8,15 +8,15 @@ use std::{
 
 /// A namespace's `net.ipv4.tcp_keepalive_*` (each None if unreadable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Sysctls {
-    pub time_s: Option<u32>,
-    pub intvl_s: Option<u32>,
-    pub probes: Option<u32>,
+pub(crate) struct Sysctls {
+    pub(crate) time_s: Option<u32>,
+    pub(crate) intvl_s: Option<u32>,
+    pub(crate) probes: Option<u32>,
 }
 
 /// The keepalive sysctls of the calling thread's network namespace (/proc/sys/net shows
 /// the namespace of the task that opens it).
-pub fn keepalive_sysctls() -> Sysctls {
+pub(crate) fn keepalive_sysctls() -> Sysctls {
     let read = |name: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
             .ok()?
@@ -35,13 +35,13 @@ pub fn keepalive_sysctls() -> Sysctls {
 /// kernel answers TCP_KEEPIDLE/INTVL/CNT with the namespace's sysctl when the socket set
 /// none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SockOpts {
-    pub keepalive: bool,
-    pub idle_s: u32,
-    pub intvl_s: u32,
-    pub probes: u32,
+pub(crate) struct SockOpts {
+    pub(crate) keepalive: bool,
+    pub(crate) idle_s: u32,
+    pub(crate) intvl_s: u32,
+    pub(crate) probes: u32,
     /// 0: not set.
-    pub user_timeout_ms: u32,
+    pub(crate) user_timeout_ms: u32,
 }
 
 fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> io::Result<u32> {
@@ -66,7 +66,7 @@ fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> io::Result<u32> {
 /// Copies of other processes' descriptors (pidfd_open + pidfd_getfd), one pidfd per
 /// process per snapshot.
 #[derive(Default)]
-pub struct Borrower {
+pub(crate) struct Borrower {
     pidfds: HashMap<u32, Option<OwnedFd>>,
 }
 
@@ -86,7 +86,7 @@ impl Borrower {
     /// The keepalive options of socket `inode`, held by process `pid` as `fd`. The copy is
     /// checked to still be that socket (the fd may have been closed and reused since /proc
     /// was read) and closed before returning.
-    pub fn sockopts(&mut self, pid: u32, fd: i32, inode: u64) -> io::Result<SockOpts> {
+    pub(crate) fn sockopts(&mut self, pid: u32, fd: i32, inode: u64) -> io::Result<SockOpts> {
         let pidfd = self.pidfd(pid)?.as_raw_fd();
         // SAFETY: pidfd_getfd(pidfd, fd, 0) takes no pointers; it returns a new fd or -1.
         let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };

@@ -11,7 +11,7 @@ use std::{
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error("BTF data is malformed: {0}")]
     Malformed(&'static str),
     #[error("kernel BTF has no struct `{0}`")]
@@ -32,25 +32,25 @@ const MAGIC: u16 = 0xeb9f;
 
 /// BTF kinds (include/uapi/linux/btf.h).
 mod k {
-    pub const INT: u32 = 1;
-    pub const PTR: u32 = 2;
-    pub const ARRAY: u32 = 3;
-    pub const STRUCT: u32 = 4;
-    pub const UNION: u32 = 5;
-    pub const ENUM: u32 = 6;
-    pub const FWD: u32 = 7;
-    pub const TYPEDEF: u32 = 8;
-    pub const VOLATILE: u32 = 9;
-    pub const CONST: u32 = 10;
-    pub const RESTRICT: u32 = 11;
-    pub const FUNC: u32 = 12;
-    pub const FUNC_PROTO: u32 = 13;
-    pub const VAR: u32 = 14;
-    pub const DATASEC: u32 = 15;
-    pub const FLOAT: u32 = 16;
-    pub const DECL_TAG: u32 = 17;
-    pub const TYPE_TAG: u32 = 18;
-    pub const ENUM64: u32 = 19;
+    pub(crate) const INT: u32 = 1;
+    pub(crate) const PTR: u32 = 2;
+    pub(crate) const ARRAY: u32 = 3;
+    pub(crate) const STRUCT: u32 = 4;
+    pub(crate) const UNION: u32 = 5;
+    pub(crate) const ENUM: u32 = 6;
+    pub(crate) const FWD: u32 = 7;
+    pub(crate) const TYPEDEF: u32 = 8;
+    pub(crate) const VOLATILE: u32 = 9;
+    pub(crate) const CONST: u32 = 10;
+    pub(crate) const RESTRICT: u32 = 11;
+    pub(crate) const FUNC: u32 = 12;
+    pub(crate) const FUNC_PROTO: u32 = 13;
+    pub(crate) const VAR: u32 = 14;
+    pub(crate) const DATASEC: u32 = 15;
+    pub(crate) const FLOAT: u32 = 16;
+    pub(crate) const DECL_TAG: u32 = 17;
+    pub(crate) const TYPE_TAG: u32 = 18;
+    pub(crate) const ENUM64: u32 = 19;
 }
 
 #[derive(Debug, Clone)]
@@ -96,15 +96,15 @@ enum Type {
 
 /// A field's place in a struct.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Field {
+pub(crate) struct Field {
     /// Offset in bytes from the start of the outer struct.
-    pub offset: u32,
+    pub(crate) offset: u32,
     /// Size in bytes.
-    pub size: u32,
+    pub(crate) size: u32,
 }
 
 /// Parsed BTF.
-pub struct Btf {
+pub(crate) struct Btf {
     types: Vec<Type>,
     names: Vec<u32>,
     strings: Vec<u8>,
@@ -153,12 +153,12 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
 
 impl Btf {
     /// Reads and parses a BTF file (e.g. `/sys/kernel/btf/vmlinux`).
-    pub fn from_file(path: &Path) -> std::io::Result<Result<Self, BtfError>> {
+    pub(crate) fn from_file(path: &Path) -> std::io::Result<Result<Self, BtfError>> {
         Ok(Self::parse(&std::fs::read(path)?))
     }
 
     /// Parses raw BTF (little-endian, as on every machine kaprobe runs on).
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if u16_at(data, 0)? != MAGIC {
             return Err(BtfError::Malformed("bad magic (not little-endian BTF?)"));
         }
@@ -391,7 +391,7 @@ impl Btf {
 
     /// Offset and size of `path` (dot-separated, e.g. `ipv4.sysctl_tcp_keepalive_time`) in
     /// struct `strukt`.
-    pub fn field(&self, strukt: &str, path: &str) -> Result<Field, BtfError> {
+    pub(crate) fn field(&self, strukt: &str, path: &str) -> Result<Field, BtfError> {
         let mut id = self.struct_id(strukt)?;
         let mut bits = 0u32;
         let mut last: Option<Member> = None;
@@ -414,7 +414,7 @@ impl Btf {
     }
 
     /// All `(name, value)` pairs of enum `name`.
-    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+    pub(crate) fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
         let id = self
             .find(name, |t| matches!(t, Type::Enum { .. }))
             .ok_or_else(|| BtfError::NoEnum(name.to_owned()))?;
@@ -428,7 +428,7 @@ impl Btf {
     }
 
     /// The value of `variant` in enum `name`.
-    pub fn enum_value(&self, name: &str, variant: &str) -> Result<i64, BtfError> {
+    pub(crate) fn enum_value(&self, name: &str, variant: &str) -> Result<i64, BtfError> {
         self.enum_values(name)?
             .into_iter()
             .find(|(n, _)| n == variant)
@@ -439,7 +439,7 @@ impl Btf {
     /// The argument types of tracepoint `name`, from its `btf_trace_<name>` typedef
     /// (a pointer to a function whose first parameter is the `void *` context, left out).
     /// Each argument is described as C-like text, e.g. `const struct sock *`.
-    pub fn tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
+    pub(crate) fn tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
         let tdname = format!("btf_trace_{name}");
         let no = || BtfError::NoTracepoint(name.to_owned());
         let id = self

@@ -12,10 +12,10 @@ use thiserror::Error;
 
 use crate::kernel::btf::{Btf, BtfError};
 
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, Error)]
-pub enum KernelError {
+pub(crate) enum KernelError {
     #[error("no kernel BTF at {0}: kaprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf(PathBuf),
     #[error("cannot read kernel BTF at {0}: {1}")]
@@ -38,35 +38,34 @@ pub enum KernelError {
 
 /// One tracepoint kaprobe hooks, as the running kernel declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TracepointProto {
-    pub name: &'static str,
+pub(crate) struct TracepointProto {
+    pub(crate) name: &'static str,
     /// Argument types (without the leading `void *` context).
-    pub args: Vec<String>,
+    pub(crate) args: Vec<String>,
 }
 
 /// Everything learned about the kernel.
 #[derive(Debug, Clone)]
-pub struct KernelFacts {
-    pub release: String,
-    pub config: Config,
-    pub hz: u32,
+pub(crate) struct KernelFacts {
+    pub(crate) release: String,
+    pub(crate) config: Config,
+    pub(crate) hz: u32,
     /// Where `hz` came from (for `agent_start`).
-    pub hz_source: String,
+    pub(crate) hz_source: String,
     /// `enum sk_rst_reason` values → lowercase names without the `SK_RST_REASON_` prefix.
-    pub reset_reasons: HashMap<u32, String>,
-    pub tracepoints: Vec<TracepointProto>,
+    pub(crate) reset_reasons: HashMap<u32, String>,
     /// Where the kernel reports skipped program runs (absent before 5.12).
-    pub prog_info: Option<ProgInfoLayout>,
+    pub(crate) prog_info: Option<ProgInfoLayout>,
 }
 
 impl KernelFacts {
-    pub fn has_reset_reason(&self) -> bool {
+    pub(crate) fn has_reset_reason(&self) -> bool {
         self.config.flags & config_flag::RESET_HAS_REASON != 0
     }
 }
 
 /// The tracepoints kaprobe attaches, all required.
-pub const TRACEPOINTS: [&str; 7] = [
+pub(crate) const TRACEPOINTS: [&str; 7] = [
     "timer_expire_entry",
     "timer_expire_exit",
     "inet_sock_set_state",
@@ -77,7 +76,7 @@ pub const TRACEPOINTS: [&str; 7] = [
 ];
 
 /// Loads the running kernel's BTF.
-pub fn load_btf(path: &Path) -> Result<Btf, KernelError> {
+pub(crate) fn load_btf(path: &Path) -> Result<Btf, KernelError> {
     match Btf::from_file(path) {
         Ok(parsed) => Ok(parsed?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KernelError::NoBtf(path.into())),
@@ -107,7 +106,7 @@ fn field(btf: &Btf, strukt: &str, path: &str, want: u32) -> Result<u32, KernelEr
 }
 
 /// Fills the offsets and flags of [`Config`] from BTF. `keepalive_timer_fn` is left 0.
-pub fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), KernelError> {
+pub(crate) fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>), KernelError> {
     let mut c = Config::default();
     macro_rules! set {
         ($($dst:ident = $strukt:literal, $path:literal, $size:expr;)*) => {
@@ -194,7 +193,7 @@ fn enum_u32(btf: &Btf, name: &str, variant: &str) -> Result<u32, KernelError> {
 
 /// `enum sk_rst_reason` as value → `no_socket`, `tcp_keepalive_timeout`, ... (empty on
 /// kernels without the enum, before 6.10).
-pub fn reset_reason_names(btf: &Btf) -> HashMap<u32, String> {
+pub(crate) fn reset_reason_names(btf: &Btf) -> HashMap<u32, String> {
     btf.enum_values("sk_rst_reason")
         .map(|values| {
             values
@@ -213,7 +212,7 @@ pub fn reset_reason_names(btf: &Btf) -> HashMap<u32, String> {
 }
 
 /// Finds `symbol`'s address in kallsyms-formatted text (`ffffffff81234560 t name [module]`).
-pub fn kallsyms_lookup(text: &str, symbol: &str) -> Option<u64> {
+pub(crate) fn kallsyms_lookup(text: &str, symbol: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let mut it = line.split_ascii_whitespace();
         let addr = it.next()?;
@@ -226,7 +225,7 @@ pub fn kallsyms_lookup(text: &str, symbol: &str) -> Option<u64> {
 }
 
 /// Address of `tcp_keepalive_timer` from /proc/kallsyms.
-pub fn keepalive_timer_address() -> Result<u64, KernelError> {
+pub(crate) fn keepalive_timer_address() -> Result<u64, KernelError> {
     let text =
         std::fs::read_to_string("/proc/kallsyms").map_err(KernelError::KallsymsUnreadable)?;
     match kallsyms_lookup(&text, "tcp_keepalive_timer") {
@@ -237,14 +236,14 @@ pub fn keepalive_timer_address() -> Result<u64, KernelError> {
 }
 
 /// `CONFIG_HZ=` in kernel config text.
-pub fn hz_from_config(text: &str) -> Option<u32> {
+pub(crate) fn hz_from_config(text: &str) -> Option<u32> {
     text.lines()
         .find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
 }
 
 /// The kernel's HZ: from /proc/config.gz or /boot/config-<release>, else measured from the
 /// jiffies counter that /proc/schedstat shows (`timestamp`) over 100 ms.
-pub fn kernel_hz(release: &str) -> Result<(u32, String), KernelError> {
+pub(crate) fn kernel_hz(release: &str) -> Result<(u32, String), KernelError> {
     if let Ok(gz) = std::fs::read("/proc/config.gz") {
         let mut text = String::new();
         if flate2::read::GzDecoder::new(&gz[..])
@@ -288,7 +287,7 @@ fn measure_hz() -> Result<u32, KernelError> {
         .ok_or_else(|| KernelError::NoHz(format!("measured {raw:.0} ticks/s")))
 }
 
-pub fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
@@ -296,9 +295,9 @@ pub fn kernel_release() -> String {
 
 /// Everything at once, for `watch` (`keepalive_timer_fn`: [`keepalive_timer_address`],
 /// looked up while the BTF is parsed).
-pub fn probe(btf: &Btf, keepalive_timer_fn: u64) -> Result<KernelFacts, KernelError> {
+pub(crate) fn probe(btf: &Btf, keepalive_timer_fn: u64) -> Result<KernelFacts, KernelError> {
     let release = kernel_release();
-    let (mut config, tracepoints) = config_from_btf(btf)?;
+    let (mut config, _) = config_from_btf(btf)?;
     config.keepalive_timer_fn = keepalive_timer_fn;
     let (hz, hz_source) = kernel_hz(&release)?;
     Ok(KernelFacts {
@@ -307,20 +306,19 @@ pub fn probe(btf: &Btf, keepalive_timer_fn: u64) -> Result<KernelFacts, KernelEr
         hz,
         hz_source,
         reset_reasons: reset_reason_names(btf),
-        tracepoints,
         prog_info: ProgInfoLayout::from_btf(btf).ok(),
     })
 }
 
 /// Where `recursion_misses` sits in `struct bpf_prog_info`, from the kernel's BTF.
 #[derive(Debug, Clone, Copy)]
-pub struct ProgInfoLayout {
+pub(crate) struct ProgInfoLayout {
     pub(crate) size: u32,
     pub(crate) recursion_misses: u32,
 }
 
 impl ProgInfoLayout {
-    pub fn from_btf(btf: &Btf) -> Result<ProgInfoLayout, BtfError> {
+    pub(crate) fn from_btf(btf: &Btf) -> Result<ProgInfoLayout, BtfError> {
         let field = btf.field("bpf_prog_info", "recursion_misses")?;
         let end = btf
             .field("bpf_prog_info", "attach_btf_id")

@@ -16,7 +16,7 @@ use crate::{
 /// Where the effective keepalive values come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     /// At least one of idle, interval, probes differs from the namespace's sysctl: the
     /// socket set it.
     Socket,
@@ -27,12 +27,12 @@ pub enum Source {
 /// A connection's keepalive: null fields when unknown (nobody holds the socket, or its
 /// descriptor could not be copied).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Keepalive {
-    pub enabled: Option<bool>,
-    pub idle_s: Option<u32>,
-    pub interval_s: Option<u32>,
-    pub probes: Option<u32>,
-    pub source: Option<Source>,
+pub(crate) struct Keepalive {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) idle_s: Option<u32>,
+    pub(crate) interval_s: Option<u32>,
+    pub(crate) probes: Option<u32>,
+    pub(crate) source: Option<Source>,
 }
 
 impl Keepalive {
@@ -40,7 +40,7 @@ impl Keepalive {
     /// TCP_KEEPINTVL, TCP_KEEPCNT) answers with the sysctl when the socket set none, so the
     /// values are always the effective ones, and the source is told by comparison: all three
     /// equal to the sysctls → `sysctl`, else `socket` (null when the sysctls are unreadable).
-    pub fn new(o: &SockOpts, sys: &Sysctls) -> Keepalive {
+    pub(crate) fn new(o: &SockOpts, sys: &Sysctls) -> Keepalive {
         let source = match (sys.time_s, sys.intvl_s, sys.probes) {
             (Some(t), Some(i), Some(p)) => Some(if (o.idle_s, o.intvl_s, o.probes) == (t, i, p) {
                 Source::Sysctl
@@ -62,20 +62,20 @@ impl Keepalive {
 /// What may go wrong with a connection's keepalive, from one snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Risk {
+pub(crate) enum Risk {
     NoKeepaliveIdle,
     KeepaliveTooLate,
     KeepaliveSuppressed,
 }
 
 impl Risk {
-    pub const ALL: [Risk; 3] = [
+    pub(crate) const ALL: [Risk; 3] = [
         Risk::NoKeepaliveIdle,
         Risk::KeepaliveTooLate,
         Risk::KeepaliveSuppressed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Risk::NoKeepaliveIdle => "no_keepalive_idle",
             Risk::KeepaliveTooLate => "keepalive_too_late",
@@ -109,7 +109,7 @@ impl Risk {
 
 /// Milliseconds since the peer was last heard: the later of the last data and the last ACK
 /// received (what the kernel's keepalive timer measures idle time from).
-pub fn last_heard_ms(info: &TcpInfo) -> u32 {
+pub(crate) fn last_heard_ms(info: &TcpInfo) -> u32 {
     info.last_data_recv_ms.min(info.last_ack_recv_ms)
 }
 
@@ -121,7 +121,7 @@ pub fn last_heard_ms(info: &TcpInfo) -> u32 {
 ///   retransmission or zero-window probe timer has fired since the peer last acknowledged
 ///   anything (`tcpi_backoff` or `tcpi_retransmits` > 0), so that a busy healthy
 ///   connection with data momentarily in flight is not flagged.
-pub fn risks(
+pub(crate) fn risks(
     state: u8,
     ka: &Keepalive,
     info: Option<&TcpInfo>,
@@ -156,21 +156,21 @@ pub fn risks(
 
 /// One connection, as `ls --format json` writes it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Conn {
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub family: Family,
-    pub netns: u64,
-    pub state: &'static str,
-    pub owner: Option<Owner>,
-    pub keepalive: Keepalive,
-    pub user_timeout_ms: Option<u32>,
-    pub last_heard_ms: Option<u32>,
-    pub probes_outstanding: Option<u8>,
-    pub timer_expires_ms: Option<u32>,
-    pub unacked_bytes: Option<u32>,
-    pub queued_bytes: u32,
-    pub risks: Vec<Risk>,
+pub(crate) struct Conn {
+    pub(crate) saddr: IpAddr,
+    pub(crate) sport: u16,
+    pub(crate) daddr: IpAddr,
+    pub(crate) dport: u16,
+    pub(crate) family: Family,
+    pub(crate) netns: u64,
+    pub(crate) state: &'static str,
+    pub(crate) owner: Option<Owner>,
+    pub(crate) keepalive: Keepalive,
+    pub(crate) user_timeout_ms: Option<u32>,
+    pub(crate) last_heard_ms: Option<u32>,
+    pub(crate) probes_outstanding: Option<u8>,
+    pub(crate) timer_expires_ms: Option<u32>,
+    pub(crate) unacked_bytes: Option<u32>,
+    pub(crate) queued_bytes: u32,
+    pub(crate) risks: Vec<Risk>,
 }

@@ -13,7 +13,6 @@ mod render;
 use std::{
     collections::HashMap,
     io::{self, BufWriter, IsTerminal, Write},
-    net::IpAddr,
     time::Duration,
 };
 
@@ -25,7 +24,7 @@ use render::{human, json_lines};
 use crate::{
     cli::{Format, LsArgs, StateArg},
     error::{Fatal, exit},
-    event::{Family, Owner, state_name},
+    event::{Owner, state_name},
     host::{
         diag::{self, DiagSock},
         netns, owner,
@@ -37,7 +36,7 @@ use crate::{
 
 /// The sock_diag state mask: the states asked for, or every state but LISTEN (request
 /// sockets, NEW_SYN_RECV, come with SYN_RECV).
-pub fn state_mask(states: &[StateArg]) -> u32 {
+pub(crate) fn state_mask(states: &[StateArg]) -> u32 {
     if states.is_empty() {
         return ((1u32 << (tcp_state::NEW_SYN_RECV + 1)) - 2) & !(1 << tcp_state::LISTEN);
     }
@@ -72,7 +71,11 @@ fn missing_caps() -> Vec<&'static str> {
 
 /// Takes the snapshot: every connection passing `filter`, sorted by namespace and
 /// endpoints; and how many namespaces were read.
-pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>, usize), Fatal> {
+pub(crate) fn snapshot(
+    filter: &Filter,
+    mask: u32,
+    nat: Duration,
+) -> Result<(Vec<Conn>, usize), Fatal> {
     let fds = owner::socket_fds();
     let mut namespaces = netns::namespaces();
     if !filter.netns.is_empty() {
@@ -114,7 +117,7 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
     let mut conns = Vec::new();
     for d in &dumps {
         for s in &d.socks {
-            let (saddr, daddr, family) = s.endpoints();
+            let (saddr, daddr, _) = s.endpoints();
             if !filter.matches_endpoints(&saddr, s.sport, &daddr, s.dport) {
                 continue;
             }
@@ -139,7 +142,7 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
                     })
                     .ok()
             });
-            conns.push(conn(s, saddr, daddr, family, d, owner, opts, nat));
+            conns.push(conn(s, d, owner, opts, nat));
         }
     }
     conns.sort_by(|a, b| {
@@ -149,17 +152,15 @@ pub fn snapshot(filter: &Filter, mask: u32, nat: Duration) -> Result<(Vec<Conn>,
     Ok((conns, dumps.len()))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The audit of socket `s` of namespace `d`, held by `owner` with options `opts`.
 fn conn(
     s: &DiagSock,
-    saddr: IpAddr,
-    daddr: IpAddr,
-    family: Family,
     d: &NsDump,
     owner: Option<Owner>,
     opts: Option<SockOpts>,
     nat: Duration,
 ) -> Conn {
+    let (saddr, daddr, family) = s.endpoints();
     let keepalive = opts
         .map(|o| Keepalive::new(&o, &d.sysctls))
         .unwrap_or_default();
@@ -196,7 +197,7 @@ fn conn(
 }
 
 /// `kaprobe ls`.
-pub fn run(args: LsArgs) -> Result<(), Fatal> {
+pub(crate) fn run(args: LsArgs) -> Result<(), Fatal> {
     let missing = missing_caps();
     if !missing.is_empty() {
         return Err(Fatal::new(

@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr, time::Duration};
 use super::audit::{Conn, Risk, Source};
 
 /// One JSON object per line.
-pub fn json_lines(conns: &[Conn]) -> String {
+pub(crate) fn json_lines(conns: &[Conn]) -> String {
     let mut text = String::new();
     for c in conns {
         // Serialising our own model cannot fail (no maps with non-string keys).
@@ -17,7 +17,7 @@ pub fn json_lines(conns: &[Conn]) -> String {
 }
 
 /// A duration in milliseconds, short: `850ms`, `4.2s`, `42s`, `12m05s`, `3h20m`.
-pub fn short_ms(ms: u64) -> String {
+pub(crate) fn short_ms(ms: u64) -> String {
     let s = ms / 1000;
     if ms < 1000 {
         format!("{ms}ms")
@@ -44,7 +44,7 @@ fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
 }
 
 /// The human format: an aligned table, a summary line and each risk found in words.
-pub fn human(conns: &[Conn], scanned: usize, nat: Duration) -> String {
+pub(crate) fn human(conns: &[Conn], scanned: usize, nat: Duration) -> String {
     const HEAD: [&str; 13] = [
         "NETNS",
         "LOCAL",

@@ -1,5 +1,8 @@
 //! The risk rules, the keepalive source rule, filters and the output of `ls`.
-use std::{net::Ipv6Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
 
 use clap::ValueEnum;
 use kaprobe_common::tcp_state;
@@ -297,7 +300,6 @@ fn sample() -> Conn {
             ..info(12_000)
         }),
     };
-    let (saddr, daddr, family) = sock.endpoints();
     let ns = NsDump {
         inode: 4026531840,
         sysctls: Sysctls {
@@ -316,9 +318,6 @@ fn sample() -> Conn {
     };
     conn(
         &sock,
-        saddr,
-        daddr,
-        family,
         &ns,
         Some(owner(
             1234,

@@ -14,16 +14,16 @@ use crate::{
 /// connection (agent_start, events_lost, summaries) always pass.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    pub ports: Vec<u16>,
-    pub nets: Vec<Cidr>,
-    pub netns: Vec<u32>,
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
-    pub cgroups: Vec<String>,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) nets: Vec<Cidr>,
+    pub(crate) netns: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
+    pub(crate) comms: Vec<String>,
+    pub(crate) cgroups: Vec<String>,
 }
 
 impl Filter {
-    pub fn from_args(a: &FilterArgs) -> Filter {
+    pub(crate) fn from_args(a: &FilterArgs) -> Filter {
         Filter {
             ports: a.port.clone(),
             nets: a.addr.clone(),
@@ -34,7 +34,7 @@ impl Filter {
         }
     }
 
-    pub fn matches(&self, e: &Event) -> bool {
+    pub(crate) fn matches(&self, e: &Event) -> bool {
         let Some(c) = &e.conn else { return true };
         self.matches_endpoints(&c.saddr, c.sport, &c.daddr, c.dport)
             && self.matches_netns(c.netns)
@@ -42,7 +42,7 @@ impl Filter {
     }
 
     /// `--port` and `--addr` alone: either end.
-    pub fn matches_endpoints(
+    pub(crate) fn matches_endpoints(
         &self,
         saddr: &IpAddr,
         sport: u16,
@@ -59,12 +59,12 @@ impl Filter {
     }
 
     /// `--netns` alone.
-    pub fn matches_netns(&self, netns: u32) -> bool {
+    pub(crate) fn matches_netns(&self, netns: u32) -> bool {
         self.netns.is_empty() || self.netns.contains(&netns)
     }
 
     /// `--pid`, `--comm` and `--cgroup` alone.
-    pub fn matches_owner(&self, owner: Option<&Owner>) -> bool {
+    pub(crate) fn matches_owner(&self, owner: Option<&Owner>) -> bool {
         if !self.by_owner() {
             return true;
         }
@@ -86,7 +86,7 @@ impl Filter {
 
 /// Is cgroup path `path` the cgroup `prefix` or inside it (whole path components:
 /// `/system.slice` covers `/system.slice/nginx.service`, not `/system.slice2`)?
-pub fn cgroup_under(path: &str, prefix: &str) -> bool {
+pub(crate) fn cgroup_under(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     prefix.is_empty()
         || path == prefix

@@ -27,7 +27,7 @@ fn cause_text(c: Cause) -> &'static str {
 }
 
 /// The human line of an event: time, event, endpoints, what happened in words.
-pub fn human(line: &mut String, e: &Event) {
+pub(crate) fn human(line: &mut String, e: &Event) {
     let ts = e.ts.rfc3339();
     let time = ts.get(11..26).unwrap_or(&ts);
     let conn = e.conn.as_ref().map(endpoints).unwrap_or_default();

@@ -17,7 +17,7 @@ use crate::event::{
 /// processes): the texts (a cgroup path is tens of bytes) are checked for escapes and
 /// copied once, not with every event.
 #[derive(Default)]
-pub struct OwnerCache {
+pub(crate) struct OwnerCache {
     owner: Option<Owner>,
     json: Vec<u8>,
 }
@@ -35,12 +35,12 @@ impl OwnerCache {
 
 /// Appends `e` as serde_json would serialise it (without a newline).
 #[cfg(test)]
-pub fn write_event(out: &mut Vec<u8>, e: &Event) -> serde_json::Result<()> {
+pub(crate) fn write_event(out: &mut Vec<u8>, e: &Event) -> serde_json::Result<()> {
     write_event_with(out, e, &mut OwnerCache::default())
 }
 
 /// [`write_event`], with the owner's JSON from `owners` when it is the last one written.
-pub fn write_event_with(
+pub(crate) fn write_event_with(
     out: &mut Vec<u8>,
     e: &Event,
     owners: &mut OwnerCache,

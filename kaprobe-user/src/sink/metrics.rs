@@ -26,7 +26,7 @@ use prometheus_client::{
 use crate::event::{Body, Cause, Event, LostRecords, Side};
 
 /// Distinct remote ports labelled before the rest are counted as port 0.
-pub const MAX_REMOTE_PORTS: usize = 256;
+pub(crate) const MAX_REMOTE_PORTS: usize = 256;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResetLabels {
@@ -75,16 +75,16 @@ struct InfoLabels {
 }
 
 /// What the agent tells the metrics at start-up.
-pub struct AgentInfo<'a> {
-    pub version: &'a str,
-    pub kernel: &'a str,
-    pub attach: &'a str,
-    pub mode: &'a str,
-    pub ring_buffer_bytes: u32,
+pub(crate) struct AgentInfo<'a> {
+    pub(crate) version: &'a str,
+    pub(crate) kernel: &'a str,
+    pub(crate) attach: &'a str,
+    pub(crate) mode: &'a str,
+    pub(crate) ring_buffer_bytes: u32,
 }
 
 /// Every metric kaprobe exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     probes: Counter,
     acks: Counter,
@@ -109,7 +109,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(per_remote_port: bool, info: &AgentInfo) -> Metrics {
+    pub(crate) fn new(per_remote_port: bool, info: &AgentInfo) -> Metrics {
         let mut registry = Registry::with_prefix("kaprobe");
         let m = Metrics {
             probes: Counter::default(),
@@ -322,7 +322,7 @@ impl Metrics {
     }
 
     /// Counts one event written to the log.
-    pub fn observe(&self, e: &Event) {
+    pub(crate) fn observe(&self, e: &Event) {
         match &e.body {
             Body::KeepaliveProbe { inferred, .. } => {
                 self.probes.inc();
@@ -421,7 +421,7 @@ impl Metrics {
     }
 
     /// Records read from the ring buffer in one drain, and their bytes.
-    pub fn drained(&self, records: u64, bad: u64, bytes: u64) {
+    pub(crate) fn drained(&self, records: u64, bad: u64, bytes: u64) {
         self.records_read.inc_by(records);
         self.bad_records.inc_by(bad);
         self.ring_used.set(bytes as i64);
@@ -431,7 +431,7 @@ impl Metrics {
     }
 
     /// The agent's connection table now, and its evictions so far.
-    pub fn table(&self, tracked: usize, evicted_total: u64) {
+    pub(crate) fn table(&self, tracked: usize, evicted_total: u64) {
         self.tracked.set(tracked as i64);
         let seen = self.evicted.get();
         if evicted_total > seen {
@@ -440,7 +440,7 @@ impl Metrics {
     }
 
     /// The exposition, as Prometheus scrapes it.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = String::with_capacity(8192);
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
@@ -450,7 +450,7 @@ impl Metrics {
 
 /// Binds the metrics address now, so that a bad or busy address fails before anything is
 /// loaded.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -491,7 +491,7 @@ async fn respond(
 }
 
 /// Serves `/metrics` on `listener` until the runtime stops; one task per scrape connection.
-pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
+pub(crate) async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

@@ -1,11 +1,11 @@
 //! Where events go: the user's filter ([`filter`]), then the event log in one format
 //! (JSON Lines, [`json`], or [`human`] lines), the Prometheus metrics ([`metrics`]) and the
 //! summaries ([`summary`]).
-pub mod filter;
-pub mod human;
-pub mod json;
-pub mod metrics;
-pub mod summary;
+pub(crate) mod filter;
+pub(crate) mod human;
+pub(crate) mod json;
+pub(crate) mod metrics;
+pub(crate) mod summary;
 
 use std::io::{self, Write};
 
@@ -40,12 +40,12 @@ impl Output {
     }
 
     /// Writes to `out` from now on (the old sink is dropped: flush it first).
-    pub fn replace(&mut self, out: Box<dyn Write + Send>) {
+    pub(crate) fn replace(&mut self, out: Box<dyn Write + Send>) {
         debug_assert!(self.json.is_empty(), "replaced before a flush");
         self.out = out;
     }
 
-    pub fn write(&mut self, e: &Event) -> io::Result<()> {
+    pub(crate) fn write(&mut self, e: &Event) -> io::Result<()> {
         match self.format {
             Format::Json => {
                 // Serialising our own model into memory cannot fail (no maps with
@@ -75,7 +75,7 @@ impl Output {
         r
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.write_json()?;
         self.out.flush()
     }

@@ -21,11 +21,11 @@ use crate::{
 };
 
 /// Groups per table.
-pub const MAX_GROUPS: usize = 1000;
+pub(crate) const MAX_GROUPS: usize = 1000;
 /// Samples per group kept for the medians.
-pub const MAX_SAMPLES: usize = 1024;
+pub(crate) const MAX_SAMPLES: usize = 1024;
 /// Groups shown per table in a summary (the busiest).
-pub const SHOWN: usize = 20;
+pub(crate) const SHOWN: usize = 20;
 
 impl Activity {
     fn observe(&mut self, body: &Body) {
@@ -208,7 +208,7 @@ impl<K: std::hash::Hash + Eq, V: Default> Table<K, V> {
 
 /// The aggregation.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub(crate) struct Summary {
     events: u64,
     by_remote: Table<Remote, Activity>,
     by_owner: Table<OwnerKey, Activity>,
@@ -240,7 +240,7 @@ fn owner_key(o: &Owner) -> OwnerKey {
 
 impl Summary {
     /// Adds one event (as written to the log).
-    pub fn observe(&mut self, e: &Event) {
+    pub(crate) fn observe(&mut self, e: &Event) {
         let Some(c) = &e.conn else { return };
         self.events += 1;
         // FINs are counted in no table: looking their groups up cost ~10 % of the agent's
@@ -289,12 +289,8 @@ impl Summary {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.events == 0
-    }
-
     /// The report, busiest groups first.
-    pub fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> Report {
         fn rows<K: Clone + Ord, V: Clone, S: Clone>(
             t: &Table<K, V>,
             weight: impl Fn(&V) -> u64,
@@ -326,7 +322,7 @@ impl Summary {
 }
 
 /// Human tables for a report, one line each (after the event's own line).
-pub fn human(out: &mut String, r: &Report) {
+pub(crate) fn human(out: &mut String, r: &Report) {
     fn activity(a: &Activity) -> String {
         let resets: u64 = a.resets.values().flat_map(|m| m.values()).sum();
         let closes: Vec<String> = a

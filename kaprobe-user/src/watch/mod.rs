@@ -49,7 +49,7 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 }
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
@@ -124,7 +124,7 @@ fn release_startup_memory<T>(leftovers: T) {
     log::info!("start-up memory released");
 }
 
-pub fn run(args: WatchArgs) -> Result<(), Fatal> {
+pub(crate) fn run(args: WatchArgs) -> Result<(), Fatal> {
     let missing = privileges::missing_for_watch(privileges::effective_caps());
     if !missing.is_empty() {
         return Err(Fatal::new(
