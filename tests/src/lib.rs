@@ -22,6 +22,9 @@ use serde_json::Value;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The start of every namespace name [`NetNs::new`] makes: `kpt-<tag>-<pid>-<n>`.
+const NETNS_PREFIX: &str = "kpt-";
+
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
@@ -58,7 +61,7 @@ pub struct NetNs {
 impl NetNs {
     pub fn new(tag: &str) -> NetNs {
         let name = format!(
-            "kpt-{tag}-{}-{}",
+            "{NETNS_PREFIX}{tag}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
@@ -155,9 +158,35 @@ fn enter(path: &str) {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        delete_netns(&self.name);
+    }
+}
+
+/// `ip netns del` (it prints nothing on stdout: kept off the caller's, which may be data).
+fn delete_netns(name: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stdout(Stdio::null())
+        .status();
+}
+
+/// Deletes the namespaces that [`NetNs::new`] made, with a tag starting with `tag`, for a
+/// process that is gone (a run killed before its namespaces were dropped).
+pub fn remove_stale_namespaces(tag: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        let pid = name
+            .strip_prefix(NETNS_PREFIX)
+            .filter(|rest| rest.starts_with(tag))
+            .and_then(|rest| rest.rsplit('-').nth(1));
+        if pid.is_some_and(|pid| !std::path::Path::new("/proc").join(pid).exists()) {
+            delete_netns(name);
+        }
     }
 }
 

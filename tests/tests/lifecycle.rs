@@ -239,6 +239,7 @@ unsafe fn connect_raw(fd: i32, to: SocketAddr) -> i32 {
 }
 
 fn local_port(fd: i32) -> u16 {
+    // SAFETY: sockaddr_storage is plain data, valid when all zero.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: getsockname into a sockaddr_storage of the given length.

@@ -4,23 +4,23 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::setup;
+use crate::{child, setup};
 
 #[derive(Args, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Build with optimisations.
     #[arg(long)]
-    pub release: bool,
+    pub(crate) release: bool,
 }
 
 impl Options {
-    pub fn release() -> Self {
+    pub(crate) fn release() -> Self {
         Options { release: true }
     }
 }
 
 /// A cargo command for this workspace that must embed the eBPF object.
-pub fn cargo(args: &[&str]) -> Command {
+pub(crate) fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(setup::workspace_root())
         .args(args)
@@ -30,16 +30,18 @@ pub fn cargo(args: &[&str]) -> Command {
 
 /// Where cargo puts what it builds: `target_directory` from `cargo metadata`, which honours
 /// CARGO_TARGET_DIR and cargo's configuration. Asked once.
-pub fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     if let Some(d) = DIR.get() {
         return Ok(d.clone());
     }
-    let out = cargo(&["metadata", "--format-version", "1", "--no-deps"]).output()?;
-    if !out.status.success() {
-        bail!("cargo metadata failed");
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let out = child::output(&mut cargo(&[
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+    ]))?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
     let dir = v["target_directory"]
         .as_str()
         .map(PathBuf::from)
@@ -48,13 +50,13 @@ pub fn target_dir() -> Result<PathBuf> {
 }
 
 /// Builds everything; returns the path of the `kaprobe` binary.
-pub fn run(o: &Options) -> Result<PathBuf> {
+pub(crate) fn run(o: &Options) -> Result<PathBuf> {
     setup::ensure()?;
     let mut args = vec!["build", "--package", "kaprobe-user", "--bin", "kaprobe"];
     if o.release {
         args.push("--release");
     }
-    if !cargo(&args).status()?.success() {
+    if !child::status(&mut cargo(&args))?.success() {
         bail!("build failed");
     }
     let profile = if o.release { "release" } else { "debug" };

@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: build, run and test kaprobe, installing the eBPF toolchain
-//! first when it is missing. One module per command.
+//! first when it is missing. One module per command; `child` runs their child processes.
 mod bench;
 mod build;
+mod child;
 mod run;
 mod setup;
 mod test;

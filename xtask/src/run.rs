@@ -7,7 +7,7 @@ use clap::Args;
 use crate::{build, setup};
 
 #[derive(Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Run a debug build instead of an optimised one.
     #[arg(long)]
     debug: bool,
@@ -16,13 +16,13 @@ pub struct Options {
     args: Vec<String>,
 }
 
-pub fn run(o: Options) -> Result<()> {
+pub(crate) fn run(o: Options) -> Result<()> {
     let bin = build::run(&if o.debug {
         build::Options { release: false }
     } else {
         build::Options::release()
     })?;
-    // kaprobe loads eBPF programs: it needs root.
+    // kaprobe loads eBPF programs: it needs root. Its stdout (the events) is xtask's.
     let mut cmd = if setup::is_root() {
         Command::new(&bin)
     } else {

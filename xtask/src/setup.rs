@@ -8,8 +8,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::child;
+
 /// Debian packages: the eBPF build, then the tools the integration tests drive.
-pub const BUILD_PACKAGES: &[&str] = &[
+const BUILD_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
@@ -17,7 +19,7 @@ pub const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-pub const TEST_PACKAGES: &[&str] = &[
+const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "procps",
@@ -32,14 +34,14 @@ pub const TEST_PACKAGES: &[&str] = &[
 ];
 
 /// PyPI tools the tests run, installed into `target/tools/venv`: (package, version, command).
-pub const TEST_PIP_TOOLS: &[(&str, &str, &str)] = &[
+const TEST_PIP_TOOLS: &[(&str, &str, &str)] = &[
     // Validates deploy/kubernetes/daemonset.yaml against the Kubernetes schema, offline.
     ("kubernetes-validate", "1.33.1", "kubernetes-validate"),
 ];
 
-pub const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -47,7 +49,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Where `cargo install` puts bpf-linker (kaprobe-user's build script looks there).
-pub fn tools_root() -> PathBuf {
+fn tools_root() -> PathBuf {
     workspace_root().join("target/tools")
 }
 
@@ -58,7 +60,7 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -70,7 +72,7 @@ pub fn is_root() -> bool {
 }
 
 /// Installs missing Debian packages.
-pub fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -82,10 +84,8 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         if !sudo.is_empty() {
             cmd.arg("apt-get");
         }
-        Ok(cmd
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        Ok(child::status(&mut cmd)
             .context("running apt-get")?
             .success())
     };
@@ -108,7 +108,7 @@ fn bpf_linker_ok(bin: &Path) -> bool {
 }
 
 /// Everything needed to build: packages, then bpf-linker.
-pub fn ensure() -> Result<()> {
+pub(crate) fn ensure() -> Result<()> {
     apt_install(BUILD_PACKAGES)?;
     let root = tools_root();
     let bin = root.join("bin/bpf-linker");
@@ -116,19 +116,20 @@ pub fn ensure() -> Result<()> {
         eprintln!(
             "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
         );
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--version",
-                BPF_LINKER_VERSION,
-            ])
-            .args(["--no-default-features", "--features", "llvm-22", "--root"])
-            .arg(&root)
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
-            .status()
-            .context("running cargo install bpf-linker")?;
+        let status = child::status(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--locked",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                ])
+                .args(["--no-default-features", "--features", "llvm-22", "--root"])
+                .arg(&root)
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )
+        .context("running cargo install bpf-linker")?;
         if !status.success() || !bpf_linker_ok(&bin) {
             bail!(
                 "could not install bpf-linker {BPF_LINKER_VERSION} into {}",
@@ -140,12 +141,12 @@ pub fn ensure() -> Result<()> {
 }
 
 /// The Python virtual environment for test tools from PyPI.
-pub fn venv() -> PathBuf {
+pub(crate) fn venv() -> PathBuf {
     tools_root().join("venv")
 }
 
 /// Installs the PyPI test tools that are missing into [`venv`].
-pub fn pip_install(tools: &[(&str, &str, &str)]) -> Result<()> {
+pub(crate) fn pip_install(tools: &[(&str, &str, &str)]) -> Result<()> {
     let venv = venv();
     let missing: Vec<String> = tools
         .iter()
@@ -157,12 +158,13 @@ pub fn pip_install(tools: &[(&str, &str, &str)]) -> Result<()> {
     }
     if !venv.join("bin/pip").is_file() {
         // Debian's python3 (package python3-venv), not whatever python3 is first on PATH.
-        let ok = Command::new("/usr/bin/python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .context("running /usr/bin/python3 -m venv")?
-            .success();
+        let ok = child::status(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )
+        .context("running /usr/bin/python3 -m venv")?
+        .success();
         if !ok {
             bail!("could not create a Python venv at {}", venv.display());
         }
@@ -172,12 +174,13 @@ pub fn pip_install(tools: &[(&str, &str, &str)]) -> Result<()> {
         missing.join(" "),
         venv.display()
     );
-    let ok = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(&missing)
-        .status()
-        .context("running pip")?
-        .success();
+    let ok = child::status(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&missing),
+    )
+    .context("running pip")?
+    .success();
     if !ok {
         bail!("pip could not install {}", missing.join(" "));
     }
@@ -185,7 +188,7 @@ pub fn pip_install(tools: &[(&str, &str, &str)]) -> Result<()> {
 }
 
 /// Everything the integration tests drive: Debian packages and PyPI tools.
-pub fn ensure_test_tools() -> Result<()> {
+pub(crate) fn ensure_test_tools() -> Result<()> {
     apt_install(TEST_PACKAGES)?;
     pip_install(TEST_PIP_TOOLS)
 }

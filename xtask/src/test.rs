@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::{build, setup, vm};
+use crate::{build, child, setup, vm};
 
 #[derive(Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Only run tests whose name contains this (in a VM: instead of the core scenarios).
     filter: Option<String>,
     /// Skip the integration tests (no root needed).
@@ -23,7 +23,7 @@ pub struct Options {
 
 const NEED_ROOT: &str = "the integration tests need root (they load eBPF programs and make network namespaces): run `sudo -E cargo xtask test`";
 
-pub fn run(o: Options) -> Result<()> {
+pub(crate) fn run(o: Options) -> Result<()> {
     let (host, vms): (bool, &[vm::Series]) = match o.kernel.as_str() {
         "6.1" => (false, &[vm::Series::V6_1]),
         "6.12" => (false, &[vm::Series::V6_12]),
@@ -70,15 +70,14 @@ pub fn run(o: Options) -> Result<()> {
 
 /// Today's `cargo xtask test`: clippy, unit tests, integration tests on the running kernel.
 fn run_host(o: &Options, bin: &Path) -> Result<()> {
-    if !build::cargo(&[
+    if !child::status(&mut build::cargo(&[
         "clippy",
         "--workspace",
         "--all-targets",
         "--",
         "-D",
         "warnings",
-    ])
-    .status()?
+    ]))?
     .success()
     {
         bail!("clippy found problems");
@@ -87,7 +86,7 @@ fn run_host(o: &Options, bin: &Path) -> Result<()> {
     let mut unit = vec!["test", "--workspace", "--exclude", "kaprobe-tests"];
     unit.push("--");
     unit.extend(&filter);
-    if !build::cargo(&unit).status()?.success() {
+    if !child::status(&mut build::cargo(&unit))?.success() {
         bail!("unit tests failed");
     }
     if o.unit_only {
@@ -99,7 +98,7 @@ fn run_host(o: &Options, bin: &Path) -> Result<()> {
     setup::ensure_test_tools()?;
     let mut integ = vec!["test", "--package", "kaprobe-tests", "--"];
     integ.extend(&filter);
-    let status = build::cargo(&integ).env("KAPROBE_BIN", bin).status()?;
+    let status = child::status(build::cargo(&integ).env("KAPROBE_BIN", bin))?;
     if !status.success() {
         bail!("integration tests failed");
     }

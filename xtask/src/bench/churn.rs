@@ -1,0 +1,157 @@
+//! Overhead under connection churn (nginx and wrk, tracers in alternating rounds), the
+//! keep-alive contrast, and the per-hook cost (`kernel.bpf_stats_enabled`).
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use super::{
+    Plan, Tools,
+    bpf::{MapMem, ProgCost, map_memory, perf_progs, prog_stats},
+    perf::cpu_attribution,
+    report::Report,
+    system::{Sysctl, process_ticks},
+    tracers::{CHURN_TRACERS, KEEPALIVE_TRACERS, Tracer, start_tracer},
+    workloads::{WrkResult, start_nginx, wrk},
+};
+
+/// The runs of one tracer, round by round.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Series {
+    pub(super) tracer: Option<Tracer>,
+    pub(super) runs: Vec<WrkResult>,
+}
+
+impl Series {
+    pub(super) fn rps(&self) -> Vec<f64> {
+        self.runs.iter().map(|r| r.rps).collect()
+    }
+}
+
+/// Every tracer's series, with `Connection: close` and with HTTP keep-alive.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Churn {
+    pub(super) close: Vec<Series>,
+    pub(super) keepalive: Vec<Series>,
+}
+
+/// One churn run under bpf_stats.
+#[derive(Clone, Debug)]
+pub(super) struct HookRun {
+    pub(super) tracer: Tracer,
+    pub(super) requests: u64,
+    pub(super) rps: f64,
+    pub(super) progs: Vec<ProgCost>,
+    pub(super) maps: Vec<MapMem>,
+    /// CPU time of the tracer's own process (the agent) during the run, in clock ticks.
+    pub(super) process_ticks: u64,
+}
+
+/// Fills `r.churn`, `r.hooks` and `r.cpu` (as far as it gets).
+pub(super) fn churn(plan: &Plan, tools: &Tools, work: &Path, r: &mut Report) -> Result<()> {
+    {
+        let nginx = start_nginx(work, false)?;
+        // Warm-up (caches, TIME_WAIT steady state), not counted.
+        wrk(nginx.port, 1, true)?;
+        r.churn.close = rounds(
+            plan,
+            tools,
+            work,
+            nginx.port,
+            true,
+            CHURN_TRACERS,
+            plan.rounds,
+        )?;
+        r.hooks = hook_costs(plan, tools, work, nginx.port)?;
+        r.cpu = cpu_attribution(plan, tools, work, nginx.port)?;
+    }
+    let nginx = start_nginx(work, true)?;
+    wrk(nginx.port, 1, false)?;
+    r.churn.keepalive = rounds(
+        plan,
+        tools,
+        work,
+        nginx.port,
+        false,
+        KEEPALIVE_TRACERS,
+        plan.keepalive_rounds,
+    )?;
+    Ok(())
+}
+
+/// `n` rounds of one wrk run per tracer on the nginx at `port` (`Connection: close` if
+/// `close`).
+fn rounds(
+    plan: &Plan,
+    tools: &Tools,
+    work: &Path,
+    port: u16,
+    close: bool,
+    tracers: &[Tracer],
+    n: usize,
+) -> Result<Vec<Series>> {
+    let mut series: Vec<Series> = tracers
+        .iter()
+        .map(|&t| Series {
+            tracer: Some(t),
+            runs: vec![],
+        })
+        .collect();
+    let kind = if close { "close" } else { "keepalive" };
+    for round in 0..n {
+        // The order turns by one each round, so that no configuration always follows the
+        // same one or sits at the same place in a round (drift within a round).
+        for k in 0..tracers.len() {
+            let i = (round + k) % tracers.len();
+            let t = tracers[i];
+            let tag = format!("{kind}-{round}-{i}");
+            let mut tracer = start_tracer(t, tools, work, &tag)?;
+            let res = wrk(port, plan.secs, close)?;
+            if let Some(p) = &mut tracer {
+                p.check_alive()?;
+                p.stop()?;
+            }
+            eprintln!(
+                "xtask: bench: {kind} round {}/{n}: {:<30} {:>9.0} req/s",
+                round + 1,
+                t.label(),
+                res.rps
+            );
+            series[i].runs.push(res);
+        }
+    }
+    Ok(series)
+}
+
+/// One churn run per tracer with `kernel.bpf_stats_enabled=1` (which itself costs two clock
+/// reads per program run, so these runs are not in the throughput table).
+fn hook_costs(plan: &Plan, tools: &Tools, work: &Path, port: u16) -> Result<Vec<HookRun>> {
+    let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+    let mut out = vec![];
+    for &t in &CHURN_TRACERS[1..] {
+        let mut p = start_tracer(t, tools, work, &format!("hooks-{t:?}"))?.expect("a tracer");
+        let ids = perf_progs(p.pid())?;
+        let maps = if t.kaprobe() {
+            map_memory(p.pid())?
+        } else {
+            vec![]
+        };
+        let ticks_before = process_ticks(p.pid())?;
+        let res = wrk(port, plan.secs, true)?;
+        p.check_alive()?;
+        let process_ticks = process_ticks(p.pid())? - ticks_before;
+        let progs = prog_stats(&ids)?;
+        p.stop()?;
+        if t.kaprobe() && !progs.iter().any(|c| c.runs > 0) {
+            bail!("{}: no program run counted under bpf_stats", t.label());
+        }
+        out.push(HookRun {
+            tracer: t,
+            requests: res.requests,
+            rps: res.rps,
+            progs,
+            maps,
+            process_ticks,
+        });
+    }
+    Ok(out)
+}
