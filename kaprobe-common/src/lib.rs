@@ -3,7 +3,7 @@
 //! Everything here crosses the kernel/user boundary, so every struct is `#[repr(C)]`,
 //! holds integers only, and spells out its padding. Record kinds are stable numbers that
 //! are never reused. The agent decodes records in exactly one place
-//! (`kaprobe_user::decode`), with length checks.
+//! (`kaprobe_user::bpf::decode`), with length checks.
 #![no_std]
 
 /// Kinds of ring-buffer records. Stable numbers: never reuse or renumber one.

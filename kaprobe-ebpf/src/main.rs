@@ -2,9 +2,11 @@
 //! death, and stream records to the agent through one ring buffer.
 //!
 //! Every struct offset comes from the running kernel's BTF, written by the agent into
-//! [`CONFIG`] before load (see `kaprobe_user::kernel`). Nothing here hard-codes a kernel
-//! layout. Kernel memory is read with `bpf_probe_read_kernel`, so a wrong guess can never
-//! fault the kernel.
+//! [`CONFIG`] before load (see kaprobe-user/src/kernel/facts.rs). Nothing here hard-codes a
+//! kernel layout. Kernel memory is read two ways ([`kernel::Mem`]): under BTF tracepoints,
+//! direct loads from the BTF-typed arguments, which the verifier checks against the struct's
+//! layout; under raw tracepoints, and from pointers computed by hand (the socket behind a
+//! timer), `bpf_probe_read_kernel`, which can never fault the kernel.
 #![no_std]
 #![no_main]
 #![deny(warnings)]

@@ -2,6 +2,7 @@
 //! This is a public contract, documented in docs/events.md.
 pub(crate) mod names;
 pub(crate) mod owner;
+mod ser;
 pub(crate) mod summary;
 pub(crate) mod time;
 pub(crate) mod totals;
@@ -9,7 +10,7 @@ pub(crate) mod totals;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use kaprobe_common::{AF_INET6, Tuple};
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 pub(crate) use names::{errno_name, state_name};
 pub(crate) use owner::Owner;
@@ -130,8 +131,7 @@ pub(crate) struct KernelFeatures {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Body {
     AgentStart {
         version: &'static str,
@@ -163,7 +163,6 @@ pub(crate) enum Body {
         /// in a burst), and the next firing found it counted in `icsk_probes_out`. Its time
         /// is estimated (one keepalive interval per probe before that firing). Written only
         /// when true.
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
         inferred: bool,
     },
     KeepaliveAck {
@@ -178,7 +177,6 @@ pub(crate) enum Body {
         /// The firing that ended the connection was not traced: its keepalive timer was due
         /// with every probe out, no record came, and the kernel (sock_diag) no longer had
         /// the socket. `ts` is when the timer was due. Written only when true.
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
         inferred: bool,
     },
     ResetSent {
@@ -229,7 +227,6 @@ pub(crate) enum Body {
         source: &'static str,
         total: u64,
         /// For `ring_buffer`: what the lost records were, since the previous report.
-        #[serde(skip_serializing_if = "Option::is_none")]
         records: Option<LostRecords>,
     },
 }
@@ -276,30 +273,6 @@ impl Event {
     }
 }
 
-impl Serialize for Event {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            ts: &'a Timestamp,
-            event: &'static str,
-            #[serde(flatten)]
-            conn: &'a Option<Endpoints>,
-            /// Present (possibly null) exactly on connection events.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            owner: Option<&'a Option<Owner>>,
-            #[serde(flatten)]
-            body: &'a Body,
-        }
-        Line {
-            ts: &self.ts,
-            event: self.body.name(),
-            conn: &self.conn,
-            owner: self.conn.is_some().then_some(&self.owner),
-            body: &self.body,
-        }
-        .serialize(s)
-    }
-}
 
 /// An event of a connection, for unit tests.
 #[cfg(test)]
