@@ -92,6 +92,14 @@ pub mod close_flag {
     pub const OUTBOUND: u32 = 1 << 5;
     /// Accepted from a listener (its SYN_RECV was seen).
     pub const INBOUND: u32 = 1 << 6;
+    /// This side sent the first FIN after the connection had been idle (no data either way)
+    /// for at least [`super::Config::idle_close_jiffies`]: an idle close (a keep-alive or
+    /// pool idle timeout). The close is sent for it even when the connection is not
+    /// otherwise reported.
+    pub const IDLE_CLOSE: u32 = 1 << 7;
+    /// [`super::CloseInfo::fin_idle`] is valid: this side sent the first FIN (FIN_WAIT1) and
+    /// the idle time then was measured.
+    pub const FIN_IDLE: u32 = 1 << 8;
 }
 
 /// Indexes in the per-CPU `STATS` array.
@@ -279,6 +287,15 @@ pub struct Config {
     pub wakeup_bytes: u32,
     /// Number of 8-slot sets in `SOCKS`, minus one (a power of two, minus one).
     pub sock_sets_mask: u32,
+    /// `tcp_sock.lsndtime`: jiffies when this side last sent data.
+    pub tp_lsndtime: u32,
+    /// `tcp_sock.retrans_stamp` (u32, ms) and `tcp_sock.tcp_mstamp` (u64, µs).
+    pub tp_retrans_stamp: u32,
+    pub tp_tcp_mstamp: u32,
+    /// Idle time (jiffies, no data either way) before this side's first FIN from which the
+    /// close of a connection that is not otherwise reported is sent all the same
+    /// ([`close_flag::IDLE_CLOSE`]).
+    pub idle_close_jiffies: u32,
 }
 
 /// Common header of every record.
@@ -371,6 +388,21 @@ pub struct CloseInfo {
     /// Segments sent and received (`segs_out`, `segs_in`).
     pub segs_out: u32,
     pub segs_in: u32,
+    /// `tcp_sock.lsndtime` at close: jiffies (low 32 bits) when this side last sent data.
+    pub lsndtime: u32,
+    /// `icsk_ack.lrcvtime` at close: jiffies when data was last received.
+    pub lrcvtime: u32,
+    /// With [`close_flag::FIN_IDLE`]: jiffies without data either way when this side sent
+    /// the first FIN.
+    pub fin_idle: u32,
+    /// `write_seq - snd_una` at close: bytes (and a FIN) this side had sent that the peer had
+    /// not acknowledged.
+    pub unacked: u32,
+    /// `tcp_sock.retrans_stamp` at close: when the first retransmission of the data still
+    /// unacknowledged went out (ms, TCP's clock), 0 when none did.
+    pub retrans_stamp: u32,
+    /// `tcp_sock.tcp_mstamp` at close, in ms (the same clock as `retrans_stamp`).
+    pub mstamp_ms: u32,
 }
 
 /// [`kind::KA_TIMER`].
@@ -450,8 +482,23 @@ pub struct ResetSentRecord {
     pub state: u8,
     /// 1 when the RST answers a segment for which no socket exists (`skaddr` 0).
     pub no_socket: u8,
-    pub _pad: [u8; 2],
+    /// TCP flags of the segment the RST answers (0 when the RST answers none: this side
+    /// aborted the connection).
+    pub in_flags: u8,
+    pub _pad: u8,
+    /// Payload bytes of the segment the RST answers.
+    pub in_len: u32,
+    pub _pad2: u32,
     pub owner: Owner,
+}
+
+/// TCP header flags (RFC 9293), as in [`ResetSentRecord::in_flags`].
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
 }
 
 /// [`kind::RST_RECV`].
@@ -495,7 +542,9 @@ pub struct ConnState {
     pub fin_recv_ns: u64,
     /// [`conn_flag`] bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// With [`conn_flag::FIN_IDLE`]: jiffies without data either way when this side sent the
+    /// first FIN.
+    pub fin_idle: u32,
     /// Who made the connection (client) or listened for it (server); see [`Owner`].
     pub owner: Owner,
 }
@@ -525,6 +574,10 @@ pub mod conn_flag {
     pub const PASSIVE: u32 = 1 << 1;
     /// Born in SYN_SENT (this side connected).
     pub const ACTIVE: u32 = 1 << 2;
+    /// This side sent the first FIN; `fin_idle` holds the idle time then.
+    pub const FIN_IDLE: u32 = 1 << 3;
+    /// ... and that idle time was at least `Config::idle_close_jiffies`: the close is sent.
+    pub const IDLE_CLOSE: u32 = 1 << 4;
 }
 
 /// Per-CPU scratch of the keepalive timer being run (entry → exit pairing).
@@ -553,16 +606,16 @@ macro_rules! assert_size {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
     };
 }
-assert_size!(Config, 8 + 52 * 4 + 8 * 4 + 8 * 2);
+assert_size!(Config, 8 + 56 * 4 + 8 * 4 + 8 * 2);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
-assert_size!(CloseInfo, 48 + 24);
+assert_size!(CloseInfo, 48 + 24 + 24);
 assert_size!(Owner, 32);
 assert_size!(ListenKey, 8);
-assert_size!(TimerRecord, 24 + 48 + 16 + 40 + 8 + 72 + 32);
+assert_size!(TimerRecord, 24 + 48 + 16 + 40 + 8 + 96 + 32);
 assert_size!(StateRecord, 24 + 48 + 8 + 32);
-assert_size!(CloseRecord, 24 + 48 + 72 + 32);
-assert_size!(ResetSentRecord, 24 + 48 + 8 + 32);
+assert_size!(CloseRecord, 24 + 48 + 96 + 32);
+assert_size!(ResetSentRecord, 24 + 48 + 16 + 32);
 assert_size!(ResetRecvRecord, 24 + 48 + 8 + 32);
 assert_size!(ErrorRecord, 24 + 48 + 8 + 32);
 assert_size!(ConnState, 64);

@@ -288,6 +288,34 @@ pub fn tuple_of_sock_common<M: Mem>(sk: u64) -> Tuple {
     t
 }
 
+/// TCP flags and payload length of the segment in `skb` (an incoming one); zeros when
+/// there is none. Read with [`Probe`], as in [`tuple_of_incoming_skb`].
+#[inline(always)]
+pub fn segment_of_skb(skb: u64) -> (u8, u32) {
+    if skb == 0 {
+        return (0, 0);
+    }
+    let head = read::<u64>(skb, conf!(skb_head));
+    if head == 0 {
+        return (0, 0);
+    }
+    let nh = read::<u16>(skb, conf!(skb_network_header)) as u64;
+    let th = read::<u16>(skb, conf!(skb_transport_header)) as u64;
+    let ip = head + nh;
+    // The IP datagram's whole length: IPv4's total length, IPv6's payload length plus its
+    // fixed header.
+    let total = match read::<u8>(ip, 0) >> 4 {
+        4 => u32::from(u16::from_be_bytes(read::<[u8; 2]>(ip, 2))),
+        6 => 40 + u32::from(u16::from_be_bytes(read::<[u8; 2]>(ip, 4))),
+        _ => return (0, 0),
+    };
+    // Data offset (high nibble of byte 12) and flags (byte 13) of the TCP header.
+    let off_flags = read::<[u8; 2]>(head + th, 12);
+    let tcp_header = u32::from(off_flags[0] >> 4) * 4;
+    let headers = (th.wrapping_sub(nh) as u32).wrapping_add(tcp_header);
+    (off_flags[1], total.saturating_sub(headers))
+}
+
 /// Addresses and ports of the segment in `skb`, seen from the receiving host: the local side
 /// is the packet's destination. Used for an RST that answers a segment with no socket.
 /// (The packet bytes are read with [`Probe`]: they are not a struct BTF describes.)

@@ -80,6 +80,10 @@ static CONFIG: Config = Config {
     dev_nd_net: 0,
     wakeup_bytes: 0,
     sock_sets_mask: 0,
+    tp_lsndtime: 0,
+    tp_retrans_stamp: 0,
+    tp_tcp_mstamp: 0,
+    idle_close_jiffies: 0,
 };
 
 /// Reads one field of [`CONFIG`].

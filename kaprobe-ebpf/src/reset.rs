@@ -9,10 +9,10 @@ use kaprobe_common::{
 use crate::{
     conf,
     kernel::{
-        Mem, flag_set, header, now_ns, sk_flags, state, tuple_of_incoming_skb, tuple_of_sock,
-        tuple_of_sock_common,
+        Mem, flag_set, header, now_ns, segment_of_skb, sk_flags, state, tuple_of_incoming_skb,
+        tuple_of_sock, tuple_of_sock_common,
     },
-    maps::{emit, emit_bulk, owner_of_sock, recent_reset, running_timer_of},
+    maps::{emit, emit_bulk, listener_owner, owner_of_sock, recent_reset, running_timer_of},
 };
 
 /// Is the keepalive timer of `sk` running on this CPU? Then the record in the scratch is
@@ -35,14 +35,23 @@ pub fn on_send_reset<M: Mem>(sk: u64, skb: u64, reason: u32) {
         reason,
         ..ResetSentRecord::default()
     };
+    // The segment the RST answers (none when this side aborts on its own): its flags and
+    // payload tell a SYN to a closed port from data on a connection this side no longer has.
+    let (in_flags, in_len) = segment_of_skb(skb);
+    rec.in_flags = in_flags;
+    rec.in_len = in_len;
     if sk == 0 {
         rec.tuple = tuple_of_incoming_skb(skb);
         rec.no_socket = 1;
+        // No connection, but maybe a listener on the port: the server it was meant for.
+        rec.owner = listener_owner(rec.tuple.netns, rec.tuple.sport);
     } else {
         let st = state::<M>(sk);
-        // An RST from a TIME_WAIT or request minisock: only sock_common is there.
+        // An RST from a TIME_WAIT or request minisock: only sock_common is there. Its owner
+        // is its listener's, if it was accepted (a TIME_WAIT socket keeps no process).
         if st == tcp_state::TIME_WAIT || st == tcp_state::NEW_SYN_RECV {
             rec.tuple = tuple_of_sock_common::<M>(sk);
+            rec.owner = listener_owner(rec.tuple.netns, rec.tuple.sport);
         } else {
             if in_keepalive_timer(sk, |t| {
                 t.flags |= timer_flag::RST_SENT;

@@ -44,7 +44,15 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // (docs/design.md).
     let born = (new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV)
         && (keepopen || all || conf!(flags) & config_flag::LEAN == 0);
-    if !keepopen && !all && !born && new != tcp_state::CLOSE && new != tcp_state::LISTEN {
+    // This side's first FIN: how long the connection had been idle is measured (below).
+    let fin_first = new == tcp_state::FIN_WAIT1;
+    if !keepopen
+        && !all
+        && !born
+        && !fin_first
+        && new != tcp_state::CLOSE
+        && new != tcp_state::LISTEN
+    {
         return;
     }
     if new == tcp_state::LISTEN {
@@ -65,12 +73,22 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
         on_close::<M>(sk, old, skflags, keepopen, all);
         return;
     }
-    let fin_sent = new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK;
+    let fin_sent = fin_first || new == tcp_state::LAST_ACK;
     let fin_recv = new == tcp_state::CLOSE_WAIT || new == tcp_state::CLOSING;
     if !born && !fin_sent && !fin_recv && !keepopen {
         return; // --all: nothing to remember of this transition (the close is reported anyway)
     }
     let report = keepopen || all;
+    // How long no data went either way before this side's first FIN: a connection closed
+    // after an idle time (a server's keep-alive timeout, a client pool's idle timeout) has
+    // its close sent even when it is not otherwise reported, for the diagnosis of what may
+    // come after (a peer reusing it: the keep-alive race). Under `Connection: close` churn
+    // the FIN follows the last data at once: two loads and a compare per connection.
+    let fin_idle = if fin_first { idle_jiffies::<M>(sk) } else { None };
+    let idle_close = fin_idle.is_some_and(|j| j >= conf!(idle_close_jiffies));
+    if !report && !born && !idle_close {
+        return;
+    }
     let key = M::sock_key(sk);
     let conn = if born {
         claim_new(key)
@@ -97,6 +115,14 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
         } else {
             // A child of a listener, born in softirq: the listener's owner, when needed.
             conn.flags |= conn_flag::PASSIVE;
+        }
+    }
+    if let Some(j) = fin_idle {
+        conn.flags |= conn_flag::FIN_IDLE;
+        conn.fin_idle = j;
+        if idle_close {
+            conn.flags |= conn_flag::IDLE_CLOSE;
+            conn.fin_sent_ns = now;
         }
     }
     if !report {
@@ -146,12 +172,13 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
         }
     }
     let tracked = saved.is_some_and(|c| c.flags & conn_flag::REPORT != 0);
+    let idle_closed = saved.is_some_and(|c| c.flags & conn_flag::IDLE_CLOSE != 0);
     // close() with unread data, SO_LINGER 0 and disconnect() close a synchronized
     // connection at once, and only then reset the peer (that RST is not seen yet): a
     // failure too. An orderly close comes from a FIN state (or TIME_WAIT).
     let aborted = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
     let failed = sk_err != 0 || rst_flags != 0 || aborted;
-    if scratch.is_none() && !(tracked || keepopen || all || failed) {
+    if scratch.is_none() && !(tracked || keepopen || all || failed || idle_closed) {
         return;
     }
     let tp = M::tcp_sock(sk);
@@ -180,6 +207,12 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     }
     info.segs_out = M::read::<u32>(tp, conf!(tp_segs_out));
     info.segs_in = M::read::<u32>(tp, conf!(tp_segs_in));
+    info.lsndtime = M::read::<u32>(tp, conf!(tp_lsndtime));
+    info.lrcvtime = M::read::<u32>(tp, conf!(icsk_lrcvtime));
+    info.unacked = M::read::<u32>(tp, conf!(tp_write_seq))
+        .wrapping_sub(M::read::<u32>(tp, conf!(tp_snd_una)));
+    info.retrans_stamp = M::read::<u32>(tp, conf!(tp_retrans_stamp));
+    info.mstamp_ms = (M::read::<u64>(tp, conf!(tp_tcp_mstamp)) / 1000) as u32;
     if let Some(c) = &saved {
         info.birth_ns = c.birth_ns;
         info.fin_sent_ns = c.fin_sent_ns;
@@ -189,6 +222,13 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
         }
         if c.flags & conn_flag::PASSIVE != 0 {
             info.flags |= close_flag::INBOUND;
+        }
+        if c.flags & conn_flag::FIN_IDLE != 0 {
+            info.flags |= close_flag::FIN_IDLE;
+            info.fin_idle = c.fin_idle;
+        }
+        if c.flags & conn_flag::IDLE_CLOSE != 0 {
+            info.flags |= close_flag::IDLE_CLOSE;
         }
     }
     if tracked {
@@ -211,4 +251,23 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     let rec: &CloseRecord = rec;
     // A failure is worth waking up for; an orderly close is bulk.
     let _ = if failed { emit(rec) } else { emit_bulk(rec) };
+}
+
+/// Jiffies since data last went either way on `sk` (the later of `lsndtime` and
+/// `icsk_ack.lrcvtime`), or None if `sk` is not a full TCP socket.
+#[inline(always)]
+fn idle_jiffies<M: Mem>(sk: u64) -> Option<u32> {
+    let tp = M::tcp_sock(sk);
+    if tp == 0 {
+        return None;
+    }
+    let sent = M::read::<u32>(tp, conf!(tp_lsndtime));
+    let received = M::read::<u32>(tp, conf!(icsk_lrcvtime));
+    // The later of two jiffies stamps (they wrap).
+    let last = if (received.wrapping_sub(sent) as i32) > 0 {
+        received
+    } else {
+        sent
+    };
+    Some((jiffies() as u32).wrapping_sub(last))
 }

@@ -137,6 +137,12 @@ impl Generator {
             bytes_received: 700 + conn % 300,
             segs_out: 14,
             segs_in: 11,
+            lsndtime: self.jiffies() as u32 - 2,
+            lrcvtime: self.jiffies() as u32 - 3,
+            fin_idle: 0,
+            unacked: 0,
+            retrans_stamp: 0,
+            mstamp_ms: 0,
         }
     }
 
@@ -280,6 +286,7 @@ fn main() {
         reset_reasons: reasons,
         max_connections: 65536,
         traced_since_ns: 0,
+        nat_timeout_ms: 350_000,
     });
     let bytes_out = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sink = BufWriter::with_capacity(64 * 1024, CountingSink(bytes_out.clone()));

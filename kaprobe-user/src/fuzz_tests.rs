@@ -72,6 +72,7 @@ fn correlator(max_connections: usize) -> Correlator {
         reset_reasons: reasons,
         max_connections,
         traced_since_ns: 0,
+        nat_timeout_ms: 350_000,
     })
 }
 

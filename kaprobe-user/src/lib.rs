@@ -4,6 +4,7 @@
 //! - [`kernel`]: BTF, kernel facts, privileges (before anything loads);
 //! - [`bpf`]: loading the programs, decoding their records, their statistics;
 //! - [`correlate`]: kernel records -> events, per connection (mirrors kaprobe-ebpf's hooks);
+//! - `diagnose`: why each connection died, in words (rules over what correlate gathered);
 //! - [`event`]: the event log's model (a public contract, docs/events.md);
 //! - [`sink`]: filter, JSON, human lines, metrics, summaries;
 //! - [`host`]: sock_diag, namespaces, /proc owners (shared by `ls` and `watch`);
@@ -11,6 +12,7 @@
 pub mod bpf;
 pub mod cli;
 pub mod correlate;
+mod diagnose;
 pub mod error;
 mod event;
 mod host;

@@ -2,7 +2,7 @@
 use clap::{Args, ValueEnum};
 use kaprobe_common::tcp_state;
 
-use super::{Format, filter::FilterArgs, parse_duration};
+use super::{Format, filter::FilterArgs, parse_nat_timeout};
 
 #[derive(Debug, Args)]
 pub(crate) struct LsArgs {
@@ -21,15 +21,6 @@ pub(crate) struct LsArgs {
     /// Only connections with at least one risk.
     #[arg(long)]
     pub(crate) at_risk: bool,
-}
-
-/// A NAT timeout: a positive duration.
-fn parse_nat_timeout(s: &str) -> Result<std::time::Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err(format!("`{s}`: the NAT timeout must be longer than 0"));
-    }
-    Ok(d)
 }
 
 /// A TCP state for `--state`, named as in the event log.

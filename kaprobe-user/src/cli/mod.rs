@@ -46,3 +46,12 @@ pub enum Format {
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m)"))
 }
+
+/// A NAT timeout (`--nat-timeout` of `watch` and `ls`): a positive duration.
+fn parse_nat_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}`: the NAT timeout must be longer than 0"));
+    }
+    Ok(d)
+}

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Format, filter::FilterArgs, parse_duration};
+use super::{Format, filter::FilterArgs, parse_duration, parse_nat_timeout};
 
 #[derive(Debug, Args)]
 pub(crate) struct WatchArgs {
@@ -24,6 +24,12 @@ pub(crate) struct WatchArgs {
     pub(crate) lean: bool,
     #[command(flatten)]
     pub(crate) filter: FilterArgs,
+    /// Idle time after which NATs, conntrack and firewalls on the path may forget a
+    /// connection (AWS NAT gateway 350s, Azure load balancer 4m, GCP Cloud NAT 20m): a
+    /// connection that dies on its first send after at least this long without hearing the
+    /// peer is diagnosed `middlebox_idle_timeout`.
+    #[arg(long, value_name = "DURATION", default_value = "350s", value_parser = parse_nat_timeout)]
+    pub(crate) nat_timeout: std::time::Duration,
     /// Size of the kernel ring buffer (power of two) [default: 64 bytes per
     /// --max-connections, at least 4M: 4M for 65536 connections, 16M for 262144]
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]

@@ -11,6 +11,7 @@
 //! [`state`] (FINs, closes, destruction), [`reset`] (RSTs and socket errors); [`close`] makes
 //! the `connection_closed` event of every end.
 mod close;
+mod memory;
 mod reset;
 mod state;
 mod timer;
@@ -19,6 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use kaprobe_common::{CloseInfo, REASON_UNKNOWN, Tuple};
 
+pub(crate) use memory::IdleClose;
 use timer::Dying;
 
 use crate::{
@@ -29,6 +31,9 @@ use crate::{
 };
 
 const ETIMEDOUT: i32 = 110;
+
+/// Most `reset_received` events held for their close at once (see `Pending::held_reset`).
+const MAX_HELD_RESETS: usize = 1024;
 
 /// How long a graceful-looking close waits for an RST that the kernel sends *after*
 /// `TCP_CLOSE` (close() with unread data, SO_LINGER 0, disconnect), before it is reported.
@@ -64,6 +69,8 @@ pub struct Settings {
     /// CLOCK_MONOTONIC ns from which the programs are known to be attached: a probe sent
     /// earlier predates the agent and is not reported when a firing finds it outstanding.
     pub traced_since_ns: u64,
+    /// `--nat-timeout`, ms: the idle time after which middleboxes may forget a connection.
+    pub nat_timeout_ms: u64,
 }
 
 /// What the agent follows of one connection.
@@ -80,10 +87,16 @@ struct Conn {
     fin_sent_ns: u64,
     fin_recv_ns: u64,
     rst_recv: bool,
+    /// A keepalive probe was outstanding when the RST came.
+    rst_answered_probe: bool,
     /// Reason of an RST this side sent while the socket was still open.
     rst_sent: Option<u32>,
     error: i32,
     owner: Option<Owner>,
+    /// The keepalive idle time of its timer, and how long the peer had been silent at the
+    /// last probe (for the diagnosis).
+    keepalive_idle_ms: Option<u64>,
+    last_probe_idle_ms: Option<u64>,
 }
 
 impl Conn {
@@ -129,6 +142,12 @@ struct Pending {
     owner: Option<Owner>,
     /// `info` came from the kernel at `TCP_CLOSE` (its byte and segment counts are real).
     counted: bool,
+    /// A `reset_received` held back with the close: in FIN_WAIT1/2 the kernel runs its RST
+    /// path for data that came after this side shut down (`tcp_abort_on_data`, no RST
+    /// received), and the RST it then sends tells the two apart.
+    held_reset: Option<Event>,
+    /// ... and it told: data came after this side shut down.
+    abort_on_data: bool,
 }
 
 /// Counters kept by the correlator.
@@ -165,6 +184,11 @@ pub struct Correlator {
     /// [`crate::host::existing`]): named when a record has none. An entry goes when its
     /// connection's close is reported (its addresses may be used again).
     existing: existing::Conns,
+    /// What is remembered of ended connections for later diagnoses.
+    memory: memory::Memory,
+    /// `reset_received` events of sockets in FIN_WAIT1/2, held until their close (see
+    /// [`Pending::held_reset`]), by socket.
+    held_resets: FastMap<u64, Event>,
     pub(crate) stats: CorrelatorStats,
 }
 
@@ -179,6 +203,8 @@ impl Correlator {
             inferred_ends: FastMap::default(),
             deaths_lost_ns: 0,
             existing: HashMap::new(),
+            memory: memory::Memory::default(),
+            held_resets: FastMap::default(),
             stats: Default::default(),
         }
     }
@@ -246,6 +272,12 @@ impl Correlator {
                 }
             }
         }
+        self.memory.expire(now_ns);
+    }
+
+    /// This side's idle closes since the last call (for the summaries' keep-alive picture).
+    pub(crate) fn take_idle_closes(&mut self) -> Vec<memory::IdleClose> {
+        self.memory.take_idle_closes()
     }
 
     fn hold(&mut self, sk: u64, p: Pending) {
@@ -273,6 +305,13 @@ impl Correlator {
         match self.known(sk, tuple) {
             Some(c) => c.learn_owner(raw),
             None => owner_named(raw, existing::owner_of(&self.existing, tuple)),
+        }
+    }
+
+    /// What the diagnosis rules need of the settings.
+    fn diagnose_settings(&self) -> crate::diagnose::Settings {
+        crate::diagnose::Settings {
+            nat_timeout_ms: self.settings.nat_timeout_ms,
         }
     }
 

@@ -6,29 +6,71 @@ use kaprobe_common::{
 };
 
 use super::{Correlator, Pending};
-use crate::event::{Body, Event, state_name};
+use crate::{
+    diagnose::{self, EarlierClose, OtherEnd, StrayReset},
+    event::{Body, Event, Owner, state_name},
+};
 
 impl Correlator {
     pub(super) fn on_reset_sent(&mut self, r: &ResetSentRecord, out: &mut Vec<Event>) {
         let sk = r.header.sk;
         let ts = r.header.ts_ns;
-        let owner = if r.no_socket != 0 {
-            None
+        let reason = self.reason_name(r.reason);
+        // An RST that closes no connection: for a segment no socket wanted, from a TIME_WAIT
+        // socket, or from a request socket in the handshake. The kernel names the listener's
+        // owner where there is one.
+        let stray = r.no_socket != 0
+            || r.state == tcp_state::TIME_WAIT
+            || r.state == tcp_state::NEW_SYN_RECV;
+        let owner = if stray {
+            Owner::from_kernel(&r.owner)
         } else {
             self.owner(sk, &r.tuple, &r.owner)
                 .or_else(|| self.pending.get(&sk).and_then(|p| p.owner.clone()))
         };
+        // Data after this side shut down: the kernel ran its RST path on the socket first
+        // (a `reset_received` that received nothing, held with the close), then sends this.
+        // (Kernels before 6.10 name no reason: then data answered on a socket closed from
+        // FIN_WAIT1/2 tells it.)
+        let pending = self.pending.get(&sk).filter(|p| p.tuple == r.tuple);
+        let abort_on_data = !stray
+            && r.state == tcp_state::CLOSE
+            && (reason == "tcp_abort_on_data"
+                || pending.is_some_and(|p| {
+                    p.held_reset.is_some()
+                        || (r.in_len > 0
+                            && matches!(
+                                p.info.old_state,
+                                tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2
+                            ))
+                }));
+        let other_end = if r.no_socket != 0 {
+            Some(OtherEnd::NoSocketReset)
+        } else if r.state == tcp_state::TIME_WAIT {
+            Some(OtherEnd::TimewaitReset)
+        } else if abort_on_data {
+            Some(OtherEnd::AbortOnData)
+        } else {
+            None
+        };
+        if let Some(kind) = other_end {
+            self.memory.reset_sent(&r.tuple, kind, ts);
+        }
+        let diagnosis =
+            stray.then(|| diagnose::stray_reset(&self.stray(r), &self.diagnose_settings()));
         let state = (r.no_socket == 0).then(|| state_name(r.state));
         out.push(self.event(
             ts,
             Some(&r.tuple),
             &owner,
             Body::ResetSent {
-                reason: self.reason_name(r.reason),
+                reason,
                 state,
+                answering: answering(r.in_flags, r.in_len),
+                diagnosis,
             },
         ));
-        if r.no_socket != 0 {
+        if stray {
             return;
         }
         if r.state != tcp_state::CLOSE {
@@ -38,7 +80,7 @@ impl Correlator {
             return;
         }
         // The kernel closed the socket, then reset the peer (close() with unread data,
-        // SO_LINGER 0, disconnect()).
+        // SO_LINGER 0, disconnect(), data after shutdown).
         let mut p = match self.pending.remove(&sk) {
             Some(p) => p,
             None => Pending {
@@ -51,14 +93,40 @@ impl Correlator {
                 conn: self.conns.remove(&sk).filter(|c| c.tuple == r.tuple),
                 owner: owner.clone(),
                 counted: false,
+                held_reset: None,
+                abort_on_data: false,
             },
         };
         if p.owner.is_none() {
             p.owner = owner;
         }
+        if abort_on_data {
+            // No RST was received: the held `reset_received` is dropped.
+            p.held_reset = None;
+            p.abort_on_data = true;
+            p.info.flags &= !close_flag::RST_RECV;
+            if let Some(c) = &mut p.conn {
+                c.rst_recv = false;
+            }
+        }
         p.info.flags |= close_flag::RST_SENT;
         p.info.reset_reason = r.reason;
         self.finish(p, None, out);
+    }
+
+    /// What the diagnosis of a stray RST rests on.
+    fn stray(&self, r: &ResetSentRecord) -> StrayReset {
+        StrayReset {
+            time_wait: r.state == tcp_state::TIME_WAIT && r.no_socket == 0,
+            no_socket: r.no_socket != 0,
+            segment_flags: r.in_flags,
+            segment_bytes: r.in_len,
+            listener: r.owner.tgid != 0,
+            closed: self.memory.idle_close_of(&r.tuple).map(|c| EarlierClose {
+                idle_before_ms: c.idle_ms,
+                fin_before_ms: r.header.ts_ns.saturating_sub(c.fin_ns) / 1_000_000,
+            }),
+        }
     }
 
     pub(super) fn on_reset_recv(&mut self, r: &ResetRecvRecord, out: &mut Vec<Event>) {
@@ -68,8 +136,9 @@ impl Correlator {
         if let Some(c) = self.known(r.header.sk, &r.tuple) {
             during |= c.unanswered > 0;
             c.rst_recv = true;
+            c.rst_answered_probe = during;
         }
-        out.push(self.event(
+        let event = self.event(
             r.header.ts_ns,
             Some(&r.tuple),
             &owner,
@@ -77,7 +146,15 @@ impl Correlator {
                 during_keepalive: during,
                 state: state_name(r.state),
             },
-        ));
+        );
+        if matches!(r.state, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2) {
+            // Perhaps no RST at all: data after this side shut down takes the same path.
+            // Held with the close until the RST the kernel may send next tells (see
+            // `Pending::held_reset`).
+            self.held_resets.insert(r.header.sk, event);
+        } else {
+            out.push(event);
+        }
     }
 
     pub(super) fn on_error(&mut self, r: &ErrorRecord) {
@@ -90,4 +167,19 @@ impl Correlator {
             c.error = r.error;
         }
     }
+}
+
+/// What the segment an RST answered was (`reset_sent.answering`): null when it answered
+/// none (this side aborted on its own).
+fn answering(flags: u8, len: u32) -> Option<&'static str> {
+    use kaprobe_common::tcp_flag::{ACK, FIN, RST, SYN};
+    Some(match flags {
+        0 => return None,
+        f if f & SYN != 0 => "syn",
+        f if f & RST != 0 => "rst",
+        _ if len > 0 => "data",
+        f if f & FIN != 0 => "fin",
+        f if f & ACK != 0 => "ack",
+        _ => return None,
+    })
 }

@@ -2,7 +2,7 @@
 //! as they happen, and closes (held a moment for an RST that may follow).
 use kaprobe_common::{CloseRecord, Header, StateRecord, close_flag, tcp_state};
 
-use super::{Correlator, Pending, owner_named};
+use super::{Correlator, MAX_HELD_RESETS, Pending, owner_named};
 use crate::{
     event::{Body, Event, state_name},
     host::existing,
@@ -52,6 +52,11 @@ impl Correlator {
             &r.owner,
             known.or_else(|| existing::owner_of(&self.existing, &r.tuple)),
         );
+        let held_reset = if self.held_resets.is_empty() {
+            None
+        } else {
+            self.held_resets.remove(&sk)
+        };
         let p = Pending {
             ts_ns: r.header.ts_ns,
             tuple: r.tuple,
@@ -59,6 +64,8 @@ impl Correlator {
             conn,
             owner,
             counted: true,
+            held_reset,
+            abort_on_data: false,
         };
         let failed = r.close.sk_err != 0
             || r.close.flags & (close_flag::RST_SENT | close_flag::RST_RECV) != 0
@@ -75,7 +82,8 @@ impl Correlator {
                 | tcp_state::CLOSING
                 | tcp_state::LAST_ACK
         );
-        if !failed && rst_may_follow {
+        // (A held `reset_received`: the kernel's RST for data after shutdown may follow.)
+        if (!failed && rst_may_follow) || p.held_reset.is_some() {
             self.hold(sk, p);
         } else {
             self.finish(p, None, out);
@@ -83,10 +91,27 @@ impl Correlator {
     }
 
     pub(super) fn on_destroy(&mut self, h: &Header, out: &mut Vec<Event>) {
-        // The socket is gone: no RST can follow its close any more.
-        if let Some(p) = self.pending.remove(&h.sk) {
-            self.finish(p, None, out);
+        // The socket is gone: no RST can follow its close any more, except where the kernel
+        // destroys an orphan before it sends the RST of its close (data that came after this
+        // side closed, tcp_abort_on_data; a close with unread data): that close keeps waiting.
+        let rst_after_destroy = self.pending.get(&h.sk).is_some_and(|p| {
+            matches!(
+                p.info.old_state,
+                tcp_state::ESTABLISHED
+                    | tcp_state::CLOSE_WAIT
+                    | tcp_state::FIN_WAIT1
+                    | tcp_state::FIN_WAIT2
+            )
+        });
+        if !rst_after_destroy {
+            if let Some(p) = self.pending.remove(&h.sk) {
+                self.finish(p, None, out);
+            }
         }
         self.conns.remove(&h.sk);
+        if self.held_resets.len() > MAX_HELD_RESETS {
+            // Closes that never came for them (lost records): reported, not kept forever.
+            out.extend(self.held_resets.drain().map(|(_, e)| e));
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use kaprobe_common::*;
 
 use super::*;
-use crate::event::{Body, Cause, Side};
+use crate::event::{Body, Cause, Side, diagnosis::Verdict};
 
 const SK: u64 = 0xffff_8881_0848_8000;
 const HZ: u32 = 250;
@@ -39,6 +39,7 @@ fn correlator() -> Correlator {
         reset_reasons: reasons,
         max_connections: 1000,
         traced_since_ns: 0,
+        nat_timeout_ms: 350_000,
     })
 }
 
@@ -181,12 +182,21 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
         out[8].body,
         Body::ResetSent {
             reason: "tcp_keepalive_timeout".into(),
-            state: Some("established")
+            state: Some("established"),
+            answering: None,
+            diagnosis: None,
         }
     );
+    let Body::ConnectionClosed { diagnosis, .. } = closed(&out) else {
+        unreachable!()
+    };
+    assert_eq!(diagnosis.verdict, Verdict::PeerUnreachable, "{diagnosis:?}");
+    assert_eq!(diagnosis.evidence.probes_sent, Some(5));
+    assert_eq!(diagnosis.evidence.probes_answered, Some(2));
     assert_eq!(
         *closed(&out),
         Body::ConnectionClosed {
+            diagnosis: diagnosis.clone(),
             cause: Cause::KeepaliveTimeout,
             error: Some("ETIMEDOUT"),
             closed_by: Side::Local,

@@ -221,6 +221,8 @@ impl Correlator {
                 conn: Some(conn),
                 owner,
                 counted: false,
+                held_reset: None,
+                abort_on_data: false,
             },
             Some(Cause::KeepaliveTimeout),
             out,
@@ -262,11 +264,13 @@ impl Correlator {
         let traced_since = self.settings.traced_since_ns;
         let conn = self.conn(r.header.sk, &r.tuple, ts);
         let owner = conn.learn_owner(&r.owner);
+        conn.keepalive_idle_ms = Some(clock.jiffies_to_ms(r.keepalive_time));
         catch_up(conn, r, &f, &owner, traced_since, clock, out);
         let probe_sent = !f.died && (r.probes_after == r.probes_before.wrapping_add(1) || by_rearm);
         if probe_sent {
             conn.probes += 1;
             conn.last_probe_ns = ts;
+            conn.last_probe_idle_ms = Some(f.idle_ms);
             conn.unanswered = r.probes_before.wrapping_add(1);
             out.push(conn_event(
                 &clock,
@@ -357,6 +361,8 @@ impl Correlator {
                 Body::ResetSent {
                     reason: self.reason_name(r.reset_reason),
                     state: Some(state_name(r.state_before)),
+                    answering: None,
+                    diagnosis: None,
                 },
             ));
         }
@@ -370,6 +376,8 @@ impl Correlator {
                 conn,
                 owner,
                 counted: true,
+                held_reset: None,
+                abort_on_data: false,
             },
             forced,
             out,

@@ -1,5 +1,6 @@
 //! The event log: what kaprobe reports, as one serde model used by every output format.
 //! This is a public contract, documented in docs/events.md.
+pub(crate) mod diagnosis;
 pub(crate) mod names;
 pub(crate) mod owner;
 mod ser;
@@ -12,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use kaprobe_common::{AF_INET6, Tuple};
 use serde::Serialize;
 
+pub(crate) use diagnosis::Diagnosis;
 pub(crate) use names::{errno_name, state_name};
 pub(crate) use owner::Owner;
 pub(crate) use time::Timestamp;
@@ -182,6 +184,12 @@ pub(crate) enum Body {
     ResetSent {
         reason: String,
         state: Option<&'static str>,
+        /// What the RST answered: `syn`, `data`, `fin`, `ack` (a segment that came), or null
+        /// (this side aborted on its own).
+        answering: Option<&'static str>,
+        /// Only on an RST that closes no connection (from a TIME_WAIT socket, or with no
+        /// socket): why, as for `connection_closed`. Absent otherwise.
+        diagnosis: Option<Diagnosis>,
     },
     ResetReceived {
         during_keepalive: bool,
@@ -218,6 +226,8 @@ pub(crate) enum Body {
         segments: Option<u64>,
         segments_sent: Option<u32>,
         segments_received: Option<u32>,
+        /// Why the connection died, in words, with the evidence and what to change.
+        diagnosis: Diagnosis,
     },
     EventsLost {
         /// What was lost since the previous report.
@@ -272,7 +282,6 @@ impl Event {
         }
     }
 }
-
 
 /// An event of a connection, for unit tests.
 #[cfg(test)]

@@ -94,9 +94,19 @@ impl Body {
                 m.serialize_entry("user_timeout_ms", user_timeout_ms)?;
                 inferred_entry(m, *inferred)
             }
-            Body::ResetSent { reason, state } => {
+            Body::ResetSent {
+                reason,
+                state,
+                answering,
+                diagnosis,
+            } => {
                 m.serialize_entry("reason", reason)?;
-                m.serialize_entry("state", state)
+                m.serialize_entry("state", state)?;
+                m.serialize_entry("answering", answering)?;
+                match diagnosis {
+                    Some(d) => m.serialize_entry("diagnosis", d),
+                    None => Ok(()),
+                }
             }
             Body::ResetReceived {
                 during_keepalive,
@@ -124,6 +134,7 @@ impl Body {
                 segments,
                 segments_sent,
                 segments_received,
+                diagnosis,
             } => {
                 m.serialize_entry("cause", cause)?;
                 m.serialize_entry("error", error)?;
@@ -139,7 +150,8 @@ impl Body {
                 m.serialize_entry("direction", direction)?;
                 m.serialize_entry("segments", segments)?;
                 m.serialize_entry("segments_sent", segments_sent)?;
-                m.serialize_entry("segments_received", segments_received)
+                m.serialize_entry("segments_received", segments_received)?;
+                m.serialize_entry("diagnosis", diagnosis)
             }
             Body::EventsLost {
                 count,

@@ -15,6 +15,54 @@ pub(crate) struct Report {
     pub(crate) closes_by_listening_port: Rows<Listener, CloseStats>,
     /// Closes of connections this side opened, by the endpoint they went to.
     pub(crate) closes_by_remote: Rows<Remote, CloseStats>,
+    /// The keep-alive picture of each local server port: diagnoses of its accepted
+    /// connections and of the RSTs sent for it, and how long it lets connections idle.
+    pub(crate) keepalive_by_listening_port: Rows<Listener, ServerPicture>,
+    /// The path to each remote endpoint this side connects to: diagnoses, and the silences
+    /// its connections survived and died of.
+    pub(crate) paths_by_remote: Rows<Remote, PathPicture>,
+}
+
+/// Smallest, median and largest of a set of durations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct Spread {
+    pub(crate) min_ms: u64,
+    pub(crate) median_ms: u64,
+    pub(crate) max_ms: u64,
+}
+
+/// A local server port's keep-alive picture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct ServerPicture {
+    /// Diagnoses (`connection_closed` of accepted connections, `reset_sent` for the port)
+    /// by verdict.
+    pub(crate) verdicts: BTreeMap<&'static str, u64>,
+    /// Connections this side closed after an idle time (a FIN at least 250 ms after the
+    /// last data either way), and that idle time: this server's effective keep-alive
+    /// timeout. Null when there were none.
+    pub(crate) idle_closes: u64,
+    pub(crate) idle_before_close: Option<Spread>,
+    /// Clients that sent on a connection after this side had closed it (keep-alive races).
+    pub(crate) clients_raced: u64,
+    /// Closes after which this side held TIME_WAIT (its idle closes included).
+    pub(crate) time_wait_here: u64,
+}
+
+/// A path's picture: what connections to a remote endpoint died of, and the silences they
+/// survived and died of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct PathPicture {
+    pub(crate) verdicts: BTreeMap<&'static str, u64>,
+    /// The longest silence after which a connection still worked (this side closed it after
+    /// that idle time, and its FIN went through).
+    pub(crate) longest_silence_survived_ms: Option<u64>,
+    /// The shortest silence after which the first segment was answered by an RST or never
+    /// answered (middlebox, restarted or unreachable peer).
+    pub(crate) shortest_silence_died_ms: Option<u64>,
+    /// When the two separate (every silence survived is shorter than every silence died
+    /// of): something on the path forgets connections idle longer than the first and not
+    /// longer than the second. Null otherwise.
+    pub(crate) idle_timeout_between_ms: Option<(u64, u64)>,
 }
 
 /// Who a remote endpoint is.

@@ -144,6 +144,9 @@ pub(crate) fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>
         tp_keepalive_intvl = "tcp_sock", "keepalive_intvl", 4;
         tp_keepalive_probes = "tcp_sock", "keepalive_probes", 1;
         tp_rcv_tstamp = "tcp_sock", "rcv_tstamp", 4;
+        tp_lsndtime = "tcp_sock", "lsndtime", 4;
+        tp_retrans_stamp = "tcp_sock", "retrans_stamp", 4;
+        tp_tcp_mstamp = "tcp_sock", "tcp_mstamp", 8;
         icsk_lrcvtime = "tcp_sock", "inet_conn.icsk_ack.lrcvtime", 4;
         tp_packets_out = "tcp_sock", "packets_out", 4;
         tp_write_seq = "tcp_sock", "write_seq", 4;

@@ -59,6 +59,15 @@ pub(crate) fn human(line: &mut String, e: &Event) {
     while line.ends_with(' ') {
         line.pop();
     }
+    // The line ends with why, in words.
+    let diagnosis = match &e.body {
+        Body::ConnectionClosed { diagnosis, .. } => Some(diagnosis),
+        Body::ResetSent { diagnosis, .. } => diagnosis.as_ref(),
+        _ => None,
+    };
+    if let Some(d) = diagnosis {
+        let _ = write!(line, " -- {}: {}", d.verdict.as_str(), d.text);
+    }
 }
 
 /// `agent_start`, `summary`, `agent_stop`.
@@ -198,13 +207,23 @@ fn keepalive(line: &mut String, body: &Body) -> std::fmt::Result {
 /// `reset_sent`, `reset_received`, `fin_sent`, `fin_received`.
 fn reset_or_fin(line: &mut String, body: &Body) -> std::fmt::Result {
     match body {
-        Body::ResetSent { reason, state } => match state {
-            Some(s) => write!(line, "RST sent ({reason}) from {s}"),
-            None => write!(
-                line,
-                "RST sent ({reason}) answering a segment with no socket"
-            ),
-        },
+        Body::ResetSent {
+            reason,
+            state,
+            answering,
+            ..
+        } => {
+            let answering = answering
+                .map(|a| format!(" answering {a}"))
+                .unwrap_or_default();
+            match state {
+                Some(s) => write!(line, "RST sent ({reason}) from {s}{answering}"),
+                None => write!(
+                    line,
+                    "RST sent ({reason}){answering}, with no socket for it"
+                ),
+            }
+        }
         Body::ResetReceived {
             during_keepalive,
             state,

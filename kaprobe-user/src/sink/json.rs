@@ -9,7 +9,9 @@
 use std::{io::Write as _, net::IpAddr};
 
 use crate::event::{
-    Body, Endpoints, Event, Family, Owner, Side, Timestamp, time::RFC3339_MICROS_LEN,
+    Body, Endpoints, Event, Family, Owner, Side, Timestamp,
+    diagnosis::{Confidence, Diagnosis, Evidence},
+    time::RFC3339_MICROS_LEN,
 };
 
 /// The JSON object of the last owner written, reused while the events name the same owner
@@ -193,11 +195,23 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
                 out.extend_from_slice(b",\"inferred\":true");
             }
         }
-        Body::ResetSent { reason, state } => {
+        Body::ResetSent {
+            reason,
+            state,
+            answering,
+            diagnosis,
+        } => {
             out.extend_from_slice(b",\"reason\":");
             string(out, reason);
             out.extend_from_slice(b",\"state\":");
             opt_string(out, *state);
+            out.extend_from_slice(b",\"answering\":");
+            opt_string(out, *answering);
+            if let Some(d) = diagnosis {
+                out.extend_from_slice(b",\"diagnosis\":");
+                // (Rare events: serde is fast enough.)
+                serde_json::to_writer(&mut *out, d).expect("write to memory");
+            }
         }
         Body::ResetReceived {
             during_keepalive,
@@ -228,6 +242,7 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             segments,
             segments_sent,
             segments_received,
+            diagnosis,
         } => {
             out.extend_from_slice(b",\"cause\":");
             string(out, cause.as_str());
@@ -260,11 +275,90 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             opt_uint(out, *segments_sent);
             out.extend_from_slice(b",\"segments_received\":");
             opt_uint(out, *segments_received);
+            out.extend_from_slice(b",\"diagnosis\":");
+            diagnosis_object(out, diagnosis);
         }
         Body::AgentStart { .. }
         | Body::AgentStop { .. }
         | Body::Summary { .. }
         | Body::EventsLost { .. } => unreachable!("not a connection body: {}", body.name()),
+    }
+}
+
+/// A [`Diagnosis`] (every `connection_closed` has one).
+fn diagnosis_object(out: &mut Vec<u8>, d: &Diagnosis) {
+    let Diagnosis {
+        verdict,
+        confidence,
+        text,
+        evidence,
+        advice,
+    } = d;
+    out.extend_from_slice(b"{\"verdict\":");
+    string(out, verdict.as_str());
+    out.extend_from_slice(match confidence {
+        Confidence::Certain => b",\"confidence\":\"certain\",\"text\":",
+        Confidence::Likely => b",\"confidence\":\"likely\",\"text\":",
+        Confidence::Undecided => b",\"confidence\":\"undecided\",\"text\":",
+    });
+    string(out, text);
+    out.extend_from_slice(b",\"evidence\":");
+    evidence_object(out, evidence);
+    out.extend_from_slice(b",\"advice\":");
+    opt_string(out, *advice);
+    out.push(b'}');
+}
+
+/// The named numbers of an [`Evidence`], those present.
+fn evidence_object(out: &mut Vec<u8>, e: &Evidence) {
+    let Evidence {
+        peer_idle_before_close_ms,
+        reused_after_ms,
+        idle_before_close_ms,
+        closed_before_ms,
+        silence_ms,
+        nat_timeout_ms,
+        keepalive_idle_ms,
+        probes_sent,
+        probes_answered,
+        bytes_received,
+        segment_bytes,
+        other_end,
+    } = e;
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, name: &[u8]| {
+        out.extend_from_slice(if first { b"{\"" } else { b",\"" });
+        first = false;
+        out.extend_from_slice(name);
+        out.extend_from_slice(b"\":");
+    };
+    let numbers: [(&[u8], Option<u64>); 11] = [
+        (b"peer_idle_before_close_ms", *peer_idle_before_close_ms),
+        (b"reused_after_ms", *reused_after_ms),
+        (b"idle_before_close_ms", *idle_before_close_ms),
+        (b"closed_before_ms", *closed_before_ms),
+        (b"silence_ms", *silence_ms),
+        (b"nat_timeout_ms", *nat_timeout_ms),
+        (b"keepalive_idle_ms", *keepalive_idle_ms),
+        (b"probes_sent", probes_sent.map(u64::from)),
+        (b"probes_answered", probes_answered.map(u64::from)),
+        (b"bytes_received", *bytes_received),
+        (b"segment_bytes", segment_bytes.map(u64::from)),
+    ];
+    for (name, value) in numbers {
+        if let Some(v) = value {
+            key(out, name);
+            uint(out, v);
+        }
+    }
+    if let Some(o) = other_end {
+        key(out, b"other_end");
+        string(out, o);
+    }
+    if first {
+        out.extend_from_slice(b"{}");
+    } else {
+        out.push(b'}');
     }
 }
 
@@ -354,7 +448,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::event::Cause;
+    use crate::event::{Cause, diagnosis::Verdict};
 
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -473,7 +567,14 @@ mod tests {
                         }
                     }
                 ),
-            (text(), s()).prop_map(|(reason, state)| Body::ResetSent { reason, state }),
+            (text(), s(), s(), proptest::option::of(diagnosis())).prop_map(
+                |(reason, state, answering, diagnosis)| Body::ResetSent {
+                    reason,
+                    state,
+                    answering,
+                    diagnosis,
+                }
+            ),
             (any::<bool>(), static_text()).prop_map(|(during_keepalive, state)| {
                 Body::ResetReceived {
                     during_keepalive,
@@ -499,6 +600,7 @@ mod tests {
                     proptest::option::of(any::<u32>()),
                     proptest::option::of(any::<u32>()),
                 ),
+                diagnosis(),
             )
                 .prop_map(
                     |(
@@ -512,6 +614,7 @@ mod tests {
                             segments_sent,
                             segments_received,
                         ),
+                        diagnosis,
                     )| Body::ConnectionClosed {
                         cause,
                         error,
@@ -528,6 +631,7 @@ mod tests {
                         segments,
                         segments_sent,
                         segments_received,
+                        diagnosis,
                     }
                 ),
             any::<u64>().prop_map(|count| Body::EventsLost {
@@ -537,6 +641,47 @@ mod tests {
                 records: None,
             }),
         ]
+    }
+
+    fn diagnosis() -> impl Strategy<Value = Diagnosis> {
+        let s = || proptest::option::of(static_text());
+        let n = || proptest::option::of(any::<u64>());
+        let n32 = || proptest::option::of(any::<u32>());
+        (
+            (0..Verdict::ALL.len(), 0..3usize, text(), s()),
+            (n(), n(), n(), n(), n(), n(), n()),
+            (n32(), n32(), n(), n32(), s()),
+        )
+            .prop_map(
+                |(
+                    (verdict, confidence, text, advice),
+                    (a, b, c, d, e, f, g),
+                    (probes_sent, probes_answered, bytes_received, segment_bytes, other_end),
+                )| Diagnosis {
+                    verdict: Verdict::ALL[verdict],
+                    confidence: [
+                        Confidence::Certain,
+                        Confidence::Likely,
+                        Confidence::Undecided,
+                    ][confidence],
+                    text,
+                    evidence: Evidence {
+                        peer_idle_before_close_ms: a,
+                        reused_after_ms: b,
+                        idle_before_close_ms: c,
+                        closed_before_ms: d,
+                        silence_ms: e,
+                        nat_timeout_ms: f,
+                        keepalive_idle_ms: g,
+                        probes_sent,
+                        probes_answered,
+                        bytes_received,
+                        segment_bytes,
+                        other_end,
+                    },
+                    advice,
+                },
+            )
     }
 
     fn event() -> impl Strategy<Value = Event> {

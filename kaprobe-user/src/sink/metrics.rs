@@ -23,7 +23,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::event::{Body, Cause, Event, LostRecords, Side};
+use crate::event::{
+    Body, Cause, Event, LostRecords, Side,
+    diagnosis::{Diagnosis, Verdict},
+};
 
 /// Distinct remote ports labelled before the rest are counted as port 0.
 pub(crate) const MAX_REMOTE_PORTS: usize = 256;
@@ -32,6 +35,11 @@ pub(crate) const MAX_REMOTE_PORTS: usize = 256;
 struct ResetLabels {
     direction: &'static str,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +101,7 @@ pub(crate) struct Metrics {
     resets: Family<ResetLabels, Counter>,
     fins: Family<DirectionLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
+    diagnoses: Family<VerdictLabels, Counter>,
     lost: Family<SourceLabels, Counter>,
     lost_records: Family<KindLabels, Counter>,
     lost_connection_ends: Counter,
@@ -119,6 +128,7 @@ impl Metrics {
             resets: Family::default(),
             fins: Family::default(),
             closes: Family::default(),
+            diagnoses: Family::default(),
             lost: Family::default(),
             lost_records: Family::default(),
             lost_connection_ends: Counter::default(),
@@ -170,6 +180,11 @@ impl Metrics {
             "fins",
             "FINs sent and received on reported connections",
             self.fins.clone(),
+        );
+        registry.register(
+            "diagnoses",
+            "Diagnoses of connection deaths (connection_closed) and of RSTs that closed none, by verdict (docs/events.md)",
+            self.diagnoses.clone(),
         );
         registry.register(
             "connections_closed",
@@ -277,6 +292,11 @@ impl Metrics {
                 reason,
             });
         }
+        for verdict in Verdict::ALL {
+            let _ = self.diagnoses.get_or_create(&VerdictLabels {
+                verdict: verdict.as_str(),
+            });
+        }
         for cause in Cause::ALL {
             for closed_by in ["local", "remote"] {
                 let _ = self.closes.get_or_create(&CloseLabels {
@@ -296,6 +316,14 @@ impl Metrics {
         let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
         reasons.insert(name.to_owned(), leaked);
         leaked
+    }
+
+    fn diagnosis(&self, d: &Diagnosis) {
+        self.diagnoses
+            .get_or_create(&VerdictLabels {
+                verdict: d.verdict.as_str(),
+            })
+            .inc();
     }
 
     fn inferred_event(&self, event: &'static str) {
@@ -341,7 +369,12 @@ impl Metrics {
                 }
                 self.port_event(e, "keepalive_timeout");
             }
-            Body::ResetSent { reason, .. } => {
+            Body::ResetSent {
+                reason, diagnosis, ..
+            } => {
+                if let Some(d) = diagnosis {
+                    self.diagnosis(d);
+                }
                 self.resets
                     .get_or_create(&ResetLabels {
                         direction: "sent",
@@ -379,8 +412,12 @@ impl Metrics {
                     .inc();
             }
             Body::ConnectionClosed {
-                cause, closed_by, ..
+                cause,
+                closed_by,
+                diagnosis,
+                ..
             } => {
+                self.diagnosis(diagnosis);
                 let closed_by = if *closed_by == Side::Local {
                     "local"
                 } else {
@@ -525,7 +562,10 @@ pub(crate) async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Endpoints, Family as Fam, Timestamp};
+    use crate::event::{
+        Endpoints, Family as Fam, Timestamp,
+        diagnosis::{Verdict, test_diagnosis},
+    };
 
     fn ev(body: Body) -> Event {
         let conn = Endpoints {
@@ -570,6 +610,8 @@ mod tests {
         m.observe(&ev(Body::ResetSent {
             reason: "TCP_KEEPALIVE_TIMEOUT".into(),
             state: None,
+            answering: None,
+            diagnosis: None,
         }));
         m.observe(&ev(Body::ConnectionClosed {
             cause: Cause::KeepaliveTimeout,
@@ -587,6 +629,7 @@ mod tests {
             segments: None,
             segments_sent: None,
             segments_received: None,
+            diagnosis: test_diagnosis(Verdict::PeerUnreachable),
         }));
         let mut lost = LostRecords::default();
         lost.by_kind.insert("keepalive_timer", 2);
@@ -626,6 +669,14 @@ mod tests {
                 r#"kaprobe_connections_closed_total{cause="keepalive_timeout",closed_by="local"} 1"#
             ),
             "{text}"
+        );
+        assert!(
+            text.contains(r#"kaprobe_diagnoses_total{verdict="peer_unreachable"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kaprobe_diagnoses_total{verdict="keepalive_race"} 0"#),
+            "every verdict from the start: {text}"
         );
         assert!(
             text.contains(r#"kaprobe_events_lost_total{source="ring_buffer"} 5"#),

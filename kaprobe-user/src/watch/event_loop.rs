@@ -159,6 +159,7 @@ fn new_agent(
         max_connections: args.max_connections as usize,
         // The programs were attached before this point.
         traced_since_ns: monotonic_ns(),
+        nat_timeout_ms: args.nat_timeout.as_millis() as u64,
     };
     Agent {
         pipe: Pipeline::new(

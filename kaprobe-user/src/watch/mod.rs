@@ -34,6 +34,12 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long `agent_start` waits for the owners of what was open before (usually a few ms;
 /// a host with very many processes or namespaces may take longer, then they come later).
 const EXISTING_WAIT: Duration = Duration::from_millis(250);
+/// An idle close: this side sends the first FIN after at least this long without data either
+/// way (a keep-alive or pool idle timeout; a server answering `Connection: close` sends its
+/// FIN with or right after its last data). Such closes are reported to the agent even for
+/// connections it does not otherwise report, for the diagnosis of a peer that reuses the
+/// connection afterwards (docs/events.md, `keepalive_race`) and the summaries.
+const IDLE_CLOSE_MS: u32 = 250;
 /// How often the owners of connections older than the agent are checked against the
 /// connections still open (sock_diag in their namespaces).
 const EXISTING_RECHECK: Duration = Duration::from_secs(60);
@@ -172,6 +178,7 @@ pub(crate) fn run(args: WatchArgs) -> Result<(), Fatal> {
     facts.config.wakeup_bytes = args.ring_bytes() / 16;
     kernel_filters(&mut facts.config, &args);
     facts.config.sock_sets_mask = loader::sock_sets(args.max_connections) - 1;
+    facts.config.idle_close_jiffies = (facts.hz * IDLE_CLOSE_MS / 1000).max(1);
     if std::env::var_os("KAPROBE_BENCH_EMPTY_PROGRAMS").is_some() {
         log::warn!(
             "KAPROBE_BENCH_EMPTY_PROGRAMS: programs attached but do nothing (benchmark floor)"

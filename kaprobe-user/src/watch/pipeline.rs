@@ -8,7 +8,7 @@ use crate::{
     bpf::decode::decode,
     correlate::Correlator,
     error::{Fatal, exit},
-    event::{Event, Totals},
+    event::{Endpoints, Event, Totals},
     host::owner::CgroupPaths,
     sink::{Filter, Output, metrics::Metrics, summary::Summary},
 };
@@ -121,7 +121,30 @@ impl Pipeline {
         }
         self.scratch = events;
         self.scratch.clear();
+        self.idle_closes();
         Ok(())
+    }
+
+    /// This side's idle closes of connections that are not reported (the summaries' keep-
+    /// alive picture), as far as the filter lets them through.
+    fn idle_closes(&mut self) {
+        for mut c in self.correlator.take_idle_closes() {
+            if let Some(o) = c.owner.as_mut() {
+                self.cgroups.resolve(o);
+            }
+            let e = Endpoints::from_tuple(&c.tuple);
+            let wanted = self
+                .filter
+                .matches_endpoints(&e.saddr, e.sport, &e.daddr, e.dport)
+                && self.filter.matches_netns(e.netns)
+                && self.filter.matches_owner(c.owner.as_ref());
+            if wanted {
+                self.summary_all.idle_close(&c);
+                if let Some(s) = &mut self.summary {
+                    s.idle_close(&c);
+                }
+            }
+        }
     }
 
     pub fn flush(&mut self) -> Result<(), Fatal> {

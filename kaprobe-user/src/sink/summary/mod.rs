@@ -10,12 +10,19 @@
 //! Memory is bounded: each table keeps at most [`MAX_GROUPS`] groups (later ones are
 //! counted under an `other` group) and each group at most [`MAX_SAMPLES`] samples for its
 //! medians (reservoir sampling beyond).
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+mod human;
+mod pictures;
+mod tables;
+
+use std::collections::BTreeMap;
+
+pub(crate) use human::human;
+use tables::{Samples, Table};
 
 use crate::{
-    FastMap,
+    correlate::IdleClose,
     event::{
-        Body, Cause, Event, Owner, Side,
+        Body, Cause, Endpoints, Event, Owner, Side,
         summary::{Activity, CloseStats, Listener, OwnerKey, Remote, Report, Row, Rows},
     },
 };
@@ -68,41 +75,6 @@ impl Activity {
             + self.keepalive_timeouts
             + self.resets.values().flat_map(|m| m.values()).sum::<u64>()
             + self.closes_by_cause.values().sum::<u64>()
-    }
-}
-
-/// Samples for a median, bounded by reservoir sampling.
-#[derive(Debug, Clone, Default)]
-struct Samples {
-    seen: u64,
-    kept: Vec<u64>,
-}
-
-impl Samples {
-    fn add(&mut self, v: u64, rng: &mut u64) {
-        self.seen += 1;
-        if self.kept.len() < MAX_SAMPLES {
-            self.kept.push(v);
-            return;
-        }
-        // xorshift: deterministic, good enough to pick which sample to replace.
-        *rng ^= *rng << 13;
-        *rng ^= *rng >> 7;
-        *rng ^= *rng << 17;
-        let i = (*rng % self.seen) as usize;
-        if i < MAX_SAMPLES {
-            self.kept[i] = v;
-        }
-    }
-
-    fn median(&self) -> Option<u64> {
-        if self.kept.is_empty() {
-            return None;
-        }
-        let mut v = self.kept.clone();
-        let mid = v.len() / 2;
-        let (_, m, _) = v.select_nth_unstable(mid);
-        Some(*m)
     }
 }
 
@@ -173,39 +145,6 @@ impl Closes {
     }
 }
 
-/// A bounded map: past [`MAX_GROUPS`] keys, new keys go to `other`.
-#[derive(Debug, Clone)]
-struct Table<K, V> {
-    groups: FastMap<K, V>,
-    other: V,
-    others: u64,
-}
-
-impl<K, V: Default> Default for Table<K, V> {
-    fn default() -> Self {
-        Table {
-            groups: FastMap::default(),
-            other: V::default(),
-            others: 0,
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq, V: Default> Table<K, V> {
-    fn get(&mut self, key: K) -> &mut V {
-        if self.groups.len() < MAX_GROUPS {
-            return self.groups.entry(key).or_default();
-        }
-        match self.groups.get_mut(&key) {
-            Some(v) => v,
-            None => {
-                self.others += 1;
-                &mut self.other
-            }
-        }
-    }
-}
-
 /// The aggregation.
 #[derive(Debug, Clone)]
 pub(crate) struct Summary {
@@ -214,6 +153,8 @@ pub(crate) struct Summary {
     by_owner: Table<OwnerKey, Activity>,
     closes_by_port: Table<Listener, Closes>,
     closes_by_remote: Table<Remote, Closes>,
+    servers: Table<Listener, pictures::Server>,
+    paths: Table<Remote, pictures::Path>,
     rng: u64,
 }
 
@@ -225,6 +166,8 @@ impl Default for Summary {
             by_owner: Table::default(),
             closes_by_port: Table::default(),
             closes_by_remote: Table::default(),
+            servers: Table::default(),
+            paths: Table::default(),
             rng: 0x2545_f491_4f6c_dd1d,
         }
     }
@@ -274,18 +217,60 @@ impl Summary {
         if let Some(o) = &e.owner {
             self.by_owner.get(owner_key(o)).observe(&e.body);
         }
-        if let Body::ConnectionClosed { direction, .. } = &e.body {
-            let rng = &mut self.rng;
-            match *direction {
-                Some("inbound") => self
-                    .closes_by_port
-                    .get(Listener {
-                        netns: c.netns,
-                        port: c.sport,
-                    })
-                    .observe(&e.body, rng),
-                _ => self.closes_by_remote.get(remote).observe(&e.body, rng),
+        let listener = Listener {
+            netns: c.netns,
+            port: c.sport,
+        };
+        match &e.body {
+            Body::ConnectionClosed {
+                direction,
+                diagnosis,
+                time_wait,
+                ..
+            } => {
+                let rng = &mut self.rng;
+                if *direction == Some("inbound") {
+                    self.closes_by_port
+                        .get(listener.clone())
+                        .observe(&e.body, rng);
+                    let server = self.servers.get(listener);
+                    server.diagnosis(diagnosis, rng);
+                    if *time_wait {
+                        server.time_wait();
+                    }
+                } else {
+                    self.closes_by_remote
+                        .get(remote.clone())
+                        .observe(&e.body, rng);
+                    self.paths.get(remote).diagnosis(diagnosis);
+                }
             }
+            // An RST that closed no connection, for a port a local server listens on.
+            Body::ResetSent {
+                diagnosis: Some(d), ..
+            } if e.owner.is_some() => self.servers.get(listener).diagnosis(d, &mut self.rng),
+            _ => {}
+        }
+    }
+
+    /// This side closed a connection after an idle time (reported by the kernel even when
+    /// the connection is not: [`crate::correlate::IdleClose`]).
+    pub(crate) fn idle_close(&mut self, c: &IdleClose) {
+        let e = Endpoints::from_tuple(&c.tuple);
+        if c.inbound {
+            self.servers
+                .get(Listener {
+                    netns: e.netns,
+                    port: e.sport,
+                })
+                .idle_close(c.idle_ms, &mut self.rng);
+        } else {
+            self.paths
+                .get(Remote {
+                    daddr: e.daddr,
+                    dport: e.dport,
+                })
+                .survived(c.idle_ms);
         }
     }
 
@@ -317,107 +302,26 @@ impl Summary {
             by_owner: rows(&self.by_owner, Activity::weight, Activity::clone),
             closes_by_listening_port: rows(&self.closes_by_port, |c| c.count, Closes::stats),
             closes_by_remote: rows(&self.closes_by_remote, |c| c.count, Closes::stats),
+            keepalive_by_listening_port: rows(
+                &self.servers,
+                pictures::Server::weight,
+                pictures::Server::picture,
+            ),
+            paths_by_remote: rows(&self.paths, pictures::Path::weight, pictures::Path::picture),
         }
-    }
-}
-
-/// Human tables for a report, one line each (after the event's own line).
-pub(crate) fn human(out: &mut String, r: &Report) {
-    fn activity(a: &Activity) -> String {
-        let resets: u64 = a.resets.values().flat_map(|m| m.values()).sum();
-        let closes: Vec<String> = a
-            .closes_by_cause
-            .iter()
-            .map(|(c, n)| format!("{c} {n}"))
-            .collect();
-        format!(
-            "probes {:>5}  acks {:>5}  timeouts {:>4}  resets {:>4}  closes {}",
-            a.keepalive_probes,
-            a.keepalive_acks,
-            a.keepalive_timeouts,
-            resets,
-            if closes.is_empty() {
-                "-".to_owned()
-            } else {
-                closes.join(", ")
-            }
-        )
-    }
-    fn closes(c: &CloseStats) -> String {
-        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} ms"));
-        let b = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} B"));
-        format!(
-            "closes {:>5}  median life {:>9}  median bytes {:>9}  closed here {:>3.0}%  TIME_WAIT here {} / peer {}",
-            c.count,
-            ms(c.median_lifetime_ms),
-            b(c.median_bytes),
-            c.closed_locally * 100.0,
-            c.time_wait_local,
-            c.time_wait_remote
-        )
-    }
-    let endpoint = |r: &Remote| {
-        let host = match r.daddr {
-            IpAddr::V6(a) => format!("[{a}]"),
-            IpAddr::V4(a) => a.to_string(),
-        };
-        if r.dport == 0 {
-            format!("{host}:*")
-        } else {
-            format!("{host}:{}", r.dport)
-        }
-    };
-    let more = |out: &mut String, n: u64| {
-        if n > 0 {
-            let _ = writeln!(out, "    ... and {n} more");
-        }
-    };
-    if !r.by_remote.top.is_empty() {
-        let _ = writeln!(out, "  by remote endpoint:");
-        for row in &r.by_remote.top {
-            let _ = writeln!(
-                out,
-                "    {:<45} {}",
-                endpoint(&row.key),
-                activity(&row.value)
-            );
-        }
-        more(out, r.by_remote.more_groups);
-    }
-    if !r.by_owner.top.is_empty() {
-        let _ = writeln!(out, "  by owner:");
-        for row in &r.by_owner.top {
-            let who = format!(
-                "{} (pid {}) {}",
-                row.key.comm,
-                row.key.pid,
-                row.key.cgroup.as_deref().unwrap_or("")
-            );
-            let _ = writeln!(out, "    {who:<45} {}", activity(&row.value));
-        }
-        more(out, r.by_owner.more_groups);
-    }
-    if !r.closes_by_listening_port.top.is_empty() {
-        let _ = writeln!(out, "  closes by listening port:");
-        for row in &r.closes_by_listening_port.top {
-            let port = format!("port {} [netns {}]", row.key.port, row.key.netns);
-            let _ = writeln!(out, "    {port:<45} {}", closes(&row.value));
-        }
-        more(out, r.closes_by_listening_port.more_groups);
-    }
-    if !r.closes_by_remote.top.is_empty() {
-        let _ = writeln!(out, "  closes by remote endpoint:");
-        for row in &r.closes_by_remote.top {
-            let _ = writeln!(out, "    {:<45} {}", endpoint(&row.key), closes(&row.value));
-        }
-        more(out, r.closes_by_remote.more_groups);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
-    use crate::event::{Endpoints, Family, Timestamp};
+    use crate::event::{
+        Endpoints, Family, Timestamp,
+        diagnosis::{Verdict, test_diagnosis},
+        summary::Spread,
+    };
 
     fn closed(
         sport: u16,
@@ -454,6 +358,7 @@ mod tests {
                 segments: Some(4),
                 segments_sent: Some(2),
                 segments_received: Some(2),
+                diagnosis: test_diagnosis(Verdict::Orderly),
             },
         }
     }
@@ -509,6 +414,96 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["closes_by_listening_port"]["top"][0]["port"], 8080);
         assert_eq!(json["closes_by_listening_port"]["top"][0]["count"], 3);
+    }
+
+    #[test]
+    fn keepalive_pictures_of_servers_and_paths() {
+        use kaprobe_common::{AF_INET, Tuple};
+
+        use crate::event::diagnosis::Diagnosis;
+        let with = |mut e: Event, verdict: Verdict, silence: Option<u64>| {
+            if let Body::ConnectionClosed { diagnosis, .. } = &mut e.body {
+                *diagnosis = Diagnosis {
+                    evidence: crate::event::diagnosis::Evidence {
+                        silence_ms: silence,
+                        ..Default::default()
+                    },
+                    ..test_diagnosis(verdict)
+                };
+            }
+            e
+        };
+        let mut s = Summary::default();
+        // A server on 8080: three idle closes after ~1 s, one client that raced it (its
+        // TIME_WAIT RST), one orderly close.
+        let idle = |sport: u16, dport: u16, idle_ms: u64, inbound: bool| {
+            let mut tuple = Tuple {
+                sport,
+                dport,
+                family: AF_INET,
+                netns: 7,
+                ..Tuple::default()
+            };
+            tuple.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+            tuple.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+            IdleClose {
+                tuple,
+                fin_ns: 0,
+                idle_ms,
+                inbound,
+                owner: None,
+            }
+        };
+        for (port, ms) in [(40001, 1000), (40002, 1000), (40003, 1012)] {
+            s.idle_close(&idle(8080, port, ms, true));
+        }
+        let mut rst = closed(8080, 40001, "inbound", Side::Local, 10, 10);
+        rst.body = Body::ResetSent {
+            reason: "tcp_timewait_socket".into(),
+            state: Some("time_wait"),
+            answering: Some("data"),
+            diagnosis: Some(test_diagnosis(Verdict::KeepaliveRace)),
+        };
+        s.observe(&rst);
+        s.observe(&closed(8080, 40004, "inbound", Side::Remote, 10, 10));
+        // A path to 10.0.0.2:5432: survived 1.5 s of silence, died after 4 s.
+        s.idle_close(&idle(50000, 5432, 1500, false));
+        s.observe(&with(
+            closed(50001, 5432, "outbound", Side::Remote, 10, 10),
+            Verdict::MiddleboxIdleTimeout,
+            Some(4000),
+        ));
+        let r = s.report();
+        let server = &r.keepalive_by_listening_port.top[0];
+        assert_eq!((server.key.netns, server.key.port), (7, 8080));
+        let p = &server.value;
+        assert_eq!(p.idle_closes, 3);
+        assert_eq!(
+            p.idle_before_close,
+            Some(Spread {
+                min_ms: 1000,
+                median_ms: 1000,
+                max_ms: 1012
+            })
+        );
+        assert_eq!(p.clients_raced, 1);
+        assert_eq!(p.time_wait_here, 3);
+        assert_eq!(p.verdicts.get("orderly"), Some(&1));
+        let path = &r.paths_by_remote.top[0];
+        assert_eq!(path.key.dport, 5432);
+        assert_eq!(path.value.longest_silence_survived_ms, Some(1500));
+        assert_eq!(path.value.shortest_silence_died_ms, Some(4000));
+        assert_eq!(path.value.idle_timeout_between_ms, Some((1500, 4000)));
+        let mut text = String::new();
+        human(&mut text, &r);
+        assert!(
+            text.contains("idle closes     3 after 1.0 s (min 1.0 s, max 1.0 s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("idle timeout on the path between 1.5 s and 4.0 s"),
+            "{text}"
+        );
     }
 
     #[test]
