@@ -67,6 +67,7 @@ fn healthy_idle_connection_probes_are_answered() {
     assert!(conn_kind(&all, ns, sport, "keepalive_timeout").is_empty());
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "fin", "{closed}");
+    assert_eq!(closed["diagnosis"]["verdict"], "orderly", "{closed}");
     assert_eq!(closed["closed_by"], "local", "{closed}");
     assert_eq!(
         closed["time_wait"], true,
@@ -125,6 +126,12 @@ fn dead_peer(v6: bool, agent_args: &[&str]) {
     assert_eq!(closed["closed_by"], "local");
     assert_eq!(closed["keepalive_probes"], probes);
     assert_eq!(closed["keepalive_acks"], acks);
+    assert_eq!(
+        closed["diagnosis"]["verdict"], "peer_unreachable",
+        "{closed}"
+    );
+    assert_eq!(closed["diagnosis"]["evidence"]["probes_sent"], probes);
+    assert_eq!(closed["diagnosis"]["evidence"]["probes_answered"], acks);
     // The silence at the close is the one the timeout measured (the same firing).
     let (idle_at_close, idle_at_timeout) = (
         closed["idle_ms"].as_u64().expect("idle_ms"),
@@ -262,6 +269,13 @@ fn restarted_peer(agent_args: &[&str]) {
     assert_eq!(rst["during_keepalive"], true, "{rst}");
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_received", "{closed}");
+    // The peer's host is on this host too: its RST for no socket makes it certain.
+    assert_eq!(closed["diagnosis"]["verdict"], "peer_restarted", "{closed}");
+    assert_eq!(closed["diagnosis"]["confidence"], "certain", "{closed}");
+    assert_eq!(
+        closed["diagnosis"]["evidence"]["other_end"], "reset_sent:no_socket",
+        "{closed}"
+    );
     assert_eq!(closed["error"], "ECONNRESET", "{closed}");
     assert_eq!(closed["closed_by"], "remote", "{closed}");
     assert!(conn_kind(&all, ns, sport, "keepalive_timeout").is_empty());
@@ -308,6 +322,10 @@ fn data_in_flight_ends_by_retransmission_not_keepalive() {
     assert!(conn_kind(&all, ns, sport, "keepalive_timeout").is_empty());
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "retransmit_timeout", "{closed}");
+    assert_eq!(
+        closed["diagnosis"]["verdict"], "peer_unreachable",
+        "{closed}"
+    );
     assert_eq!(closed["error"], "ETIMEDOUT", "{closed}");
     assert_eq!(closed["closed_by"], "local");
 }
@@ -344,6 +362,7 @@ fn peer_closes_with_fin() {
     assert_eq!(sent["state"], "last_ack", "{sent}");
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "fin", "{closed}");
+    assert_eq!(closed["diagnosis"]["verdict"], "orderly", "{closed}");
     assert_eq!(closed["closed_by"], "remote", "{closed}");
     assert_eq!(
         closed["time_wait"], false,
@@ -387,6 +406,10 @@ fn half_closed_connection_dies_by_keepalive_in_close_wait() {
     assert_eq!(timeout["probes"], 3, "{timeout}");
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
+    assert_eq!(
+        closed["diagnosis"]["verdict"], "peer_unreachable",
+        "{closed}"
+    );
     assert_eq!(closed["last_state"], "close_wait", "{closed}");
     assert_eq!(closed["error"], "ETIMEDOUT", "{closed}");
     assert_eq!(closed["closed_by"], "local", "{closed}");

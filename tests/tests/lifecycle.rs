@@ -32,6 +32,7 @@ fn refused_connect_is_a_received_reset() {
     assert_eq!(rst["during_keepalive"], false);
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_received", "{closed}");
+    assert_eq!(closed["diagnosis"]["verdict"], "refused", "{closed}");
     assert_eq!(closed["error"], "ECONNREFUSED", "{closed}");
     assert_eq!(closed["last_state"], "syn_sent", "{closed}");
     // Recorded at connect(), in the caller's context: the process and how long it tried.
@@ -69,6 +70,11 @@ fn connect_rejected_by_icmp_is_reported_with_the_error() {
     assert_eq!(closed["error"], "EHOSTUNREACH", "{closed}");
     // Neither a reset nor a timeout: the error is the cause's detail.
     assert_eq!(closed["cause"], "other", "{closed}");
+    assert_eq!(
+        closed["diagnosis"]["verdict"], "peer_unreachable",
+        "{closed}"
+    );
+    assert_eq!(closed["diagnosis"]["confidence"], "certain", "{closed}");
     assert_eq!(closed["last_state"], "syn_sent", "{closed}");
     assert_eq!(closed["closed_by"], "local", "{closed}");
     assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
@@ -99,6 +105,10 @@ fn unanswered_syn_is_a_retransmit_timeout() {
     let all = agent.stop();
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "retransmit_timeout", "{closed}");
+    assert_eq!(
+        closed["diagnosis"]["verdict"], "peer_unreachable",
+        "{closed}"
+    );
     assert_eq!(closed["error"], "ETIMEDOUT", "{closed}");
     assert_eq!(closed["last_state"], "syn_sent", "{closed}");
     assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
@@ -138,7 +148,7 @@ fn firewall_forgetting_idle_connections_resets_them_unless_keepalive_is_shorter(
         ],
     );
     link.b.input_rule("ct state invalid reject with tcp reset");
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(&["--nat-timeout", "3s"]);
     let listener = listen(&link.b, link.b4);
     let to = listener.local_addr().expect("addr");
     let plain = connect(&link.a, to);
@@ -173,6 +183,11 @@ fn firewall_forgetting_idle_connections_resets_them_unless_keepalive_is_shorter(
     let all = agent.stop();
     let closed = the_one(&all, ns, pport, "connection_closed");
     assert_eq!(closed["cause"], "reset_received", "{closed}");
+    // Silent for 3.5 s, at least --nat-timeout (3 s): a middlebox forgot it.
+    assert_eq!(
+        closed["diagnosis"]["verdict"], "middlebox_idle_timeout",
+        "{closed}"
+    );
     assert_eq!(closed["error"], "ECONNRESET", "{closed}");
     assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
     // The tell-tale of a middlebox's idle timeout: silent for longer than it remembers.
@@ -282,6 +297,7 @@ fn close_with_unread_data_resets_the_peer() {
     assert_eq!(rst["reason"], "tcp_abort_on_close", "{rst}");
     let closed = the_one(&all, na, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_sent", "{closed}");
+    assert_eq!(closed["diagnosis"]["verdict"], "local_abort", "{closed}");
     assert_eq!(closed["closed_by"], "local");
     // The kernel closes the socket before it sends that RST: the close is reported whole,
     // without keepalive, as a failure.
@@ -326,6 +342,7 @@ fn linger_zero_close_is_a_reset_sent() {
     the_one(&all, na, sport, "reset_sent");
     let closed = the_one(&all, na, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_sent", "{closed}");
+    assert_eq!(closed["diagnosis"]["verdict"], "local_abort", "{closed}");
     assert!(closed["lifetime_ms"].is_u64(), "{closed}");
 }
 
@@ -370,6 +387,7 @@ fn socket_destroyed_with_ss_k_is_a_reset_sent() {
     let all = agent.stop();
     let closed = the_one(&all, na, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_sent", "{closed}");
+    assert_eq!(closed["diagnosis"]["verdict"], "local_abort", "{closed}");
     assert_eq!(closed["error"], "ECONNABORTED", "{closed}");
 }
 
@@ -449,6 +467,7 @@ fn orphaned_fin_wait2_on_the_keepalive_timer_is_not_keepalive() {
     assert!(conn_kind(&all, na, sport, "keepalive_timeout").is_empty());
     let closed = the_one(&all, na, sport, "connection_closed");
     assert_eq!(closed["cause"], "fin", "{closed}");
+    assert_eq!(closed["diagnosis"]["verdict"], "orderly", "{closed}");
     assert_eq!(closed["time_wait"], true, "{closed}");
     assert_eq!(closed["last_state"], "fin_wait2", "{closed}");
 }
