@@ -269,18 +269,26 @@ fn restarted_peer(agent_args: &[&str]) {
     assert_eq!(rst["during_keepalive"], true, "{rst}");
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_received", "{closed}");
-    // The peer's host is on this host too: its RST for no socket makes it certain.
     assert_eq!(closed["diagnosis"]["verdict"], "peer_restarted", "{closed}");
-    assert_eq!(closed["diagnosis"]["confidence"], "certain", "{closed}");
-    assert_eq!(
-        closed["diagnosis"]["evidence"]["other_end"], "reset_sent:no_socket",
-        "{closed}"
-    );
+    // The peer's host is on this host too: its RST for no socket, where the kernel traces
+    // one (6.12 and 6.18 do, 6.1 does not: measured), makes it certain.
+    let nb = link.b.inode();
+    let no_socket_rst = events(&all, "reset_sent", nb)
+        .iter()
+        .any(|v| v["state"].is_null() && v["dport"] == sport);
+    if no_socket_rst {
+        assert_eq!(closed["diagnosis"]["confidence"], "certain", "{closed}");
+        assert_eq!(
+            closed["diagnosis"]["evidence"]["other_end"], "reset_sent:no_socket",
+            "{closed}"
+        );
+    } else {
+        assert_eq!(closed["diagnosis"]["confidence"], "likely", "{closed}");
+    }
     assert_eq!(closed["error"], "ECONNRESET", "{closed}");
     assert_eq!(closed["closed_by"], "remote", "{closed}");
     assert!(conn_kind(&all, ns, sport, "keepalive_timeout").is_empty());
     // The peer host answered the probe for a socket it no longer has.
-    let nb = link.b.inode();
     let no_socket = expected_reset_reason(&all, "no_socket");
     assert!(
         events(&all, "reset_sent", nb)

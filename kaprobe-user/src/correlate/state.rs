@@ -82,8 +82,13 @@ impl Correlator {
                 | tcp_state::CLOSING
                 | tcp_state::LAST_ACK
         );
-        // (A held `reset_received`: the kernel's RST for data after shutdown may follow.)
-        if (!failed && rst_may_follow) || p.held_reset.is_some() {
+        // A held `reset_received`: the kernel's RST for data after shutdown may follow. An RST
+        // received: the other end's RST may still come, when it is on this host too (before
+        // 6.10 the kernel traces an RST after sending it, and the receiver's close comes
+        // first), to confirm the diagnosis.
+        let rst_recv = r.close.flags & close_flag::RST_RECV != 0
+            || p.conn.as_ref().is_some_and(|c| c.rst_recv);
+        if (!failed && rst_may_follow) || p.held_reset.is_some() || rst_recv {
             self.hold(sk, p);
         } else {
             self.finish(p, None, out);

@@ -373,7 +373,7 @@ fn restarted_peer_answers_a_probe_with_rst() {
         keepopen: 1,
         ..ResetRecvRecord::default()
     });
-    let out = run(
+    let mut out = run(
         &mut c,
         &[
             firing(SK, 5000, 1, 0, 0, 1),
@@ -393,6 +393,8 @@ fn restarted_peer_answers_a_probe_with_rst() {
             ),
         ],
     );
+    // (A close with an RST received waits the grace period for the other end's RST.)
+    c.tick(SEC + 2000 + CLOSE_GRACE_NS, &mut out);
     assert_eq!(
         names(&out),
         ["keepalive_probe", "reset_received", "connection_closed"]
@@ -979,7 +981,8 @@ fn idle_time_at_close_is_known_once_synchronized() {
     let mut info = close_info(tcp_state::ESTABLISHED, 104, close_flag::RST_RECV);
     info.jiffies = 1_000_000 + 5 * J;
     info.rcv_tstamp = info.jiffies - J * 5 / 2;
-    let out = run(&mut c, &[close(SK, 5000, 5 * SEC, info)]);
+    let mut out = run(&mut c, &[close(SK, 5000, 5 * SEC, info)]);
+    c.tick(5 * SEC + CLOSE_GRACE_NS, &mut out);
     assert!(
         matches!(
             closed(&out),
@@ -994,7 +997,8 @@ fn idle_time_at_close_is_known_once_synchronized() {
     // A refused connect: nothing was ever received, so no idle time.
     let mut info = close_info(tcp_state::SYN_SENT, 111, close_flag::RST_RECV);
     info.jiffies = 1_000_000 + 6 * J;
-    let out = run(&mut c, &[close(SK + 4096, 5001, 6 * SEC, info)]);
+    let mut out = run(&mut c, &[close(SK + 4096, 5001, 6 * SEC, info)]);
+    c.tick(6 * SEC + CLOSE_GRACE_NS, &mut out);
     assert!(
         matches!(closed(&out), Body::ConnectionClosed { idle_ms: None, .. }),
         "{out:?}"
@@ -1076,5 +1080,52 @@ fn a_late_look_up_still_names_connections_already_followed() {
     assert!(!out.is_empty());
     for e in &out {
         assert_eq!(e.owner.as_ref(), Some(&old), "{e:?}");
+    }
+}
+
+#[test]
+fn the_other_ends_rst_on_this_host_confirms_in_either_order() {
+    // The peer's host is this host: its RST for no socket (kernels before 6.10 trace it
+    // after sending it, so it may come after the close it caused).
+    let mirrored = |t: Tuple| Tuple {
+        saddr: t.daddr,
+        daddr: t.saddr,
+        sport: t.dport,
+        dport: t.sport,
+        netns: t.netns + 1,
+        ..t
+    };
+    let peer_rst = |ts: u64| {
+        RawEvent::ResetSent(ResetSentRecord {
+            header: header(kind::RST_SENT, ts, 0),
+            tuple: mirrored(tuple(5000)),
+            reason: 1,
+            no_socket: 1,
+            in_flags: tcp_flag::ACK,
+            ..ResetSentRecord::default()
+        })
+    };
+    let client_close = |ts: u64| {
+        let mut info = close_info(tcp_state::ESTABLISHED, 104, close_flag::RST_RECV);
+        info.unacked = 1;
+        close(SK, 5000, ts, info)
+    };
+    for peer_first in [true, false] {
+        let mut c = correlator();
+        let records = if peer_first {
+            [peer_rst(SEC), client_close(SEC + 1000)]
+        } else {
+            [client_close(SEC), peer_rst(SEC + 1000)]
+        };
+        let mut out = run(&mut c, &records);
+        c.tick(SEC + 1000 + CLOSE_GRACE_NS, &mut out);
+        let Body::ConnectionClosed { diagnosis, .. } = closed(&out) else {
+            unreachable!()
+        };
+        assert_eq!(
+            (diagnosis.verdict, diagnosis.evidence.other_end),
+            (Verdict::PeerRestarted, Some("reset_sent:no_socket")),
+            "peer first: {peer_first}: {diagnosis:?}"
+        );
     }
 }

@@ -1,4 +1,6 @@
 //! The rules for a connection's end (`connection_closed.diagnosis`), by the kernel's cause.
+use std::borrow::Cow;
+
 use kaprobe_common::tcp_state;
 
 use super::{
@@ -16,14 +18,14 @@ const ETIMEDOUT: i32 = 110;
 fn diagnosis(
     verdict: Verdict,
     confidence: Confidence,
-    text: String,
+    text: impl Into<Cow<'static, str>>,
     evidence: Evidence,
     advice: Option<&'static str>,
 ) -> Diagnosis {
     Diagnosis {
         verdict,
         confidence,
-        text,
+        text: text.into(),
         evidence,
         advice,
     }
@@ -51,15 +53,15 @@ fn orderly(d: &Death) -> Diagnosis {
         match d.fin_idle_ms {
             Some(idle) if idle >= 1000 => {
                 evidence.idle_before_close_ms = Some(idle);
-                format!(
+                Cow::Owned(format!(
                     "Orderly close: this side closed the connection after {} without data (its keep-alive or pool idle timeout) and holds TIME_WAIT.",
                     dur(idle)
-                )
+                ))
             }
-            _ => "Orderly close: this side sent the first FIN and holds TIME_WAIT.".to_owned(),
+            _ => Cow::Borrowed("Orderly close: this side sent the first FIN and holds TIME_WAIT."),
         }
     } else {
-        "Orderly close: the peer sent the first FIN (and holds TIME_WAIT).".to_owned()
+        Cow::Borrowed("Orderly close: the peer sent the first FIN (and holds TIME_WAIT).")
     };
     diagnosis(Verdict::Orderly, Confidence::Certain, text, evidence, None)
 }
@@ -113,7 +115,7 @@ fn reset_received(d: &Death, s: &Settings) -> Diagnosis {
             return diagnosis(
                 Verdict::KeepaliveRace,
                 Confidence::Certain,
-                "Keep-alive race: this side sent data on the connection just as the peer closed it for being idle (their FIN and this side's data crossed); the peer's host, seen on this host too, answered from the connection it had closed.".to_owned(),
+                "Keep-alive race: this side sent data on the connection just as the peer closed it for being idle (their FIN and this side's data crossed); the peer's host, seen on this host too, answered from the connection it had closed.",
                 evidence,
                 Some(text::RACE_CLIENT),
             );
@@ -178,7 +180,7 @@ fn reset_received(d: &Death, s: &Settings) -> Diagnosis {
             _ => diagnosis(
                 Verdict::PeerReset,
                 Confidence::Likely,
-                "The peer reset the connection without being prompted (nothing this side sent was outstanding): its application aborted it (a close with unread data, SO_LINGER 0, a timeout of its own) or an operator killed it.".to_owned(),
+                "The peer reset the connection without being prompted (nothing this side sent was outstanding): its application aborted it (a close with unread data, SO_LINGER 0, a timeout of its own) or an operator killed it.",
                 evidence,
                 Some(text::PEER_RESET),
             ),

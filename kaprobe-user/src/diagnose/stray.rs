@@ -28,7 +28,7 @@ pub(crate) fn stray_reset(r: &StrayReset, _s: &Settings) -> Diagnosis {
         return Diagnosis {
             verdict: Verdict::Refused,
             confidence: Confidence::Certain,
-            text: "A connection attempt to a port of this host where nothing listens was refused (RST to its SYN).".to_owned(),
+            text: "A connection attempt to a port of this host where nothing listens was refused (RST to its SYN).".into(),
             evidence,
             advice: Some(text::REFUSED),
         };
@@ -49,7 +49,8 @@ pub(crate) fn stray_reset(r: &StrayReset, _s: &Settings) -> Diagnosis {
                 dur(c.idle_before_ms),
                 segment(r),
                 dur(c.fin_before_ms)
-            ),
+            )
+            .into(),
             evidence,
             advice: Some(text::RACE_SERVER),
         };
@@ -61,7 +62,8 @@ pub(crate) fn stray_reset(r: &StrayReset, _s: &Settings) -> Diagnosis {
             text: format!(
                 "Keep-alive race, seen from the side that closed: the peer sent {} on a connection this side had already closed (its TIME_WAIT socket answered with an RST).",
                 segment(r)
-            ),
+            )
+            .into(),
             evidence,
             advice: Some(text::RACE_SERVER),
         };
@@ -77,7 +79,8 @@ pub(crate) fn stray_reset(r: &StrayReset, _s: &Settings) -> Diagnosis {
         text: format!(
             "{} came for a connection this host does not have{whose}: closed longer ago than TIME_WAIT (a keep-alive race after a long pause) or lost when its process or host restarted (the peer then sees peer_restarted); the evidence does not say which.",
             capitalised(&segment(r))
-        ),
+        )
+        .into(),
         evidence,
         advice: None,
     }

@@ -1,6 +1,8 @@
 //! Why a connection died, in the operator's words: the `diagnosis` object of
 //! `connection_closed` (and of a `reset_sent` that closes nothing). A public contract: the
 //! verdict names, the evidence names and the rules are documented in docs/events.md.
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 /// The story a connection's death tells. Names are a public contract.
@@ -121,7 +123,7 @@ pub(crate) fn test_diagnosis(verdict: Verdict) -> Diagnosis {
     Diagnosis {
         verdict,
         confidence: Confidence::Certain,
-        text: format!("a test's {}", verdict.as_str()),
+        text: format!("a test's {}", verdict.as_str()).into(),
         evidence: Evidence::default(),
         advice: None,
     }
@@ -132,8 +134,9 @@ pub(crate) fn test_diagnosis(verdict: Verdict) -> Diagnosis {
 pub(crate) struct Diagnosis {
     pub(crate) verdict: Verdict,
     pub(crate) confidence: Confidence,
-    /// One or two sentences, with the numbers.
-    pub(crate) text: String,
+    /// One or two sentences, with the numbers (most stories without numbers are static
+    /// texts: no allocation per connection).
+    pub(crate) text: Cow<'static, str>,
     pub(crate) evidence: Evidence,
     /// What to change; null where nothing applies.
     pub(crate) advice: Option<&'static str>,

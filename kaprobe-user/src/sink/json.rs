@@ -664,7 +664,7 @@ mod tests {
                         Confidence::Likely,
                         Confidence::Undecided,
                     ][confidence],
-                    text,
+                    text: text.into(),
                     evidence: Evidence {
                         peer_idle_before_close_ms: a,
                         reused_after_ms: b,

@@ -11,13 +11,15 @@ use serde_json::Value;
 
 use crate::{build, child};
 
-/// The core scenarios run on every VM kernel (tests/tests/keepalive.rs).
+/// The core scenarios run on every VM kernel (tests/tests/keepalive.rs, and the diagnosis
+/// whose kernel evidence differs most between kernels: RST reasons came in 6.10).
 const CORE_TESTS: &[&str] = &[
     "dead_peer_times_out_v4",
     "dead_peer_times_out_v6",
     "restarted_peer_answers_the_probe_with_rst",
     "data_in_flight_ends_by_retransmission_not_keepalive",
     "peer_closes_with_fin",
+    "data_after_shutdown_is_one_close_on_each_side_and_the_race",
 ];
 
 /// A test binary of kaprobe-tests and the tests it holds.
