@@ -379,7 +379,11 @@ fn reset_sent(d: &Death) -> Diagnosis {
         "tcp_abort_on_close" => "it closed the socket with unread data",
         "tcp_abort_on_linger" => "it closed the socket with SO_LINGER 0",
         "tcp_abort_on_memory" => "the kernel was out of memory for orphaned sockets",
-        "tcp_state" => "a segment came that its state does not allow",
+        // (tcp_disconnect(): SO_LINGER 0, disconnect(), and sock_destroy with ECONNABORTED.)
+        "tcp_state" if d.error == 103 => {
+            "the socket was destroyed by an operator or a program (ss -K, sock_destroy)"
+        }
+        "tcp_state" => "it aborted the connection (a close with SO_LINGER 0, or disconnect())",
         _ => {
             "the application aborted it (a close with unread data, SO_LINGER 0) or an operator killed it (ss -K)"
         }

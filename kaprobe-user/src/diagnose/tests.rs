@@ -282,6 +282,14 @@ fn this_sides_resets() {
     assert_eq!(d.verdict, Verdict::LocalAbort);
     assert!(d.text.contains("unread data"), "{}", d.text);
     assert_eq!(closed(&abort("unknown"), &NAT).verdict, Verdict::LocalAbort);
+    let killed = closed(
+        &Death {
+            error: 103, // ECONNABORTED
+            ..abort("tcp_state")
+        },
+        &NAT,
+    );
+    assert!(killed.text.contains("ss -K"), "{}", killed.text);
     // Data after this side shut the connection down: the server's side of the race.
     let d = closed(
         &Death {
