@@ -3,6 +3,7 @@
 //! application saw.
 use std::{
     net::{TcpListener, TcpStream},
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::Duration,
 };
 
@@ -16,12 +17,33 @@ const KA: Keepalive = Keepalive {
 };
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Hundreds of keepalive timers expiring at once can leave a CPU's tracepoints blind for a
+/// while (docs/design.md, "Firings the tracepoints do not see"), and a probe sent and
+/// answered between two firings kaprobe saw is then invisible to it: measured once in a
+/// concurrent test whose probe count is compared with `TcpExtTCPKeepAlive`. The burst test
+/// runs alone (`exclusive`); the others share.
+static TIMER_BURST: RwLock<()> = RwLock::new(());
+
+enum BurstGuard {
+    Shared(#[expect(dead_code, reason = "held, not read")] RwLockReadGuard<'static, ()>),
+    Exclusive(#[expect(dead_code, reason = "held, not read")] RwLockWriteGuard<'static, ()>),
+}
+
+fn timer_burst(exclusive: bool) -> BurstGuard {
+    if exclusive {
+        BurstGuard::Exclusive(TIMER_BURST.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        BurstGuard::Shared(TIMER_BURST.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 fn connected_v(link: &Link, v6: bool) -> (TcpStream, TcpStream) {
     connected(link, if v6 { link.b6 } else { link.b4 })
 }
 
 #[test]
 fn healthy_idle_connection_probes_are_answered() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -152,6 +174,7 @@ fn dead_peer(v6: bool, agent_args: &[&str]) {
 
 #[test]
 fn dead_peer_times_out_v4() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -160,6 +183,7 @@ fn dead_peer_times_out_v4() {
 
 #[test]
 fn dead_peer_times_out_v6() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -169,6 +193,7 @@ fn dead_peer_times_out_v6() {
 /// The fallback where BTF tracepoints cannot attach: same answers from raw tracepoints.
 #[test]
 fn dead_peer_times_out_with_raw_tracepoints() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -180,6 +205,7 @@ fn dead_peer_times_out_with_raw_tracepoints() {
 /// start-up, and the probes the agent saw match the kernel's count of them.
 #[test]
 fn dead_peer_of_a_connection_older_than_the_agent() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -219,6 +245,7 @@ fn dead_peer_of_a_connection_older_than_the_agent() {
 
 #[test]
 fn restarted_peer_answers_the_probe_with_rst() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -227,6 +254,7 @@ fn restarted_peer_answers_the_probe_with_rst() {
 
 #[test]
 fn restarted_peer_with_raw_tracepoints() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -300,6 +328,7 @@ fn restarted_peer(agent_args: &[&str]) {
 
 #[test]
 fn data_in_flight_ends_by_retransmission_not_keepalive() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -340,6 +369,7 @@ fn data_in_flight_ends_by_retransmission_not_keepalive() {
 
 #[test]
 fn peer_closes_with_fin() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -384,6 +414,7 @@ fn peer_closes_with_fin() {
 /// closes, then the peer dies: keepalive still probes in CLOSE_WAIT and ends the connection.
 #[test]
 fn half_closed_connection_dies_by_keepalive_in_close_wait() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }
@@ -427,6 +458,7 @@ fn half_closed_connection_dies_by_keepalive_in_close_wait() {
 
 #[test]
 fn hundreds_of_connections_time_out_at_once() {
+    let _burst = timer_burst(true);
     if need_root() {
         return;
     }
@@ -546,6 +578,7 @@ fn hundreds_of_connections_time_out_at_once() {
 
 #[test]
 fn settings_from_the_namespace_sysctls() {
+    let _burst = timer_burst(false);
     if need_root() {
         return;
     }

@@ -96,7 +96,8 @@ fn run_host(o: &Options, bin: &Path) -> Result<()> {
         bail!(NEED_ROOT);
     }
     setup::ensure_test_tools()?;
-    let mut integ = vec!["test", "--package", "kaprobe-tests", "--"];
+    // Every test binary runs, so that one failure does not hide the others' results.
+    let mut integ = vec!["test", "--package", "kaprobe-tests", "--no-fail-fast", "--"];
     integ.extend(&filter);
     let status = child::status(build::cargo(&integ).env("KAPROBE_BIN", bin))?;
     if !status.success() {

@@ -1129,3 +1129,130 @@ fn the_other_ends_rst_on_this_host_confirms_in_either_order() {
         );
     }
 }
+
+/// The server's side of the keep-alive race, as 6.18 records it when the client's late
+/// request arrives before the client ACKed the server's FIN (measured: nginx's orphan goes
+/// FIN_WAIT1 -> FIN_WAIT2 -> CLOSE on that segment, and only then the kernel sends its RST,
+/// `tcp_abort_on_data`; no tcp_receive_reset), or while the FIN is in flight (a
+/// `reset_received` that received nothing, in FIN_WAIT1, then the close, the socket's
+/// destruction, the RST).
+#[test]
+fn data_on_a_connection_this_side_closed_idle_is_the_race_not_a_reset_received() {
+    let abort_rst = |ts: u64| {
+        RawEvent::ResetSent(ResetSentRecord {
+            header: header(kind::RST_SENT, ts, SK),
+            tuple: tuple(5000),
+            reason: REASON_UNKNOWN, // as on kernels without reasons: the data tells
+            state: tcp_state::CLOSE,
+            in_flags: tcp_flag::ACK | tcp_flag::PSH,
+            in_len: 78,
+            ..ResetSentRecord::default()
+        })
+    };
+    let idle_close = |old_state: u8, flags: u32| CloseInfo {
+        fin_sent_ns: SEC,
+        fin_idle: J, // 1 s without data before this side's FIN
+        ..close_info(
+            old_state,
+            0,
+            flags | close_flag::IDLE_CLOSE | close_flag::FIN_IDLE | close_flag::INBOUND,
+        )
+    };
+    // The request right after the FIN: FIN_WAIT2 -> CLOSE, then the RST.
+    let mut c = correlator();
+    let mut out = run(
+        &mut c,
+        &[
+            close(
+                SK,
+                5000,
+                SEC + 40_000_000,
+                idle_close(tcp_state::FIN_WAIT2, 0),
+            ),
+            abort_rst(SEC + 40_100_000),
+        ],
+    );
+    c.tick(2 * SEC, &mut out);
+    assert_eq!(names(&out), ["reset_sent", "connection_closed"]);
+    let Body::ConnectionClosed {
+        cause, diagnosis, ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
+    assert_eq!(*cause, Cause::ResetSent);
+    assert_eq!(diagnosis.verdict, Verdict::KeepaliveRace, "{diagnosis:?}");
+    assert_eq!(diagnosis.evidence.idle_before_close_ms, Some(1000));
+    assert_eq!(diagnosis.evidence.closed_before_ms, Some(40));
+    // The FIN in flight: the kernel's fake reset_received in FIN_WAIT1, the close, the
+    // orphan's destruction, then its RST.
+    let mut c = correlator();
+    let fake = RawEvent::ResetRecv(ResetRecvRecord {
+        header: header(kind::RST_RECV, SEC + 100_000_000, SK),
+        tuple: tuple(5000),
+        state: tcp_state::FIN_WAIT1,
+        ..ResetRecvRecord::default()
+    });
+    let mut out = run(
+        &mut c,
+        &[
+            fake,
+            close(
+                SK,
+                5000,
+                SEC + 100_000_100,
+                CloseInfo {
+                    sk_err: 104,
+                    ..idle_close(tcp_state::FIN_WAIT1, close_flag::RST_RECV)
+                },
+            ),
+            RawEvent::Destroy(header(kind::DESTROY, SEC + 100_000_200, SK)),
+            abort_rst(SEC + 100_000_300),
+        ],
+    );
+    c.tick(2 * SEC, &mut out);
+    assert_eq!(
+        names(&out),
+        ["reset_sent", "connection_closed"],
+        "no reset_received: none came"
+    );
+    let Body::ConnectionClosed {
+        cause, diagnosis, ..
+    } = closed(&out)
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*cause, diagnosis.verdict),
+        (Cause::ResetSent, Verdict::KeepaliveRace)
+    );
+    // A real RST to a socket in FIN_WAIT2 (no RST of this side follows): reported.
+    let mut c = correlator();
+    let real = RawEvent::ResetRecv(ResetRecvRecord {
+        header: header(kind::RST_RECV, SEC, SK),
+        tuple: tuple(5000),
+        state: tcp_state::FIN_WAIT2,
+        ..ResetRecvRecord::default()
+    });
+    let mut out = run(
+        &mut c,
+        &[
+            real,
+            close(
+                SK,
+                5000,
+                SEC + 100,
+                close_info(tcp_state::FIN_WAIT2, 104, close_flag::RST_RECV),
+            ),
+        ],
+    );
+    c.tick(2 * SEC, &mut out);
+    assert_eq!(names(&out), ["reset_received", "connection_closed"]);
+    assert!(matches!(
+        closed(&out),
+        Body::ConnectionClosed {
+            cause: Cause::ResetReceived,
+            ..
+        }
+    ));
+}
