@@ -74,7 +74,7 @@ impl TcpInfo {
 }
 
 /// One socket from the dump (`struct inet_diag_msg` and its INET_DIAG_INFO).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct DiagSock {
     /// AF_INET or AF_INET6.
     pub(crate) family: u8,

@@ -97,11 +97,21 @@ fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
 }
 
 /// For each connection, whether the kernel no longer has its socket (sock_diag in its
-/// network namespace; a namespace that is gone has none). `None` where that cannot be told
-/// (the namespace could not be entered or read).
+/// network namespace). `None` where that cannot be told: the namespace could not be
+/// entered or read, or this process does not see it at all (not among /proc/*/ns/net and
+/// /run/netns: gone, or only invisible to an agent in a container without the host's pid
+/// namespace). An unseen namespace is unknown, not gone: a connection there is never taken
+/// for dead.
 pub(crate) fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
     let wanted = tuples.iter().map(|t| u64::from(t.netns)).collect();
-    let dumps = dump_namespaces(&wanted, u32::MAX);
+    judge_gone(&dump_namespaces(&wanted, u32::MAX), tuples)
+}
+
+/// [`sockets_gone`]'s answer from the dumps of the namespaces.
+fn judge_gone(
+    dumps: &HashMap<u64, Option<Vec<DiagSock>>>,
+    tuples: &[kaprobe_common::Tuple],
+) -> Vec<Option<bool>> {
     let present: HashSet<ConnKey> = dumps
         .iter()
         .flat_map(|(&netns, socks)| {
@@ -115,9 +125,8 @@ pub(crate) fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>
     tuples
         .iter()
         .map(|t| match dumps.get(&u64::from(t.netns)) {
-            None => Some(true),
-            Some(None) => None,
             Some(Some(_)) => Some(!present.contains(&ConnKey::of_tuple(t))),
+            Some(None) | None => None,
         })
         .collect()
 }
@@ -157,4 +166,49 @@ pub(crate) fn dump_netns(
     open_netns(paths)
         .and_then(|ns| in_netns(&ns, || dump_here(mask)))
         .and_then(|r| r)
+}
+
+#[cfg(test)]
+mod tests {
+    use kaprobe_common::{AF_INET, Tuple};
+
+    use super::*;
+
+    fn conn(netns: u32, sport: u16) -> (Tuple, DiagSock) {
+        let mut t = Tuple {
+            sport,
+            dport: 80,
+            family: AF_INET,
+            netns,
+            ..Tuple::default()
+        };
+        t.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        t.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let s = DiagSock {
+            family: libc::AF_INET as u8,
+            state: tcp_state::ESTABLISHED,
+            sport,
+            dport: 80,
+            src: t.saddr,
+            dst: t.daddr,
+            ..DiagSock::default()
+        };
+        (t, s)
+    }
+
+    #[test]
+    fn only_a_namespace_read_can_say_a_socket_is_gone() {
+        let (alive, alive_sock) = conn(1, 1000);
+        let (dead, _) = conn(1, 1001);
+        let (unreadable, _) = conn(2, 1002);
+        let (unseen, _) = conn(3, 1003);
+        let mut dumps = HashMap::new();
+        dumps.insert(1, Some(vec![alive_sock]));
+        dumps.insert(2, None);
+        assert_eq!(
+            judge_gone(&dumps, &[alive, dead, unreadable, unseen]),
+            [Some(false), Some(true), None, None],
+            "a namespace this process cannot see is unknown, not gone"
+        );
+    }
 }
