@@ -102,6 +102,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The programs' licence as the kernel reads it: dual MIT / GPL-2.0 (GPL-compatible, which
+/// the helpers kaprobe calls require; see kaprobe-ebpf/Cargo.toml and LICENSE-GPL-2.0).
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

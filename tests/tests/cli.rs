@@ -252,7 +252,7 @@ fn runs_without_tracefs() {
     // Neither tracefs nor debugfs: hooks attach by BTF id or raw tracepoint name.
     let hide = "mount -t tmpfs none /sys/kernel/tracing || exit 99\n\
                 mount -t tmpfs none /sys/kernel/debug || exit 99";
-    for attach in ["tp-btf", "raw-tracepoint"] {
+    for attach in ["tp_btf", "raw-tracepoint"] {
         let (code, stdout, stderr) = kaprobe_in_mount_ns(
             hide,
             &format!("watch --format json --duration 1s --attach {attach}"),

@@ -154,6 +154,14 @@ fn dead_peer(v6: bool, agent_args: &[&str]) {
     );
     assert_eq!(closed["diagnosis"]["evidence"]["probes_sent"], probes);
     assert_eq!(closed["diagnosis"]["evidence"]["probes_answered"], acks);
+    // The server, on this host too, got the client's keepalive RST: the peer (the client)
+    // gave up because it stopped hearing the server.
+    let server = the_one(&all, link.b.inode(), port(&_server), "connection_closed");
+    assert_eq!(server["diagnosis"]["verdict"], "peer_reset", "{server}");
+    assert_eq!(
+        server["diagnosis"]["evidence"]["other_end"], "reset_sent:tcp_keepalive_timeout",
+        "{server}"
+    );
     // The silence at the close is the one the timeout measured (the same firing).
     let (idle_at_close, idle_at_timeout) = (
         closed["idle_ms"].as_u64().expect("idle_ms"),

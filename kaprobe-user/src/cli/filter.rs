@@ -13,8 +13,8 @@ pub(crate) struct FilterArgs {
     /// 10.0.0.0/8.
     #[arg(long, value_name = "CIDR")]
     pub(crate) addr: Vec<Cidr>,
-    /// Only connections of this network namespace, by inode number as `ls -L
-    /// /proc/PID/ns/net` shows it (repeatable).
+    /// Only connections of this network namespace, by inode number as the event log's
+    /// `netns` and `stat -Lc %i /proc/PID/ns/net` (or `ls -Li`) show it (repeatable).
     #[arg(long, value_name = "INODE")]
     pub(crate) netns: Vec<u32>,
     /// Only connections owned by this process id (repeatable).

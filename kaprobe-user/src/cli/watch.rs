@@ -62,9 +62,11 @@ pub(crate) struct WatchArgs {
 pub(crate) enum Attach {
     /// BTF tracepoints, else raw tracepoints.
     Auto,
-    /// BTF tracepoints only.
+    /// BTF tracepoints only (spelled as `agent_start.hooks[].attach` says it; `tp-btf` too).
+    #[value(name = "tp_btf", alias = "tp-btf")]
     TpBtf,
-    /// Raw tracepoints only.
+    /// Raw tracepoints only (`raw-tracepoint` too).
+    #[value(name = "raw_tracepoint", alias = "raw-tracepoint")]
     RawTracepoint,
 }
 

@@ -13,8 +13,8 @@ use kaprobe_common::{
 };
 
 use super::{Conn, Correlator, ETIMEDOUT, Pending, conn_event};
-use crate::bpf::decode::RawEvent;
 use crate::event::{Body, Cause, Event, Owner, errno_name, state_name};
+use crate::{bpf::decode::RawEvent, diagnose::OtherEnd};
 
 /// A followed connection with every keepalive probe out: its timer's next firing ends it.
 #[derive(Debug, Clone)]
@@ -354,6 +354,11 @@ impl Correlator {
         if r.flags & timer_flag::RST_SENT != 0 {
             info.flags |= close_flag::RST_SENT;
             info.reset_reason = r.reset_reason;
+            if f.keepalive {
+                // (The other end, if on this host, learns why it was reset.)
+                self.memory
+                    .reset_sent(&r.tuple, OtherEnd::KeepaliveTimeout, ts);
+            }
             out.push(self.event(
                 ts,
                 Some(&r.tuple),

@@ -132,6 +132,16 @@ fn reset_received(d: &Death, s: &Settings) -> Diagnosis {
                 Some(text::RESTARTED),
             );
         }
+        Some(OtherEnd::KeepaliveTimeout) => {
+            evidence.silence_ms = d.since_heard_ms;
+            return diagnosis(
+                Verdict::PeerReset,
+                Confidence::Certain,
+                "The peer's keepalive gave up on the connection: it had stopped hearing this side (this side's segments, or their answers, were lost on the way) and reset it; the peer is on this host too.",
+                evidence,
+                Some(text::UNREACHABLE),
+            );
+        }
         None => {}
     }
     if prompted {

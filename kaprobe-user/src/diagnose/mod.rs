@@ -32,6 +32,8 @@ pub(crate) enum OtherEnd {
     AbortOnData,
     /// `reset_sent` with no socket: its host no longer had the connection.
     NoSocketReset,
+    /// `reset_sent` of its keepalive timeout: it had stopped hearing this side.
+    KeepaliveTimeout,
 }
 
 impl OtherEnd {
@@ -40,6 +42,7 @@ impl OtherEnd {
             OtherEnd::TimewaitReset => "reset_sent:tcp_timewait_socket",
             OtherEnd::AbortOnData => "reset_sent:tcp_abort_on_data",
             OtherEnd::NoSocketReset => "reset_sent:no_socket",
+            OtherEnd::KeepaliveTimeout => "reset_sent:tcp_keepalive_timeout",
         }
     }
 }

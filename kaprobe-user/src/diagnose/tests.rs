@@ -163,16 +163,27 @@ fn an_rst_answering_a_keepalive_probe_is_a_restarted_peer() {
 
 #[test]
 fn an_unprompted_rst_is_the_peers_reset() {
+    let unprompted = Death {
+        unacked: 0,
+        since_heard_ms: Some(10),
+        since_sent_ms: Some(10),
+        ..death(Cause::ResetReceived, tcp_state::ESTABLISHED)
+    };
+    let d = closed(&unprompted, &NAT);
+    assert_eq!(d.verdict, Verdict::PeerReset);
+    // The peer on this host reset it from its keepalive timeout: it stopped hearing us.
     let d = closed(
         &Death {
-            unacked: 0,
-            since_heard_ms: Some(10),
-            since_sent_ms: Some(10),
-            ..death(Cause::ResetReceived, tcp_state::ESTABLISHED)
+            other_end: Some(OtherEnd::KeepaliveTimeout),
+            ..unprompted
         },
         &NAT,
     );
-    assert_eq!(d.verdict, Verdict::PeerReset);
+    assert_eq!(
+        (d.verdict, d.confidence),
+        (Verdict::PeerReset, Confidence::Certain)
+    );
+    assert!(d.text.contains("keepalive gave up"), "{}", d.text);
 }
 
 #[test]

@@ -19,6 +19,11 @@ pub(crate) use owner::Owner;
 pub(crate) use time::Timestamp;
 pub(crate) use totals::{LostRecords, Totals};
 
+/// The version of the event log's schema (docs/events.md, docs/events.schema.json), in
+/// `agent_start`: it grows when a field changes meaning, type or nullability, or goes away;
+/// a new field or a new value of an enumerated field (a verdict, a cause) does not change it.
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Family {
@@ -137,6 +142,8 @@ pub(crate) struct KernelFeatures {
 pub(crate) enum Body {
     AgentStart {
         version: &'static str,
+        /// [`SCHEMA_VERSION`].
+        schema_version: u32,
         kernel: String,
         mode: &'static str,
         hooks: Vec<HookInfo>,

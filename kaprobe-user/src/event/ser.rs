@@ -32,6 +32,7 @@ impl Body {
         match self {
             Body::AgentStart {
                 version,
+                schema_version,
                 kernel,
                 mode,
                 hooks,
@@ -40,6 +41,7 @@ impl Body {
                 max_connections,
             } => {
                 m.serialize_entry("version", version)?;
+                m.serialize_entry("schema_version", schema_version)?;
                 m.serialize_entry("kernel", kernel)?;
                 m.serialize_entry("mode", mode)?;
                 m.serialize_entry("hooks", hooks)?;

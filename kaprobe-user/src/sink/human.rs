@@ -29,9 +29,10 @@ fn cause_text(c: Cause) -> &'static str {
 /// The human line of an event: time, event, endpoints, what happened in words.
 pub(crate) fn human(line: &mut String, e: &Event) {
     let ts = e.ts.rfc3339();
+    // UTC, as in the JSON, marked so (`Z`): a reader would take a bare time for local time.
     let time = ts.get(11..26).unwrap_or(&ts);
     let conn = e.conn.as_ref().map(endpoints).unwrap_or_default();
-    let _ = write!(line, "{time}  {:<18} {conn:<47} ", e.body.name());
+    let _ = write!(line, "{time}Z {:<18} {conn:<47} ", e.body.name());
     let _ = match &e.body {
         Body::AgentStart { .. } | Body::Summary { .. } | Body::AgentStop { .. } => {
             agent(line, &e.body)
@@ -52,6 +53,9 @@ pub(crate) fn human(line: &mut String, e: &Event) {
             let _ = write!(line, ", pid {} {}", o.pid, o.comm);
             if let Some(id) = &o.container_id {
                 let _ = write!(line, ", container {}", id.get(..12).unwrap_or(id));
+            } else if let (Some(cg), Body::ConnectionClosed { .. }) = (&o.cgroup, &e.body) {
+                // (On the close, where who owned the connection matters most.)
+                let _ = write!(line, ", cgroup {cg}");
             }
         }
         line.push(']');
@@ -256,6 +260,7 @@ fn closed(line: &mut String, body: &Body) -> std::fmt::Result {
             keepalive_acks,
             bytes_sent,
             bytes_received,
+            direction,
             ..
         } => {
             let by = if *closed_by == Side::Local {
@@ -266,6 +271,12 @@ fn closed(line: &mut String, body: &Body) -> std::fmt::Result {
             let life = lifetime_ms
                 .map(|ms| format!(" after {}", secs(ms)))
                 .unwrap_or_default();
+            // Who opened it: `>` always reads this side > the peer.
+            let dir = match direction {
+                Some("outbound") => " (this side connected)",
+                Some("inbound") => " (accepted from the peer)",
+                _ => "",
+            };
             let err = error.map(|e| format!(" ({e})")).unwrap_or_default();
             // Worth saying when the peer had been silent for a while (a second or more).
             let idle = idle_ms
@@ -283,7 +294,7 @@ fn closed(line: &mut String, body: &Body) -> std::fmt::Result {
             };
             write!(
                 line,
-                "closed{life}: {}{err}{idle}, ended by {by}; keepalive {keepalive_probes} probes, {keepalive_acks} acks{bytes}{tw}",
+                "closed{life}{dir}: {}{err}{idle}, ended by {by}; keepalive {keepalive_probes} probes, {keepalive_acks} acks{bytes}{tw}",
                 cause_text(*cause)
             )
         }
@@ -345,7 +356,7 @@ mod tests {
         let mut line = String::new();
         human(&mut line, &e);
         assert!(
-            line.starts_with("16:00:00.123456  keepalive_timeout  10.0.0.1:5000 > 192.0.2.7:80"),
+            line.starts_with("16:00:00.123456Z keepalive_timeout  10.0.0.1:5000 > 192.0.2.7:80"),
             "{line}"
         );
         assert!(

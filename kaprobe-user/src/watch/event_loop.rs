@@ -23,7 +23,7 @@ use crate::{
     cli::WatchArgs,
     correlate::{Clock, Correlator, Settings},
     error::{Fatal, exit},
-    event::{Body, Event, KernelFeatures},
+    event::{Body, Event, KernelFeatures, SCHEMA_VERSION},
     host::existing::{self, Existing},
     kernel::facts::KernelFacts,
     sink::{
@@ -103,6 +103,7 @@ fn agent_start(args: &WatchArgs, facts: &KernelFacts, loaded: &Loaded, clock: Cl
         clock.wall(monotonic_ns()),
         Body::AgentStart {
             version: env!("CARGO_PKG_VERSION"),
+            schema_version: SCHEMA_VERSION,
             kernel: facts.release.clone(),
             mode: mode(args),
             hooks: loaded.hooks.clone(),
