@@ -3,7 +3,9 @@
 mod bench;
 mod build;
 mod child;
+mod install;
 mod run;
+mod selftest;
 mod setup;
 mod test;
 mod vm;
@@ -24,8 +26,13 @@ enum Command {
     Setup,
     /// Build the eBPF object and the `kaprobe` binary (which embeds it).
     Build(build::Options),
-    /// Build, then run `kaprobe` (as root) with the given arguments.
+    /// Build (release), then run `kaprobe` (as root) with the given arguments.
     Run(run::Options),
+    /// Build (release) and install the binary as PREFIX/bin/kaprobe (default /usr/local).
+    Install(install::Options),
+    /// A minute to see kaprobe work here (as root): one real keepalive timeout between two
+    /// network namespaces of its own, and the lines kaprobe printed for it, explained.
+    Selftest,
     /// Build, then run the whole test suite: unit and integration tests (as root); with
     /// `--kernel 6.1|6.12|all`, the core scenarios also in VMs of Debian's kernels.
     Test(test::Options),
@@ -39,6 +46,8 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::ensure().and_then(|()| setup::ensure_test_tools()),
         Command::Build(o) => build::run(&o).map(|_| ()),
         Command::Run(o) => run::run(o),
+        Command::Install(o) => install::run(&o),
+        Command::Selftest => selftest::run(),
         Command::Test(o) => test::run(o),
         Command::Bench(o) => bench::run(o),
     }
