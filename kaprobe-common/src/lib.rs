@@ -340,11 +340,19 @@ pub struct Tuple {
 pub struct Owner {
     /// Thread-group id (the process id).
     pub tgid: u32,
-    pub _pad: u32,
+    /// [`owner_flag`] bits (0 in records).
+    pub flags: u32,
     /// cgroup v2 id (`bpf_get_current_cgroup_id`: the cgroup directory's inode number).
     pub cgroup_id: u64,
     /// `comm`, NUL-padded.
     pub comm: [u8; 16],
+}
+
+/// Flags in [`Owner::flags`].
+pub mod owner_flag {
+    /// In `LISTENERS`: the listener was closed (by the process recorded). Its connections
+    /// still name it; an RST for no socket on that port does not.
+    pub const LISTENER_CLOSED: u32 = 1 << 0;
 }
 
 /// Key of the `LISTENERS` map: a listening port in a network namespace.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use kaprobe_common::{
     CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet,
-    TimerScratch, Tuple, conn_flag, stat,
+    TimerScratch, Tuple, conn_flag, owner_flag, stat,
 };
 
 /// Every record goes through this one ring buffer. Its size is set by the agent
@@ -222,16 +222,36 @@ pub fn current_owner<M: crate::kernel::Mem>() -> Owner {
     }
     Owner {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
+        flags: 0,
         // SAFETY: helper without arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm,
     }
 }
 
-/// The owner of the listener on `port` in namespace `netns`, if one was seen.
+/// The owner of the listener on `port` in namespace `netns`, if one was seen (also after it
+/// closed: its accepted connections may outlive it).
 #[inline(always)]
 pub fn listener_owner(netns: u32, port: u16) -> Owner {
+    let mut o = listener_entry(netns, port);
+    o.flags = 0;
+    o
+}
+
+/// The owner of the listener on `port` in namespace `netns` if it still listens (for an RST
+/// of this host that no socket sent: the server it was meant for).
+#[inline(always)]
+pub fn open_listener_owner(netns: u32, port: u16) -> Owner {
+    let o = listener_entry(netns, port);
+    if o.flags & owner_flag::LISTENER_CLOSED != 0 {
+        return Owner::default();
+    }
+    o
+}
+
+/// The `LISTENERS` entry of a port, flags included.
+#[inline(always)]
+fn listener_entry(netns: u32, port: u16) -> Owner {
     let key = ListenKey {
         netns,
         port,

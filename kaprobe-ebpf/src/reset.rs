@@ -12,7 +12,10 @@ use crate::{
         Mem, flag_set, header, now_ns, segment_of_skb, sk_flags, state, tuple_of_incoming_skb,
         tuple_of_sock, tuple_of_sock_common,
     },
-    maps::{emit, emit_bulk, listener_owner, owner_of_sock, recent_reset, running_timer_of},
+    maps::{
+        emit, emit_bulk, listener_owner, open_listener_owner, owner_of_sock, recent_reset,
+        running_timer_of,
+    },
 };
 
 /// Is the keepalive timer of `sk` running on this CPU? Then the record in the scratch is
@@ -44,7 +47,7 @@ pub fn on_send_reset<M: Mem>(sk: u64, skb: u64, reason: u32) {
         rec.tuple = tuple_of_incoming_skb(skb);
         rec.no_socket = 1;
         // No connection, but maybe a listener on the port: the server it was meant for.
-        rec.owner = listener_owner(rec.tuple.netns, rec.tuple.sport);
+        rec.owner = open_listener_owner(rec.tuple.netns, rec.tuple.sport);
     } else {
         let st = state::<M>(sk);
         // An RST from a TIME_WAIT or request minisock: only sock_common is there. Its owner

@@ -5,10 +5,10 @@
 //!
 //! Work is aggregated per socket in `SOCKS` (birth, FIN times) and sent once, at
 //! `TCP_CLOSE`; FIN transitions of keepalive sockets are also sent as they happen.
-use aya_ebpf::EbpfContext;
+use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid};
 use kaprobe_common::{
     CloseRecord, ListenKey, REASON_UNKNOWN, StateRecord, close_flag, config_flag, conn_flag, kind,
-    tcp_state, timer_flag,
+    owner_flag, tcp_state, timer_flag,
 };
 
 use crate::{
@@ -153,7 +153,26 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
 #[inline(always)]
 fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     if old == tcp_state::LISTEN {
-        return; // a listener closing is not a connection ending
+        // A listener closing is not a connection ending; its owner is forgotten (in the
+        // closing process's context), unless another process listened on the port since
+        // (SO_REUSEPORT: the last listen() is the one recorded). The port from `inet_sport`:
+        // an auto-bound port is released (skc_num zeroed) before this tracepoint.
+        let t = tuple_of_sock::<M>(sk, M::tcp_sock(sk));
+        let key = ListenKey {
+            netns: t.netns,
+            port: t.sport,
+            _pad: 0,
+        };
+        // SAFETY: the value is copied out at once (see `maps::listener_owner`).
+        if let Some(mut o) = unsafe { LISTENERS.get(&key) }.copied() {
+            if o.tgid == (bpf_get_current_pid_tgid() >> 32) as u32 {
+                // Kept for its accepted connections, which may outlive it; marked closed for
+                // RSTs of no socket on its port.
+                o.flags |= owner_flag::LISTENER_CLOSED;
+                let _ = LISTENERS.insert(&key, &o, 0);
+            }
+        }
+        return;
     }
     let saved = take_conn(M::existing_key(sk));
     let sk_err = M::read::<i32>(sk, conf!(sk_err));

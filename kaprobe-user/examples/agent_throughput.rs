@@ -77,7 +77,7 @@ impl Generator {
             cursor: 0,
             owner: RawOwner {
                 tgid: 4242,
-                _pad: 0,
+                flags: 0,
                 cgroup_id,
                 comm,
             },

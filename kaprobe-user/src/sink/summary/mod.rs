@@ -192,13 +192,17 @@ impl Summary {
         if matches!(e.body, Body::FinSent { .. } | Body::FinReceived { .. }) {
             return;
         }
-        let inbound = matches!(
-            e.body,
-            Body::ConnectionClosed {
-                direction: Some("inbound"),
-                ..
-            }
-        );
+        let listener = Listener {
+            netns: c.netns,
+            port: c.sport,
+        };
+        // Accepted: its close says so; its other events (probes, resets) are known to be on a
+        // listening port once the summary has seen that port serve (a close of an accepted
+        // connection, an idle close, a server's RST).
+        let inbound = match &e.body {
+            Body::ConnectionClosed { direction, .. } => *direction == Some("inbound"),
+            _ => self.servers.contains(&listener),
+        };
         let remote = Remote {
             daddr: c.daddr,
             dport: c.dport,
@@ -217,10 +221,6 @@ impl Summary {
         if let Some(o) = &e.owner {
             self.by_owner.get(owner_key(o)).observe(&e.body);
         }
-        let listener = Listener {
-            netns: c.netns,
-            port: c.sport,
-        };
         match &e.body {
             Body::ConnectionClosed {
                 direction,

@@ -61,6 +61,11 @@ impl<K, V: Default> Default for Table<K, V> {
 }
 
 impl<K: std::hash::Hash + Eq, V: Default> Table<K, V> {
+    /// Whether `key` has a group of its own.
+    pub(super) fn contains(&self, key: &K) -> bool {
+        self.groups.contains_key(key)
+    }
+
     pub(super) fn get(&mut self, key: K) -> &mut V {
         if self.groups.len() < MAX_GROUPS {
             return self.groups.entry(key).or_default();
