@@ -20,6 +20,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod image;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The start of every namespace name [`NetNs::new`] makes: `kpt-<tag>-<pid>-<n>`.
@@ -262,6 +264,13 @@ pub struct Keepalive {
     pub count: i32,
 }
 
+/// Keepalive after 1 s idle, every 1 s, 3 probes: a silent peer is given up in about 4 s.
+pub const KEEPALIVE_1S_3: Keepalive = Keepalive {
+    idle_s: 1,
+    intvl_s: 1,
+    count: 3,
+};
+
 fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
     // SAFETY: setsockopt with a pointer to a live i32 and its size.
     let rc = unsafe {
@@ -387,11 +396,16 @@ pub fn tcp6_socket() -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// The `kaprobe watch` agent, run as the real binary, reading its JSON Lines.
+/// The `kaprobe watch` agent, run as the real binary, reading its JSON Lines. Every line it
+/// wrote is validated against docs/events.schema.json when it stops (or, if it was not
+/// stopped, when it is dropped): [`validate_event_lines`].
 pub struct Agent {
     child: Option<Child>,
     lines: Receiver<Value>,
     seen: Mutex<Vec<Value>>,
+    /// Every line read from the agent, as written (for the schema validation).
+    written: std::sync::Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
     stderr: std::sync::Arc<Mutex<String>>,
 }
 
@@ -423,25 +437,51 @@ impl Agent {
         };
         let bin = kaprobe_bin();
         let mut argv: Vec<&str> = wrapper.to_vec();
-        argv.push(&bin);
+        argv.extend([bin.as_str(), "watch", "--format", "json"]);
+        argv.extend(verbose);
+        argv.extend(extra);
+        let agent = Agent::start_command(&argv);
+        if let Some(want) = extra
+            .windows(2)
+            .find(|w| w[0] == "--attach")
+            .map(|w| w[1].replace('-', "_"))
+        {
+            let first = agent.seen.lock().expect("seen lock")[0].clone();
+            let kinds: Vec<&str> = first["hooks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h["attach"].as_str())
+                .collect();
+            assert!(
+                kinds.iter().all(|k| *k == want),
+                "hooks attached as {kinds:?}, asked for {want}"
+            );
+        }
+        agent
+    }
+
+    /// Runs `argv` (a command that runs `kaprobe watch` writing JSON Lines on its stdout, e.g.
+    /// `podman run ... watch --format=json`) and waits for `agent_start`.
+    pub fn start_command(argv: &[&str]) -> Agent {
         let mut child = Command::new(argv[0])
             .args(&argv[1..])
-            .args(["watch", "--format", "json"])
-            .args(verbose)
-            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", kaprobe_bin()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", argv.join(" ")));
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = channel();
-        thread::spawn(move || {
+        let written = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let record = written.clone();
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
                     panic!("kaprobe wrote a line that is not JSON ({e}): {line}")
                 });
+                record.lock().expect("written lock").push(line);
                 if tx.send(v).is_err() {
                     break;
                 }
@@ -458,6 +498,8 @@ impl Agent {
             child: Some(child),
             lines: rx,
             seen: Mutex::new(Vec::new()),
+            written,
+            reader: Some(reader),
             stderr: err_text,
         };
         // A readiness wait, not a sleep: on the host agent_start comes in well under a
@@ -473,22 +515,6 @@ impl Agent {
             first["event"], "agent_start",
             "first line must be agent_start: {first}"
         );
-        if let Some(want) = extra
-            .windows(2)
-            .find(|w| w[0] == "--attach")
-            .map(|w| w[1].replace('-', "_"))
-        {
-            let kinds: Vec<&str> = first["hooks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|h| h["attach"].as_str())
-                .collect();
-            assert!(
-                kinds.iter().all(|k| *k == want),
-                "hooks attached as {kinds:?}, asked for {want}"
-            );
-        }
         agent
     }
 
@@ -614,10 +640,16 @@ impl Agent {
     }
 
     /// Stops the agent with SIGINT and returns every event it wrote, `agent_stop` last.
-    pub fn stop(mut self) -> Vec<Value> {
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Stops the agent with `signal` (sent to the command [`Agent::start_command`] ran) and
+    /// returns every event it wrote, `agent_stop` last; the command must exit with status 0.
+    pub fn stop_with(mut self, signal: i32) -> Vec<Value> {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         while self.next(Duration::from_secs(10)).is_some() {}
         let status = child.wait().expect("wait kaprobe");
         assert!(
@@ -633,7 +665,34 @@ impl Agent {
             Some(Value::from("agent_stop")),
             "the last line must be agent_stop"
         );
+        self.validate_written();
         all
+    }
+
+    /// Validates every line the agent wrote: all of them once its stdout is closed (the
+    /// reader is waited for 10 s at most: a command such as `podman run` killed by drop may
+    /// leave the pipe open in a process of its own).
+    fn validate_written(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !reader.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                // (A line that is not JSON panicked the reader, and the test with it.)
+                let _ = reader.join();
+            }
+        }
+        let written = self.written.lock().expect("written lock").clone();
+        validate_event_lines(&written);
+    }
+
+    /// [`Agent::stop`], with the lines as the agent wrote them (key order and all).
+    pub fn stop_with_lines(self) -> (Vec<Value>, Vec<String>) {
+        let written = self.written.clone();
+        let all = self.stop();
+        let lines = written.lock().expect("written lock").clone();
+        (all, lines)
     }
 }
 
@@ -642,7 +701,149 @@ impl Drop for Agent {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // Not stopped: what it wrote until killed must be valid too (a second panic
+            // while the test is failing would abort the run and hide its message).
+            if !thread::panicking() {
+                self.validate_written();
+            }
         }
+    }
+}
+
+/// The schema every line of the event log follows.
+pub fn event_schema() -> std::path::PathBuf {
+    repo_root().join("docs/events.schema.json")
+}
+
+/// The Python of the venv `cargo xtask setup` makes (target/tools/venv), with `jsonschema`.
+fn schema_python() -> std::path::PathBuf {
+    repo_root().join("target/tools/venv/bin/python")
+}
+
+/// Validates the lines of the file `argv[2]` against the schema at `argv[1]` (after checking
+/// the schema itself against its metaschema when `argv[3]` is `check-schema`: 0.2 s, so once
+/// in tests/tests/docs.rs, not at every agent's stop): prints the number of lines, or the
+/// first invalid one with the validator's messages (exit 1); exit 3 when the validator is
+/// not installed.
+///
+/// The schema's `oneOf` has one branch per `event` (its `const`), so a line is valid iff
+/// the root (without `oneOf`) and the branch of its `event` accept it: each line is checked
+/// against those two (the branch with its `$ref`s inlined), which is about 7 times faster
+/// than the whole `oneOf` in Python's jsonschema (0.5 ms a line; the stress test writes
+/// thousands). The first line of each kind is checked against the whole schema too; a line
+/// of no known kind is checked against the whole schema alone.
+const VALIDATOR: &str = r##"
+import json, sys
+try:
+    from jsonschema import Draft202012Validator, FormatChecker
+except ImportError as e:
+    print(e)
+    sys.exit(3)
+schema = json.load(open(sys.argv[1]))
+if sys.argv[3:] == ["check-schema"]:
+    Draft202012Validator.check_schema(schema)
+checker = FormatChecker()
+defs = schema["$defs"]
+def inline(s):
+    if isinstance(s, dict):
+        if list(s) == ["$ref"] and s["$ref"].startswith("#/$defs/"):
+            return inline(defs[s["$ref"][len("#/$defs/"):]])
+        return {k: inline(v) for k, v in s.items()}
+    if isinstance(s, list):
+        return [inline(v) for v in s]
+    return s
+def validator(s):
+    return Draft202012Validator(s, format_checker=checker)
+whole = validator(schema)
+root = validator({k: v for k, v in schema.items() if k != "oneOf"})
+branches = {}
+for ref in schema["oneOf"]:
+    branch = defs[ref["$ref"][len("#/$defs/"):]]
+    branches[branch["properties"]["event"]["const"]] = validator(inline(branch))
+seen = set()
+n = 0
+with open(sys.argv[2]) as f:
+    for number, line in enumerate(f, 1):
+        value = json.loads(line)
+        kind = value.get("event") if isinstance(value, dict) else None
+        if not isinstance(kind, str) or kind not in branches:
+            errors = list(whole.iter_errors(value))
+        else:
+            errors = list(root.iter_errors(value)) + list(branches[kind].iter_errors(value))
+            if not errors and kind not in seen:
+                seen.add(kind)
+                errors = list(whole.iter_errors(value))
+        if errors:
+            print("line %d of %s is not valid: %s" % (number, sys.argv[2], line.strip()))
+            for e in errors[:5]:
+                print("%s: %s" % (e.json_path, e.message[-300:]))
+            sys.exit(1)
+        n += 1
+print(n)
+"##;
+
+/// Validates each line (one JSON event) against docs/events.schema.json with a real JSON
+/// Schema validator (Python's `jsonschema`, draft 2020-12, formats asserted), in one process
+/// for all lines; panics with the first invalid line and the validator's message. Panics too
+/// when the validator is not installed: the suite never skips this.
+pub fn validate_event_lines(lines: &[String]) {
+    if !lines.is_empty() {
+        run_validator(lines, &[]);
+    }
+}
+
+/// Checks docs/events.schema.json against the JSON Schema metaschema (draft 2020-12).
+pub fn check_event_schema() {
+    run_validator(&[], &["check-schema"]);
+}
+
+/// Runs [`VALIDATOR`] on `lines` with `extra` arguments.
+fn run_validator(lines: &[String], extra: &[&str]) {
+    let path = std::env::temp_dir().join(format!(
+        "kaprobe-events-{}-{}.jsonl",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let content: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, content).expect("write the lines to validate");
+    let python = schema_python();
+    let started = Instant::now();
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(VALIDATOR)
+        .arg(event_schema())
+        .arg(&path)
+        .args(extra)
+        .output();
+    let missing = || {
+        format!(
+            "the event log's JSON Schema validator (Python jsonschema in {}) is not installed: `cargo xtask setup` installs it",
+            python.display()
+        )
+    };
+    let out = out.unwrap_or_else(|e| panic!("{} ({e})", missing()));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(
+                text.trim().parse::<usize>().ok(),
+                Some(lines.len()),
+                "the validator checked every line: {text}"
+            );
+            // Shown by the test runner only when the test fails (or with --nocapture).
+            eprintln!(
+                "schema validation: {} lines in {} ms",
+                lines.len(),
+                started.elapsed().as_millis()
+            );
+        }
+        Some(3) => panic!("{}: {text}", missing()),
+        // The lines are kept for a look.
+        _ => panic!(
+            "the event log does not follow docs/events.schema.json (or the schema is broken): {text}"
+        ),
     }
 }
 
@@ -829,4 +1030,181 @@ pub fn raise_fd_limit(n: u64) {
         "setrlimit NOFILE {n}: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// How long [`Prometheus`] waits for itself and for a query's value.
+const PROMETHEUS_WAIT: Duration = Duration::from_secs(30);
+
+/// A real Prometheus server on loopback (Debian's `prometheus`), scraping one target every
+/// second as job `kaprobe` and evaluating its rules every second; killed on drop.
+pub struct Prometheus {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    pub fn start(target: SocketAddr) -> Prometheus {
+        Prometheus::start_with_rules(target, &[])
+    }
+
+    /// Like [`Prometheus::start`], loading `rule_files` (absolute paths).
+    pub fn start_with_rules(target: SocketAddr, rule_files: &[std::path::PathBuf]) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!(
+            "kaprobe-prom-{}-{}",
+            std::process::id(),
+            target.port()
+        ));
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        let rules: String = rule_files
+            .iter()
+            .map(|f| format!("  - '{}'\n", f.display()))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n{rules}\
+             scrape_configs:\n  - job_name: kaprobe\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start prometheus (Debian package `prometheus`; `cargo xtask setup` installs it)");
+        let p = Prometheus { child, addr, dir };
+        p.wait_until(&format!("prometheus ready on {addr}"), || {
+            matches!(http_get(p.addr, "/-/ready"), Ok((200, _))).then_some(())
+        });
+        p
+    }
+
+    /// GET `path` of the HTTP API: the JSON answer (`status`, `data` or `error`), whatever
+    /// its HTTP status (a bad query is a 400 with a JSON error).
+    pub fn api(&self, path: &str) -> Value {
+        let (status, body) =
+            http_get(self.addr, path).unwrap_or_else(|e| panic!("prometheus {path}: {e}"));
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("prometheus {path}: HTTP {status}, not JSON ({e}): {body}"))
+    }
+
+    /// The `data` of an API answer that must succeed.
+    pub fn data(&self, path: &str) -> Value {
+        let v = self.api(path);
+        assert_eq!(v["status"], "success", "prometheus {path}: {v}");
+        v["data"].clone()
+    }
+
+    /// An instant query's answer: `status` and `data.result`, or `error`.
+    pub fn instant(&self, q: &str) -> Value {
+        self.api(&format!("/api/v1/query?query={}", url_encode(q)))
+    }
+
+    /// The value of an instant query with one result, if it has one.
+    pub fn query(&self, q: &str) -> Option<f64> {
+        let v = self.instant(q);
+        assert_eq!(v["status"], "success", "query {q}: {v}");
+        let result = v["data"]["result"].as_array()?;
+        assert!(result.len() <= 1, "query {q} has several series: {v}");
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits until `q` has value `want`; returns the last value seen.
+    pub fn wait_value(&self, q: &str, want: f64) -> Option<f64> {
+        let deadline = Instant::now() + PROMETHEUS_WAIT;
+        loop {
+            let v = self.query(q);
+            if v == Some(want) || Instant::now() > deadline {
+                return v;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Polls `f` until it gives a value; panics naming `what` after the wait.
+    pub fn wait_until<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + PROMETHEUS_WAIT;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {PROMETHEUS_WAIT:?} waiting for {what}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every rule Prometheus loaded (`/api/v1/rules`), across groups.
+    pub fn rules(&self) -> Vec<Value> {
+        let data = self.data("/api/v1/rules");
+        data["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `n` connections from `link.a` to `listener` (in `link.b`) with keepalive 1 s / 1 s / 2
+/// probes, then `link.b` silenced: returns once every client has failed with ETIMEDOUT,
+/// with (clients, the accepted server sockets).
+pub fn keepalive_timeouts(
+    link: &Link,
+    listener: TcpListener,
+    n: usize,
+) -> (Vec<TcpStream>, Vec<TcpStream>) {
+    let ka = Keepalive {
+        idle_s: 1,
+        intvl_s: 1,
+        count: 2,
+    };
+    let (clients, servers) = connect_many(&link.a, listener, n, Some(ka));
+    link.silence_b();
+    for c in &clients {
+        assert_eq!(read_until_error(c), ETIMEDOUT, "each client sees ETIMEDOUT");
+    }
+    (clients, servers)
+}
+
+/// An agent serving metrics, run with `extra` and `--port port` (only the connections of
+/// that port reach the log and the metrics), and a [`Prometheus`] scraping it (loading
+/// `rule_files`) that has taken a first sample of the keepalive timeouts counter, at 0:
+/// (agent, Prometheus, the metrics address).
+pub fn scraped_agent(
+    port: u16,
+    extra: &[&str],
+    rule_files: &[std::path::PathBuf],
+) -> (Agent, Prometheus, SocketAddr) {
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let (metrics_arg, port_arg) = (metrics.to_string(), port.to_string());
+    let mut args = vec!["--metrics-addr", &metrics_arg, "--port", &port_arg];
+    args.extend(extra);
+    let agent = Agent::start(&args);
+    let prom = Prometheus::start_with_rules(metrics, rule_files);
+    assert_eq!(
+        prom.wait_value("up{job=\"kaprobe\"}", 1.0),
+        Some(1.0),
+        "prometheus scrapes kaprobe"
+    );
+    assert_eq!(
+        prom.wait_value("kaprobe_keepalive_timeouts_total", 0.0),
+        Some(0.0),
+        "a first sample of the counter, before any timeout"
+    );
+    (agent, prom, metrics)
 }

@@ -558,3 +558,34 @@ fn a_middlebox_that_drops_forgotten_connections() {
     assert_eq!(verdict(&ka_above), "peer_unreachable", "{ka_above}");
     drop(mb.r);
 }
+
+#[test]
+fn a_closed_listener_is_forgotten() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("dcl");
+    let nb = link.b.inode();
+    let agent = Agent::start(&[
+        "--netns",
+        &nb.to_string(),
+        "--netns",
+        &link.a.inode().to_string(),
+    ]);
+    // A server listens, then closes its listener: a later connect to that port is refused
+    // by the host, for no server (the RST names no owner).
+    let listener = listen(&link.b, link.b4);
+    let to = listener.local_addr().expect("addr");
+    drop(listener);
+    let err = link
+        .a
+        .run(move || TcpStream::connect(to).expect_err("refused"));
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    let rst = agent.wait_for("the refusing RST", Duration::from_secs(10), |e| {
+        e["event"] == "reset_sent" && e["netns"] == nb && e["sport"] == to.port()
+    });
+    drop(agent.stop());
+    assert_eq!(rst["answering"], "syn", "{rst}");
+    assert_eq!(verdict(&rst), "refused", "{rst}");
+    assert!(rst["owner"].is_null(), "the listener is gone: {rst}");
+}

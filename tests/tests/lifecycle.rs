@@ -789,16 +789,7 @@ fn a_full_agent_table_evicts_and_says_so() {
     let link = Link::new("evict");
     let agent = Agent::start(&["--max-connections", "64"]);
     let listener = listen(&link.b, link.b4);
-    let ka = Keepalive {
-        idle_s: 1,
-        intvl_s: 1,
-        count: 2,
-    };
-    let (clients, _servers) = connect_many(&link.a, listener, N, Some(ka));
-    link.silence_b();
-    for c in &clients {
-        assert_eq!(read_until_error(c), ETIMEDOUT);
-    }
+    let _conns = keepalive_timeouts(&link, listener, N);
     let ns = link.a.inode();
     agent.wait_count("a keepalive_timeout per connection", N, WAIT, |v| {
         v["event"] == "keepalive_timeout" && v["netns"] == ns

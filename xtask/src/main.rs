@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod child;
+mod image;
 mod install;
 mod run;
 mod selftest;
@@ -39,6 +40,9 @@ enum Command {
     /// Build (release), then measure kaprobe's overhead, per-hook cost, agent throughput,
     /// memory and start-up (as root) into docs/benchmarks.md; `--quick`: a smoke run.
     Bench(bench::Options),
+    /// Build (release), then the container image the DaemonSet runs
+    /// (ghcr.io/kaprobe/kaprobe:<version> and :latest) with podman, offline (as root).
+    Image(image::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Command::Selftest => selftest::run(),
         Command::Test(o) => test::run(o),
         Command::Bench(o) => bench::run(o),
+        Command::Image(o) => image::run(&o),
     }
 }

@@ -25,18 +25,26 @@ const TEST_PACKAGES: &[&str] = &[
     "procps",
     "bpftool",
     "util-linux",
-    // The deployment tests: a real Prometheus scraping the agent, `systemd-analyze verify`
-    // on the unit, `setpriv` (util-linux) for least privilege.
+    // The deployment tests: a real Prometheus scraping the agent (and its `promtool`
+    // checking deploy/prometheus), `systemd-analyze verify` on the unit, `setpriv`
+    // (util-linux) for least privilege.
     "prometheus",
     "systemd",
     // A venv for PyPI test tools, from Debian's python3.
     "python3-venv",
+    // The container test: builds the image (`FROM scratch`, offline) and runs it with runc,
+    // Kubernetes' usual runtime (Debian 12's crun refuses hybrid cgroup hierarchies).
+    "podman",
+    "runc",
 ];
 
 /// PyPI tools the tests run, installed into `target/tools/venv`: (package, version, command).
 const TEST_PIP_TOOLS: &[(&str, &str, &str)] = &[
     // Validates deploy/kubernetes/daemonset.yaml against the Kubernetes schema, offline.
     ("kubernetes-validate", "1.33.1", "kubernetes-validate"),
+    // Validates every line the agent writes in the integration tests against
+    // docs/events.schema.json (tests/src/lib.rs, validate_event_lines).
+    ("jsonschema", "4.26.0", "jsonschema"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
