@@ -5,7 +5,7 @@ use kaprobe_common::{
     CloseInfo, ErrorRecord, REASON_UNKNOWN, ResetRecvRecord, ResetSentRecord, close_flag, tcp_state,
 };
 
-use super::{Correlator, Pending};
+use super::{Correlator, MAX_HELD_RESETS, Pending};
 use crate::{
     diagnose::{self, EarlierClose, OtherEnd, StrayReset},
     event::{Body, Event, Owner, state_name},
@@ -151,6 +151,10 @@ impl Correlator {
             // Perhaps no RST at all: data after this side shut down takes the same path.
             // Held with the close until the RST the kernel may send next tells (see
             // `Pending::held_reset`).
+            if self.held_resets.len() >= MAX_HELD_RESETS {
+                // Closes that never came for them (lost records): reported, not kept forever.
+                out.extend(self.held_resets.drain().map(|(_, e)| e));
+            }
             self.held_resets.insert(r.header.sk, event);
         } else {
             out.push(event);

@@ -2,7 +2,7 @@
 //! as they happen, and closes (held a moment for an RST that may follow).
 use kaprobe_common::{CloseRecord, Header, StateRecord, close_flag, tcp_state};
 
-use super::{Correlator, MAX_HELD_RESETS, Pending, owner_named};
+use super::{Correlator, Pending, owner_named};
 use crate::{
     event::{Body, Event, state_name},
     host::existing,
@@ -114,9 +114,5 @@ impl Correlator {
             }
         }
         self.conns.remove(&h.sk);
-        if self.held_resets.len() > MAX_HELD_RESETS {
-            // Closes that never came for them (lost records): reported, not kept forever.
-            out.extend(self.held_resets.drain().map(|(_, e)| e));
-        }
     }
 }
