@@ -1003,17 +1003,152 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body.to_owned()))
 }
 
-/// Capability names (e.g. `CAP_BPF`) granted by `AmbientCapabilities=` in the systemd unit.
-pub fn unit_capabilities() -> Vec<String> {
-    let unit = std::fs::read_to_string(repo_root().join("deploy/systemd/kaprobe.service"))
-        .expect("read the unit");
-    let mut caps: Vec<String> = unit
-        .lines()
-        .filter_map(|l| l.strip_prefix("AmbientCapabilities="))
-        .flat_map(|v| v.split_whitespace().map(str::to_owned))
-        .collect();
-    caps.sort();
-    caps
+/// A deployment variant (docs/operations.md, "Two variants"): a DaemonSet and the systemd
+/// unit files that grant the same.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    pub name: &'static str,
+    /// The DaemonSet, in deploy/kubernetes.
+    pub daemonset: &'static str,
+    /// In deploy/systemd: the unit, then its drop-ins (in the order systemd reads them).
+    pub unit_files: &'static [&'static str],
+    /// Whether it names the owners of what was open before the agent started.
+    pub finds_older_owners: bool,
+}
+
+/// The least-privilege variant: the hooks only.
+pub const LEAST_PRIVILEGE: Variant = Variant {
+    name: "least privilege",
+    daemonset: "daemonset.yaml",
+    unit_files: &["kaprobe.service"],
+    finds_older_owners: false,
+};
+
+/// The full variant: also the owners of what was open before the agent started.
+pub const FULL: Variant = Variant {
+    name: "full",
+    daemonset: "daemonset-full.yaml",
+    unit_files: &["kaprobe.service", "kaprobe.service.d/full.conf"],
+    finds_older_owners: true,
+};
+
+pub const VARIANTS: [Variant; 2] = [LEAST_PRIVILEGE, FULL];
+
+impl Variant {
+    pub fn daemonset_path(&self) -> std::path::PathBuf {
+        repo_root().join("deploy/kubernetes").join(self.daemonset)
+    }
+
+    /// Capability names (e.g. `CAP_BPF`) granted by `AmbientCapabilities=` in the unit files
+    /// (systemd merges the lines), sorted.
+    pub fn unit_capabilities(&self) -> Vec<String> {
+        let mut caps: Vec<String> = self
+            .unit_files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(repo_root().join("deploy/systemd").join(f))
+                    .unwrap_or_else(|e| panic!("read deploy/systemd/{f}: {e}"))
+            })
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("AmbientCapabilities="))
+                    .flat_map(|v| v.split_whitespace().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        caps.sort();
+        caps
+    }
+}
+
+/// Closes `s` with data from `peer` unread: the kernel sends an RST (which the default mode
+/// reports, with the connection's close).
+pub fn abort_with_unread(s: TcpStream, peer: &mut TcpStream) {
+    use std::io::Write;
+    peer.write_all(b"unread").expect("write");
+    let mut probe = [0u8; 6];
+    assert_eq!(s.peek(&mut probe).expect("peek"), 6);
+    drop(s);
+}
+
+/// This process's name, as the kernel records it (`comm`).
+pub fn my_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .expect("comm")
+        .trim_end()
+        .to_owned()
+}
+
+/// Checks the owners of [`OlderSockets::end`]'s events: this process (pid and name, and a
+/// cgroup path exactly if `with_cgroup`) if `found`, else none (`owner: null`).
+pub fn assert_older_owners(closes: &[Value], found: bool, with_cgroup: bool) {
+    let (me, comm) = (std::process::id(), my_comm());
+    for closed in closes {
+        if found {
+            assert_eq!(closed["owner"]["pid"], me, "{closed}");
+            assert_eq!(closed["owner"]["comm"], comm.as_str(), "{closed}");
+            assert_eq!(
+                closed["owner"]["cgroup"].is_string(),
+                with_cgroup,
+                "cgroup: {closed}"
+            );
+        } else {
+            assert!(closed["owner"].is_null(), "no owner: {closed}");
+        }
+    }
+}
+
+/// A listener and a connection it accepted, opened (in `link.b` and `link.a`) before an
+/// agent starts: the kernel never saw their `listen()` and `connect()`, so their owners are
+/// known only if the agent looks them up at start-up (docs/operations.md, "Privileges").
+pub struct OlderSockets {
+    listener: TcpListener,
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl OlderSockets {
+    pub fn open(link: &Link) -> OlderSockets {
+        let listener = listen(&link.b, link.b4);
+        let client = connect(&link.a, listener.local_addr().expect("addr"));
+        let (server, _) = listener.accept().expect("accept");
+        OlderSockets {
+            listener,
+            client,
+            server,
+        }
+    }
+
+    /// Once `agent` runs: the older listener accepts a new connection, then the older
+    /// connection and the new one end with an RST (the closing side leaves data unread).
+    /// Returns their `connection_closed` events: the older client's, the new server's (its
+    /// owner is the older listener's) and the older server's.
+    pub fn end(self, link: &Link, agent: &Agent, timeout: Duration) -> [Value; 3] {
+        let (na, nb) = (link.a.inode(), link.b.inode());
+        let to = self.listener.local_addr().expect("addr");
+        let mut new_client = connect(&link.a, to);
+        let (new_server, _) = self.listener.accept().expect("accept");
+        let (old_cport, new_cport) = (port(&self.client), port(&new_client));
+        let mut old_server = self.server;
+        abort_with_unread(self.client, &mut old_server);
+        abort_with_unread(new_server, &mut new_client);
+        let server_close = |v: &Value, cport: u16| {
+            is(v, "connection_closed", nb, to.port()) && v["dport"] == cport
+        };
+        [
+            agent.wait_for("the older client's close", timeout, |v| {
+                is(v, "connection_closed", na, old_cport)
+            }),
+            agent.wait_for(
+                "the close of the older listener's new connection",
+                timeout,
+                |v| server_close(v, new_cport),
+            ),
+            agent.wait_for("the older server's close", timeout, |v| {
+                server_close(v, old_cport)
+            }),
+        ]
+    }
 }
 
 /// Raises this process's open-file limit to `n` (root may).

@@ -1,10 +1,13 @@
-//! The container image (deploy/container/Containerfile) run as deploy/kubernetes/daemonset.yaml
-//! runs it: built from the kaprobe binary under test through the functions `cargo xtask image`
-//! uses, run with rootful podman under the DaemonSet's pod and container settings translated
-//! flag by flag (a setting the translation does not know fails the test), and shown to report
-//! a real keepalive timeout between two network namespaces of the host.
+//! The container image (deploy/container/Containerfile) run as each DaemonSet of
+//! deploy/kubernetes runs it (daemonset.yaml, least privilege; daemonset-full.yaml): built
+//! from the kaprobe binary under test through the functions `cargo xtask image` uses, run with
+//! rootful podman under the DaemonSet's pod and container settings translated flag by flag
+//! (a setting the translation does not know fails the test), in a pod network of its own as
+//! a CNI plugin makes it, and shown to report a real keepalive timeout between two network
+//! namespaces of the host, and to name the owners of sockets opened before it started exactly
+//! when the variant says so (docs/operations.md, "Two variants").
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -20,9 +23,8 @@ const KA: Keepalive = Keepalive {
     count: 3,
 };
 
-fn daemonset() -> Yaml {
-    let path = repo_root().join("deploy/kubernetes/daemonset.yaml");
-    let text = std::fs::read_to_string(&path).expect("read the DaemonSet");
+fn daemonset(variant: &Variant) -> Yaml {
+    let text = std::fs::read_to_string(variant.daemonset_path()).expect("read the DaemonSet");
     YamlLoader::load_from_str(&text)
         .expect("the DaemonSet is YAML")
         .swap_remove(0)
@@ -63,16 +65,19 @@ fn only_known(map: &Yaml, what: &str, known: &[&str]) {
 }
 
 #[test]
-fn the_daemonset_runs_the_image_xtask_builds() {
-    let ds = daemonset();
-    let (_, container) = pod_and_container(&ds);
+fn the_daemonsets_run_the_image_xtask_builds() {
     let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(
-        text(&container["image"]),
-        format!("{}:{version}", image::REPOSITORY),
-        "the DaemonSet's image must be the one `cargo xtask image` tags for the workspace version (Cargo.toml)"
-    );
-    assert_eq!(text(&container["command"][0]), image::BINARY);
+    for variant in VARIANTS {
+        let ds = daemonset(&variant);
+        let (_, container) = pod_and_container(&ds);
+        assert_eq!(
+            text(&container["image"]),
+            format!("{}:{version}", image::REPOSITORY),
+            "{}: the DaemonSet's image must be the one `cargo xtask image` tags for the workspace version (Cargo.toml)",
+            variant.daemonset
+        );
+        assert_eq!(text(&container["command"][0]), image::BINARY);
+    }
     let containerfile = std::fs::read_to_string(image::containerfile()).expect("Containerfile");
     assert!(
         containerfile.contains(&format!("ENTRYPOINT [\"{}\"]", image::BINARY)),
@@ -93,21 +98,61 @@ fn quantity(q: &str) -> u64 {
     }
 }
 
-/// The DaemonSet's container as a kubelet on this node would run it, for `podman run`: the
-/// node's IP is `host_ip`, and the metrics port (the container's `ports`) is moved to
-/// `metrics_port`, since the host network is shared with whatever else runs here.
+/// The pod's network as a CNI plugin makes it (`hostNetwork: false`): a network namespace of
+/// its own joined to the node's by a veth pair, the pod's address on its side (`eth0`) and the
+/// node's on the other, so that the node reaches the pod IP as the kubelet's probes and
+/// Prometheus do. Addresses from 198.18.0.0/15 (RFC 2544: for tests), a /30 per pod.
+struct PodNetwork {
+    /// Deleted on drop; the veth pair goes with it (once the container is gone too).
+    ns: NetNs,
+    pod_ip: Ipv4Addr,
+    node_ip: Ipv4Addr,
+}
+
+impl PodNetwork {
+    /// The `n`th pod network of this test process.
+    fn new(n: u32) -> PodNetwork {
+        let ns = NetNs::new("pod");
+        let block = (std::process::id().wrapping_mul(2) + n) % (1 << 15);
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + block * 4;
+        let (node_ip, pod_ip) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+        let node_if = format!("kpp{}_{n}", std::process::id() % 100_000);
+        sh(
+            "ip",
+            &[
+                "link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ],
+        );
+        sh(
+            "ip",
+            &["addr", "add", &format!("{node_ip}/30"), "dev", &node_if],
+        );
+        sh("ip", &["link", "set", &node_if, "up"]);
+        ns.ip(&["addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", &node_ip.to_string()]);
+        PodNetwork {
+            ns,
+            pod_ip,
+            node_ip,
+        }
+    }
+}
+
+/// The DaemonSet's container as a kubelet on this node would run it, for `podman run`, in the
+/// pod network `pod_net`.
 struct Translated {
     /// Options of `podman run`.
     options: Vec<String>,
     entrypoint: String,
     args: Vec<String>,
-    /// The readiness probe's `httpGet`: (port, path).
-    readiness: (u16, String),
+    /// The readiness probe's `httpGet` on the pod IP: (address, path).
+    readiness: (SocketAddr, String),
     /// `terminationGracePeriodSeconds`: how long the kubelet waits after SIGTERM.
     grace: Duration,
 }
 
-fn translate(ds: &Yaml, host_ip: &str, metrics_port: u16) -> Translated {
+fn translate(ds: &Yaml, pod_net: &PodNetwork) -> Translated {
     let (pod, c) = pod_and_container(ds);
     let mut options: Vec<String> = Vec::new();
     only_known(
@@ -126,15 +171,21 @@ fn translate(ds: &Yaml, host_ip: &str, metrics_port: u16) -> Translated {
             "tolerations",
         ],
     );
-    let namespace = |key: &str, flag: &str, private: &str| match pod[key].as_bool() {
+    // The pod's network: its own namespace (the node's is not translated: no variant uses it).
+    assert_eq!(
+        pod["hostNetwork"].as_bool(),
+        Some(false),
+        "hostNetwork: translate `true` in tests/tests/container.rs"
+    );
+    options.push(format!("--network=ns:/run/netns/{}", pod_net.ns.name));
+    // pid and IPC namespaces: the node's, or the container's own.
+    let namespace = |key: &str, flag: &str| match pod[key].as_bool() {
         Some(true) => Some(format!("--{flag}=host")),
-        Some(false) => Some(format!("--{flag}={private}")),
+        Some(false) => Some(format!("--{flag}=private")),
         None => None,
     };
-    // A pod's own network is a bridge; pid and IPC namespaces are the container's own.
-    options.extend(namespace("hostNetwork", "network", "bridge"));
-    options.extend(namespace("hostPID", "pid", "private"));
-    options.extend(namespace("hostIPC", "ipc", "private"));
+    options.extend(namespace("hostPID", "pid"));
+    options.extend(namespace("hostIPC", "ipc"));
     let mut opt = |o: String| options.push(o);
     only_known(
         c,
@@ -164,26 +215,31 @@ fn translate(ds: &Yaml, host_ip: &str, metrics_port: u16) -> Translated {
         }
     ));
 
-    // Environment: values, or the node's IP; `$(NAME)` in args is expanded by the kubelet.
+    // Environment: values, or the pod's or the node's IP; `$(NAME)` in args is expanded by
+    // the kubelet.
     let mut env: Vec<(String, String)> = Vec::new();
     for e in c["env"].as_vec().into_iter().flatten() {
         let value = match (&e["value"], text(&e["valueFrom"]["fieldRef"]["fieldPath"])) {
             (Yaml::String(v), _) => v.clone(),
-            (_, "status.hostIP") => host_ip.to_owned(),
+            (_, "status.podIP") => pod_net.pod_ip.to_string(),
+            (_, "status.hostIP") => pod_net.node_ip.to_string(),
             (_, other) => panic!("env from {other}"),
         };
         let name = text(&e["name"]).to_owned();
         opt(format!("--env={name}={value}"));
         env.push((name, value));
     }
+    // Ports: only named for the cluster (the pod IP is reached directly; no hostPort).
     let ports: Vec<u16> = c["ports"]
         .as_vec()
         .into_iter()
         .flatten()
-        .map(|p| p["containerPort"].as_i64().expect("containerPort") as u16)
+        .map(|p| {
+            only_known(p, "ports[]", &["name", "containerPort", "protocol"]);
+            p["containerPort"].as_i64().expect("containerPort") as u16
+        })
         .collect();
     assert_eq!(ports.len(), 1, "one port: metrics");
-    let moved = |s: &str| s.replace(&format!(":{}", ports[0]), &format!(":{metrics_port}"));
     let command: Vec<&str> = c["command"]
         .as_vec()
         .expect("command")
@@ -195,10 +251,8 @@ fn translate(ds: &Yaml, host_ip: &str, metrics_port: u16) -> Translated {
         .copied()
         .chain(c["args"].as_vec().into_iter().flatten().map(text))
         .map(|a| {
-            let a = env
-                .iter()
-                .fold(a.to_owned(), |a, (n, v)| a.replace(&format!("$({n})"), v));
-            moved(&a)
+            env.iter()
+                .fold(a.to_owned(), |a, (n, v)| a.replace(&format!("$({n})"), v))
         })
         .collect();
     let probe = &c["readinessProbe"]["httpGet"];
@@ -207,7 +261,10 @@ fn translate(ds: &Yaml, host_ip: &str, metrics_port: u16) -> Translated {
         probe_port, ports[0],
         "the readiness probe asks the metrics port"
     );
-    let readiness = (metrics_port, text(&probe["path"]).to_owned());
+    let readiness = (
+        SocketAddr::from((pod_net.pod_ip, probe_port)),
+        text(&probe["path"]).to_owned(),
+    );
 
     // Resources: the limits are the container's cgroup; requests only schedule.
     let limits = &c["resources"]["limits"];
@@ -227,6 +284,7 @@ fn translate(ds: &Yaml, host_ip: &str, metrics_port: u16) -> Translated {
             "runAsUser",
             "capabilities",
             "seccompProfile",
+            "appArmorProfile",
         ],
     );
     if sc["privileged"].as_bool() == Some(true) {
@@ -259,11 +317,21 @@ fn translate(ds: &Yaml, host_ip: &str, metrics_port: u16) -> Translated {
         Some("RuntimeDefault") | None => {}
         Some(other) => panic!("seccompProfile {other}"),
     }
+    // (A host without AppArmor, as this one may be, runs every container unconfined.)
+    match sc["appArmorProfile"]["type"].as_str() {
+        Some("Unconfined") => opt("--security-opt=apparmor=unconfined".into()),
+        Some("RuntimeDefault") | None => {}
+        Some(other) => panic!("appArmorProfile {other}"),
+    }
 
     // Volumes: host paths, bind-mounted.
     let volumes = pod["volumes"].as_vec().expect("volumes");
     for m in c["volumeMounts"].as_vec().into_iter().flatten() {
-        only_known(m, "volumeMounts[]", &["name", "mountPath", "readOnly"]);
+        only_known(
+            m,
+            "volumeMounts[]",
+            &["name", "mountPath", "readOnly", "mountPropagation"],
+        );
         let v = volumes
             .iter()
             .find(|v| v["name"] == m["name"])
@@ -275,11 +343,18 @@ fn translate(ds: &Yaml, host_ip: &str, metrics_port: u16) -> Translated {
             Some("Directory") => assert!(Path::new(host).is_dir(), "hostPath {host}"),
             other => panic!("hostPath type {other:?}"),
         }
-        let mode = if m["readOnly"].as_bool() == Some(true) {
+        let mut mode = if m["readOnly"].as_bool() == Some(true) {
             "ro"
         } else {
             "rw"
-        };
+        }
+        .to_owned();
+        match m["mountPropagation"].as_str() {
+            // Mounts made on the host later appear in the container.
+            Some("HostToContainer") => mode.push_str(",rslave"),
+            Some("None") | None => {}
+            Some(other) => panic!("mountPropagation {other}"),
+        }
         opt(format!("--volume={host}:{}:{mode}", text(&m["mountPath"])));
     }
     let grace =
@@ -337,15 +412,16 @@ fn output(cmd: &mut Command) -> String {
     stdout
 }
 
-/// The image built from the binary under test, with a tag of this test run's; removed on
-/// drop.
+/// The image built from the binary under test, with a tag of this test's; removed on drop.
 struct TestImage {
     tag: String,
 }
 
 impl TestImage {
-    fn build() -> TestImage {
-        let tag = format!("localhost/kaprobe-test:{}", std::process::id());
+    /// Built for the test `test` of this run (tests run in parallel).
+    fn build(test: &str) -> TestImage {
+        let id = format!("{}-{test}", std::process::id());
+        let tag = format!("localhost/kaprobe-test:{id}");
         // The build context, removed on drop.
         struct Context(std::path::PathBuf);
         impl Drop for Context {
@@ -353,8 +429,7 @@ impl TestImage {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
-        let dir =
-            Context(std::env::temp_dir().join(format!("kaprobe-image-{}", std::process::id())));
+        let dir = Context(std::env::temp_dir().join(format!("kaprobe-image-{id}")));
         let _ = std::fs::remove_dir_all(&dir.0);
         let started = Instant::now();
         let files = image::assemble(Path::new(&kaprobe_bin()), &dir.0).expect("assemble the image");
@@ -426,8 +501,9 @@ const CAPABILITIES: &[(&str, u32)] = &[
 
 /// The agent's process in container `name`, seen from the host: uid 0, exactly the
 /// DaemonSet's capabilities (effective and bounding), no new privileges, no seccomp filter,
-/// the host's network namespace and a pid namespace of its own, and the memory limit.
-fn assert_confined_as_the_daemonset_says(name: &str, ds: &Yaml) {
+/// the pod's network namespace, the host's pid namespace or one of its own as `hostPID`
+/// says, and the memory limit. Returns the process's pid (on the host).
+fn assert_confined_as_the_daemonset_says(name: &str, ds: &Yaml, pod_net: &PodNetwork) -> String {
     let pid = output(Command::new("podman").args(["inspect", "--format", "{{.State.Pid}}", name]))
         .trim()
         .to_owned();
@@ -440,7 +516,7 @@ fn assert_confined_as_the_daemonset_says(name: &str, ds: &Yaml) {
             .trim()
             .to_owned()
     };
-    let (_, c) = pod_and_container(ds);
+    let (pod, c) = pod_and_container(ds);
     let want: u64 = c["securityContext"]["capabilities"]["add"]
         .as_vec()
         .expect("capabilities.add")
@@ -460,10 +536,24 @@ fn assert_confined_as_the_daemonset_says(name: &str, ds: &Yaml) {
     assert_eq!(field("Uid:"), "0\t0\t0\t0", "runAsUser 0");
     assert_eq!(field("NoNewPrivs:"), "1", "allowPrivilegeEscalation: false");
     assert_eq!(field("Seccomp:"), "0", "seccomp Unconfined");
-    let ns = |p: &str, kind: &str| std::fs::read_link(format!("/proc/{p}/ns/{kind}")).expect("ns");
-    // This process's namespaces are the host's.
-    assert_eq!(ns(&pid, "net"), ns("self", "net"), "hostNetwork: true");
-    assert_ne!(ns(&pid, "pid"), ns("self", "pid"), "hostPID: false");
+    let ns = |p: &str, kind: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{p}/ns/{kind}"))
+            .expect("ns")
+            .ino()
+    };
+    assert_eq!(
+        ns(&pid, "net"),
+        pod_net.ns.inode(),
+        "the pod's network namespace"
+    );
+    // This process's pid namespace is the host's.
+    let host_pid = pod["hostPID"].as_bool() == Some(true);
+    assert_eq!(
+        ns(&pid, "pid") == ns("self", "pid"),
+        host_pid,
+        "hostPID: {host_pid}"
+    );
     // The memory limit: cgroup v1's memory controller, or v2's memory.max.
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
     let limit_file = cgroups
@@ -483,18 +573,36 @@ fn assert_confined_as_the_daemonset_says(name: &str, ds: &Yaml) {
         Some(quantity(text(&c["resources"]["limits"]["memory"]))),
         "{limit_file}"
     );
+    pid
 }
 
 #[test]
-fn the_image_run_as_the_daemonset_says_reports_a_keepalive_timeout() {
+fn the_image_run_as_the_least_privilege_daemonset_says() {
     if need_root() {
         return;
     }
-    let ds = daemonset();
-    let metrics_port = free_port();
-    let run = translate(&ds, "127.0.0.1", metrics_port);
-    let image = TestImage::build();
-    let name = ContainerName(format!("kaprobe-test-{}", std::process::id()));
+    run_as_the_daemonset_says(LEAST_PRIVILEGE, 0);
+}
+
+#[test]
+fn the_image_run_as_the_full_daemonset_says() {
+    if need_root() {
+        return;
+    }
+    run_as_the_daemonset_says(FULL, 1);
+}
+
+/// Runs the image as `variant`'s DaemonSet says, in the `n`th pod network of this process;
+/// checks its confinement, its readiness probe, the owners of a listener and a connection
+/// opened before it started (named exactly if the variant says so) and a real keepalive
+/// timeout read from its event log.
+fn run_as_the_daemonset_says(variant: Variant, n: u32) {
+    let ds = daemonset(&variant);
+    let image = TestImage::build(variant.daemonset.trim_end_matches(".yaml"));
+    // (Dropped after the container: its network namespace goes once both are gone.)
+    let pod_net = PodNetwork::new(n);
+    let run = translate(&ds, &pod_net);
+    let name = ContainerName(format!("kaprobe-test-{}-{n}", std::process::id()));
     let mut argv: Vec<String> = [
         "podman",
         // Kubernetes' usual OCI runtime (containerd's and CRI-O's default); Debian 12's crun
@@ -517,12 +625,11 @@ fn the_image_run_as_the_daemonset_says_reports_a_keepalive_timeout() {
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
 
     let link = Link::new("ctr");
+    let older = OlderSockets::open(&link);
     let agent = Agent::start_command(&argv);
-    // The readiness probe, as the kubelet would ask it: the metrics endpoint on the node's
-    // address, served from the container through the host network.
-    let probe: SocketAddr = format!("127.0.0.1:{}", run.readiness.0)
-        .parse()
-        .expect("addr");
+    // The readiness probe, as the kubelet asks it: the metrics endpoint on the pod IP, from
+    // the node.
+    let probe = run.readiness.0;
     let deadline = Instant::now() + WAIT;
     loop {
         match http_get(probe, &run.readiness.1) {
@@ -537,7 +644,16 @@ fn the_image_run_as_the_daemonset_says_reports_a_keepalive_timeout() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    assert_confined_as_the_daemonset_says(&name.0, &ds);
+    let agent_pid = assert_confined_as_the_daemonset_says(&name.0, &ds, &pod_net);
+
+    // Sockets opened before the agent: owners named exactly where the variant says, with
+    // their cgroup where the agent shares the host's cgroup namespace (podman's default on
+    // cgroup v1; in one of its own, /proc/PID/cgroup paths are relative to it).
+    let closes = older.end(&link, &agent, WAIT);
+    let cgroup_ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).expect("ns");
+    let host_cgroups = cgroup_ns(&agent_pid) == cgroup_ns("self");
+    assert_older_owners(&closes, variant.finds_older_owners, host_cgroups);
+    let named = closes.iter().filter(|c| c["owner"].is_object()).count();
 
     // The dead peer of tests/tests/keepalive.rs: answered probes, then silence.
     let (client, _server) = connected(&link, link.b4);
@@ -585,15 +701,14 @@ fn the_image_run_as_the_daemonset_says_reports_a_keepalive_timeout() {
     assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
     assert_eq!(closed["error"], "ETIMEDOUT", "{closed}");
     assert_eq!(closed["keepalive_probes"], probes, "{closed}");
-    // Named by the kernel at connect(), in the host's pid namespace, though the agent has a
-    // pid namespace of its own (hostPID: false).
+    // Named by the kernel at connect(), in the host's pid namespace, whatever the agent's.
     assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
-    let comm = std::fs::read_to_string("/proc/self/comm").expect("comm");
-    assert_eq!(closed["owner"]["comm"], comm.trim(), "{closed}");
+    assert_eq!(closed["owner"]["comm"], my_comm().as_str(), "{closed}");
     let stop = all.last().expect("agent_stop");
     assert_eq!(stop["totals"]["events_lost"], 0, "{stop}");
     eprintln!(
-        "probes {probes} (acks {acks}) = TcpExtTCPKeepAlive {}, TcpExtTCPAbortOnTimeout {}, stopped {:.2} s after SIGTERM; timeout: {timeout}\nclosed: {closed}",
+        "{}: owners of older sockets named {named} of 3 (host cgroup namespace: {host_cgroups}); probes {probes} (acks {acks}) = TcpExtTCPKeepAlive {}, TcpExtTCPAbortOnTimeout {}, stopped {:.2} s after SIGTERM; timeout: {timeout}\nclosed: {closed}",
+        variant.name,
         nstat["TcpExtTCPKeepAlive"],
         nstat["TcpExtTCPAbortOnTimeout"],
         stopped.as_secs_f64()

@@ -1,5 +1,6 @@
-//! Production deployment: Prometheus scraping the metrics endpoint, least privilege as the
-//! systemd unit and the DaemonSet grant it, and the deployment files' own validators.
+//! Production deployment: Prometheus scraping the metrics endpoint, the privileges of each
+//! variant (least privilege, full) as the systemd unit files and the DaemonSets grant them,
+//! and the deployment files' own validators.
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use kaprobe_tests::*;
@@ -87,11 +88,11 @@ fn as_nobody_with(caps: &[String]) -> Vec<String> {
 }
 
 #[test]
-fn the_units_capabilities_suffice_and_each_is_needed() {
+fn the_least_privilege_units_capabilities_suffice_and_each_is_needed() {
     if need_root() {
         return;
     }
-    let caps = unit_capabilities();
+    let caps = LEAST_PRIVILEGE.unit_capabilities();
     assert!(!caps.is_empty(), "the unit grants capabilities");
     // A non-root user with exactly the unit's capabilities sees a real keepalive timeout.
     let wrapper = as_nobody_with(&caps);
@@ -120,6 +121,9 @@ fn the_units_capabilities_suffice_and_each_is_needed() {
     assert_probes_match_nstat(&all, &link.a, sport);
     let closed = the_one(&all, ns, sport, "connection_closed");
     assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
+    // Its owner, as the kernel recorded it at connect().
+    assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
+    assert_eq!(closed["owner"]["comm"], my_comm().as_str(), "{closed}");
 
     // Without any one of them: one line naming it, status 3.
     for missing in &caps {
@@ -142,58 +146,174 @@ fn the_units_capabilities_suffice_and_each_is_needed() {
     }
 }
 
-#[test]
-fn the_daemonset_grants_the_units_capabilities() {
-    let yaml = std::fs::read_to_string(repo_root().join("deploy/kubernetes/daemonset.yaml"))
-        .expect("daemonset");
-    let add = yaml
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("add: "))
-        .expect("capabilities add: [...] in the DaemonSet");
-    let mut caps: Vec<String> = add
-        .trim_matches(|c| c == '[' || c == ']')
-        .split(',')
-        .map(|c| format!("CAP_{}", c.trim().trim_matches('"')))
-        .collect();
-    caps.sort();
-    assert_eq!(
-        caps,
-        unit_capabilities(),
-        "the DaemonSet and the unit grant the same capabilities"
-    );
-    assert!(
-        yaml.contains("drop: [\"ALL\"]"),
-        "drops every other capability"
-    );
-    assert!(yaml.contains("privileged: false"));
+/// Runs the agent as `nobody` holding `caps`, started after a listener and a connection it
+/// accepted were opened: whether it names their owners (all three closes of
+/// [`OlderSockets::end`] with this process, or none), and its stderr.
+fn names_older_owners(caps: &[String]) -> (bool, String) {
+    let link = Link::new("own");
+    let older = OlderSockets::open(&link);
+    let wrapper = as_nobody_with(caps);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (na, nb) = (link.a.inode().to_string(), link.b.inode().to_string());
+    let agent = Agent::start_as(&wrapper, &["--netns", &na, "--netns", &nb]);
+    let closes = older.end(&link, &agent, WAIT);
+    let stderr = agent.stderr();
+    agent.stop();
+    let found = closes[0]["owner"].is_object();
+    // (In the host's cgroup namespace: cgroup paths can be trusted.)
+    assert_older_owners(&closes, found, true);
+    (found, stderr)
 }
 
 #[test]
-fn systemd_unit_verifies() {
-    let unit =
-        std::fs::read_to_string(repo_root().join("deploy/systemd/kaprobe.service")).expect("unit");
-    // systemd-analyze checks that ExecStart's binary exists: point it at the one built.
-    let dir = std::env::temp_dir().join(format!("kaprobe-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("kaprobe.service");
-    std::fs::write(
-        &path,
-        unit.replace("/usr/local/bin/kaprobe", &kaprobe_bin()),
-    )
-    .expect("write unit");
+fn the_full_units_capabilities_name_older_owners_and_each_is_needed() {
+    if need_root() {
+        return;
+    }
+    let least = LEAST_PRIVILEGE.unit_capabilities();
+    let full = FULL.unit_capabilities();
+    let added: Vec<&String> = full.iter().filter(|c| !least.contains(c)).collect();
+    assert!(!added.is_empty(), "the drop-in adds capabilities: {full:?}");
+    let (found, stderr) = names_older_owners(&least);
+    assert!(
+        !found,
+        "least privilege: owners of older sockets unknown: {stderr}"
+    );
+    let (found, stderr) = names_older_owners(&full);
+    assert!(found, "full: the owners of older sockets: {stderr}");
+    eprintln!("full ({}): older owners named", full.join(" "));
+    // Without any one of those it adds: not named, and the warning says what is missing.
+    for missing in added {
+        let rest: Vec<String> = full.iter().filter(|c| *c != missing).cloned().collect();
+        let (found, stderr) = names_older_owners(&rest);
+        assert!(!found, "without {missing}: {stderr}");
+        assert!(
+            stderr.contains(&format!("missing {missing}")),
+            "the warning names {missing}: {stderr}"
+        );
+        eprintln!("without {missing}: not named");
+    }
+}
+
+#[test]
+fn each_daemonset_grants_its_units_capabilities() {
+    for variant in VARIANTS {
+        let yaml = std::fs::read_to_string(variant.daemonset_path()).expect("daemonset");
+        let add = yaml
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("add: "))
+            .expect("capabilities add: [...] in the DaemonSet");
+        let mut caps: Vec<String> = add
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|c| format!("CAP_{}", c.trim().trim_matches('"')))
+            .collect();
+        caps.sort();
+        assert_eq!(
+            caps,
+            variant.unit_capabilities(),
+            "{}: the DaemonSet and the unit grant the same capabilities",
+            variant.name
+        );
+        assert!(
+            yaml.contains("drop: [\"ALL\"]"),
+            "drops every other capability"
+        );
+        assert!(yaml.contains("privileged: false"));
+        // The host's pid namespace exactly where the owners of older sockets are looked up.
+        let host_pid = format!("hostPID: {}", variant.finds_older_owners);
+        assert!(yaml.contains(&host_pid), "{}: {host_pid}", variant.name);
+        assert!(yaml.contains("hostNetwork: false"), "{}", variant.name);
+    }
+}
+
+/// `systemd-analyze ARGS... UNIT` on a copy of `variant`'s unit files (ExecStart pointing
+/// at the binary built, the drop-ins beside it): (success, stdout, stderr).
+fn systemd_analyze(variant: &Variant, args: &[&str]) -> (bool, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "kaprobe-unit-{}-{}",
+        std::process::id(),
+        variant.daemonset
+    ));
+    for file in variant.unit_files {
+        let text = std::fs::read_to_string(repo_root().join("deploy/systemd").join(file))
+            .expect("unit file");
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+        // systemd-analyze checks that ExecStart's binary exists: point it at the one built.
+        std::fs::write(
+            &path,
+            text.replace("/usr/local/bin/kaprobe", &kaprobe_bin()),
+        )
+        .expect("write unit file");
+    }
     let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
+        .args(args)
+        .arg(dir.join(variant.unit_files[0]))
         .output()
         .expect("systemd-analyze");
     let _ = std::fs::remove_dir_all(&dir);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify: {stderr}");
-    assert!(stderr.trim().is_empty(), "no warnings: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
-fn daemonset_validates_against_the_kubernetes_schema() {
+fn systemd_units_verify() {
+    for variant in VARIANTS {
+        let (ok, _, stderr) = systemd_analyze(&variant, &["verify"]);
+        assert!(ok, "{}: systemd-analyze verify: {stderr}", variant.name);
+        assert!(
+            stderr.trim().is_empty(),
+            "{}: no warnings: {stderr}",
+            variant.name
+        );
+    }
+}
+
+/// systemd's own reading of each variant's merged settings (`systemd-analyze security
+/// --offline`): sock_diag (AF_NETLINK) in both; entering network namespaces and the
+/// capabilities of the owners' look-up only in the full one; no other namespace kind.
+#[test]
+fn systemd_grants_each_variant_what_it_says() {
+    for variant in VARIANTS {
+        let (_, stdout, stderr) =
+            systemd_analyze(&variant, &["security", "--offline=true", "--json=short"]);
+        let checks: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{}: security JSON ({e}): {stdout}{stderr}", variant.name));
+        // `set` true: the unit forbids what the check names.
+        let forbids = |name: &str| {
+            checks
+                .as_array()
+                .expect("checks")
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("no check {name}: {stdout}"))["set"]
+                .as_bool()
+                .expect("set")
+        };
+        let full = variant.finds_older_owners;
+        let want = [
+            ("RestrictAddressFamilies=~AF_NETLINK", false),
+            ("RestrictNamespaces=~net", !full),
+            ("CapabilityBoundingSet=~CAP_SYS_ADMIN", !full),
+            ("CapabilityBoundingSet=~CAP_SYS_PTRACE", !full),
+            ("CapabilityBoundingSet=~CAP_(DAC_*|FOWNER|IPC_OWNER)", !full),
+            ("CapabilityBoundingSet=~CAP_NET_ADMIN", true),
+            ("RestrictNamespaces=~user", true),
+            ("RestrictNamespaces=~mnt", true),
+            ("RestrictNamespaces=~pid", true),
+        ];
+        for (check, forbidden) in want {
+            assert_eq!(forbids(check), forbidden, "{}: {check}", variant.name);
+        }
+    }
+}
+
+#[test]
+fn daemonsets_validate_against_the_kubernetes_schema() {
     let validator = repo_root().join("target/tools/venv/bin/kubernetes-validate");
     let validator = if validator.exists() {
         validator
@@ -202,7 +322,7 @@ fn daemonset_validates_against_the_kubernetes_schema() {
     };
     let out = Command::new(&validator)
         .arg("--strict")
-        .arg(repo_root().join("deploy/kubernetes/daemonset.yaml"))
+        .args(VARIANTS.map(|v| v.daemonset_path()))
         .output()
         .unwrap_or_else(|e| {
             panic!(
@@ -213,5 +333,11 @@ fn daemonset_validates_against_the_kubernetes_schema() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("passed"), "{text}");
+    for variant in VARIANTS {
+        assert!(
+            text.contains(&format!("{} passed", variant.daemonset)),
+            "{}: {text}",
+            variant.name
+        );
+    }
 }
