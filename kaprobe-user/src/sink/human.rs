@@ -32,7 +32,9 @@ pub(crate) fn human(line: &mut String, e: &Event) {
     // UTC, as in the JSON, marked so (`Z`): a reader would take a bare time for local time.
     let time = ts.get(11..26).unwrap_or(&ts);
     let conn = e.conn.as_ref().map(endpoints).unwrap_or_default();
-    let _ = write!(line, "{time}Z {:<18} {conn:<47} ", e.body.name());
+    // A column wide enough for IPv4 ends; longer (IPv6) ends keep two spaces before the words.
+    let gap = if conn.len() >= 47 { " " } else { "" };
+    let _ = write!(line, "{time}Z {:<18} {conn:<47} {gap}", e.body.name());
     let _ = match &e.body {
         Body::AgentStart { .. } | Body::Summary { .. } | Body::AgentStop { .. } => {
             agent(line, &e.body)
