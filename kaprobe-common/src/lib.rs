@@ -130,6 +130,10 @@ pub mod stat {
     pub const TIMER_NOT_KEEPOPEN: u32 = 17;
     /// ... of which paired with their exit but not sent: no probe was due, none out.
     pub const TIMER_QUIET: u32 = 18;
+    /// Births of connections without keepalive not recorded because this CPU's birth budget
+    /// for the current second was spent ([`super::Config::birth_budget`]): if such a
+    /// connection fails, it is reported without owner or lifetime.
+    pub const BIRTHS_SHED: u32 = 19;
     pub const COUNT: u32 = 24;
 }
 
@@ -296,6 +300,22 @@ pub struct Config {
     /// close of a connection that is not otherwise reported is sent all the same
     /// ([`close_flag::IDLE_CLOSE`]).
     pub idle_close_jiffies: u32,
+    /// Births of connections without keepalive recorded per CPU and window
+    /// (`--birth-budget`); beyond it they are shed and counted ([`stat::BIRTHS_SHED`]).
+    /// `u32::MAX`: no limit.
+    pub birth_budget: u32,
+    /// The budget's window in jiffies (HZ: one second).
+    pub birth_window_jiffies: u32,
+}
+
+/// Births recorded in this CPU's current window ([`Config::birth_budget`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BirthBudget {
+    /// Jiffies when the window started.
+    pub window_start: u64,
+    pub used: u32,
+    pub _pad: u32,
 }
 
 /// Common header of every record.
@@ -614,7 +634,7 @@ macro_rules! assert_size {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
     };
 }
-assert_size!(Config, 8 + 56 * 4 + 8 * 4 + 8 * 2);
+assert_size!(Config, 8 + 58 * 4 + 8 * 4 + 8 * 2);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
 assert_size!(CloseInfo, 48 + 24 + 24);

@@ -84,6 +84,8 @@ static CONFIG: Config = Config {
     tp_retrans_stamp: 0,
     tp_tcp_mstamp: 0,
     idle_close_jiffies: 0,
+    birth_budget: 0,
+    birth_window_jiffies: 0,
 };
 
 /// Reads one field of [`CONFIG`].

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use kaprobe_common::{
-    CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet,
+    BirthBudget, CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet,
     TimerScratch, Tuple, conn_flag, owner_flag, stat,
 };
 
@@ -283,6 +283,58 @@ pub fn take_conn(key: u64) -> Option<ConnState> {
     set.slots.get(i).copied()
 }
 
+/// This CPU's births recorded in the current window (`--birth-budget`).
+#[map(name = "BIRTH_BUDGET")]
+pub static BIRTH_BUDGET: PerCpuArray<BirthBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether the birth of a connection without keepalive may be recorded: this CPU has not
+/// spent its budget for the current window (one second). A birth beyond it is shed and
+/// counted (`stat::BIRTHS_SHED`): under churn the cost of recording births, most of
+/// `inet_sock_set_state`'s, stays bounded, while a host opening connections at an ordinary
+/// rate keeps the owner and lifetime of every one (docs/design.md).
+#[inline(always)]
+pub fn birth_allowed() -> bool {
+    let budget = crate::conf!(birth_budget);
+    if budget == u32::MAX {
+        return true;
+    }
+    let Some(b) = BIRTH_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    let now = crate::kernel::jiffies();
+    // SAFETY: per-CPU array slot, valid for the program's run and private to this CPU (see
+    // `count` on the harmless race with a softirq: at worst one birth more or less).
+    let b = unsafe { &mut *b };
+    if now.wrapping_sub(b.window_start) >= crate::conf!(birth_window_jiffies) as u64 {
+        b.window_start = now;
+        b.used = 0;
+    }
+    if b.used < budget {
+        b.used += 1;
+        true
+    } else {
+        count(stat::BIRTHS_SHED);
+        false
+    }
+}
+
+/// Whether network namespace `netns` passes `--netns` (always when not filtered).
+#[inline(always)]
+pub fn netns_wanted(netns: u32) -> bool {
+    let n_netns = crate::conf!(n_filter_netns) as usize;
+    if n_netns == 0 {
+        return true;
+    }
+    let wanted = crate::conf!(filter_netns);
+    let mut hit = false;
+    for (i, ns) in wanted.iter().enumerate() {
+        if i < n_netns && *ns == netns {
+            hit = true;
+        }
+    }
+    hit
+}
+
 /// `--netns` and `--port`, applied here so that other connections' records cost neither
 /// ring space nor the agent's time. (The agent applies every filter again.)
 #[inline(always)]
@@ -290,18 +342,8 @@ fn wanted<T: Record>(record: &T) -> bool {
     let Some(t) = record.tuple() else {
         return true;
     };
-    let n_netns = crate::conf!(n_filter_netns) as usize;
-    if n_netns != 0 {
-        let wanted = crate::conf!(filter_netns);
-        let mut hit = false;
-        for (i, ns) in wanted.iter().enumerate() {
-            if i < n_netns && *ns == t.netns {
-                hit = true;
-            }
-        }
-        if !hit {
-            return false;
-        }
+    if !netns_wanted(t.netns) {
+        return false;
     }
     let n_ports = crate::conf!(n_filter_ports) as usize;
     if n_ports != 0 {

@@ -14,12 +14,12 @@ use kaprobe_common::{
 use crate::{
     conf,
     kernel::{
-        Mem, copy, flag_set, header, jiffies, now_ns, sk_flags, tuple_of_sock,
-        tuple_of_sock_common, zero,
+        Mem, copy, flag_set, header, jiffies, netns_inum, now_ns, sk_flags, sk_net,
+        tuple_of_sock, tuple_of_sock_common, zero,
     },
     maps::{
-        LISTENERS, claim_conn, claim_new, close_scratch, current_owner, emit, emit_bulk,
-        owner_of_slot, recent_reset, running_timer_of, take_conn,
+        LISTENERS, birth_allowed, claim_conn, claim_new, close_scratch, current_owner, emit,
+        emit_bulk, netns_wanted, owner_of_slot, recent_reset, running_timer_of, take_conn,
     },
 };
 
@@ -42,8 +42,14 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // sockets that already have keepalive on (set before connect(), or inherited from the
     // listener): recording a birth is most of this hook's cost under connection churn
     // (docs/design.md).
+    // Beyond this CPU's birth budget for the current second, the births of sockets without
+    // keepalive are shed (counted): the cost of a churning host stays bounded. Births in
+    // namespaces `--netns` leaves out are never recorded (their records would not be sent):
+    // they neither spend the budget nor count as shed.
     let born = (new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV)
-        && (keepopen || all || conf!(flags) & config_flag::LEAN == 0);
+        && (keepopen || all || conf!(flags) & config_flag::LEAN == 0)
+        && netns_wanted(netns_inum::<M>(sk_net::<M>(sk)))
+        && (keepopen || all || birth_allowed());
     // This side's first FIN: how long the connection had been idle is measured (below).
     let fin_first = new == tcp_state::FIN_WAIT1;
     if !keepopen
@@ -176,8 +182,14 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     }
     let saved = take_conn(M::existing_key(sk));
     let sk_err = M::read::<i32>(sk, conf!(sk_err));
-    // Closing inside the keepalive timer: the timer's record carries the close.
-    let scratch = running_timer_of(sk);
+    // Closing inside the keepalive timer: the timer's record carries the close. The timer
+    // ends only sockets with SO_KEEPALIVE and orphans in FIN_WAIT2: other closes skip the
+    // look-up.
+    let scratch = if keepopen || old == tcp_state::FIN_WAIT2 {
+        running_timer_of(sk)
+    } else {
+        None
+    };
     // An RST this CPU just sent or processed for this socket.
     let mut rst_flags = 0;
     let mut rst_reason = REASON_UNKNOWN;

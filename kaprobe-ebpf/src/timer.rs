@@ -23,9 +23,9 @@ pub fn on_entry<M: Mem>(timer: u64) {
     if timer == 0 {
         return;
     }
-    // The hot part: every timer_list expiry in the system comes here.
-    let function = M::read::<u64>(timer, conf!(timer_function));
-    if function == 0 || function != conf!(keepalive_timer_fn) {
+    // The hot part: every timer_list expiry in the system comes here; one load and a
+    // compare send all but the keepalive timer away (`keepalive_timer_fn` is never 0).
+    if !is_keepalive_timer::<M>(timer) {
         return;
     }
     count(stat::TIMER_FIRINGS);
@@ -110,18 +110,29 @@ pub fn on_entry<M: Mem>(timer: u64) {
     scratch.timer = timer;
 }
 
+/// Whether `timer` runs `tcp_keepalive_timer`.
+#[inline(always)]
+fn is_keepalive_timer<M: Mem>(timer: u64) -> bool {
+    M::read::<u64>(timer, conf!(timer_function)) == conf!(keepalive_timer_fn)
+}
+
 #[inline(always)]
 pub fn on_exit<M: Mem>(timer: u64) {
+    // As at entry, the other timers leave after one load and a compare, before any map
+    // lookup. The timer is read after its function ran: a keepalive firing may have freed
+    // the socket, but TCP sockets are SLAB_TYPESAFE_BY_RCU (the memory stays a socket, its
+    // timer function in place, and a load from it cannot fault the kernel).
+    if timer == 0 || !is_keepalive_timer::<M>(timer) {
+        return;
+    }
     let Some(scratch) = timer_scratch() else {
         return;
     };
     if scratch.timer == 0 || scratch.timer != timer {
-        if M::read::<u64>(timer, conf!(timer_function)) == conf!(keepalive_timer_fn)
-            && flag_set(
-                sk_flags::<Probe>(timer.wrapping_sub(conf!(sk_timer) as u64)),
-                conf!(sock_flag_keepopen),
-            )
-        {
+        if flag_set(
+            sk_flags::<Probe>(timer.wrapping_sub(conf!(sk_timer) as u64)),
+            conf!(sock_flag_keepopen),
+        ) {
             count(stat::TIMER_UNPAIRED);
         }
         return;

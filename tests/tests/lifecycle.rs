@@ -812,3 +812,136 @@ fn a_full_agent_table_evicts_and_says_so() {
         "reports add up to the total"
     );
 }
+
+/// `kaprobe_births_shed_total` as the agent serves it now.
+fn births_shed_metric(addr: SocketAddr) -> Option<u64> {
+    let (_, text) = http_get(addr, "/metrics").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("kaprobe_births_shed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[test]
+fn births_over_the_budget_are_counted_and_their_failures_reported_without_owner() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("bb");
+    let ns = link.a.inode();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // 3 starts per CPU and second, in this test's namespace only (births elsewhere neither
+    // spend the budget nor count).
+    let agent = Agent::start(&[
+        "--birth-budget",
+        "3",
+        "--netns",
+        &ns.to_string(),
+        "--metrics-addr",
+        &metrics.to_string(),
+    ]);
+    // 60 connections refused as fast as they go: each fails, so each is reported.
+    const N: usize = 60;
+    let to = SocketAddr::new(link.b4, 9);
+    let started = std::time::Instant::now();
+    let results: Vec<(i32, u16)> = (0..N).map(|_| connect_errno(&link.a, to)).collect();
+    let secs = started.elapsed().as_secs();
+    assert!(
+        results.iter().all(|(e, _)| *e == libc::ECONNREFUSED),
+        "{results:?}"
+    );
+    let closes = agent.wait_count("the refused connections' closes", N, WAIT, |v| {
+        v["event"] == "connection_closed" && v["netns"] == ns
+    });
+    // What the kernel shed is final before the first close: the metric reaches it.
+    let without_owner = closes.iter().filter(|c| c["owner"].is_null()).count() as u64;
+    let deadline = std::time::Instant::now() + WAIT;
+    while births_shed_metric(metrics) != Some(without_owner) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kaprobe_births_shed_total {:?}, {without_owner} closes without owner",
+            births_shed_metric(metrics)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Said once in the log, however long it goes on.
+    let log = agent.stderr();
+    assert_eq!(log.matches("--birth-budget records").count(), 1, "{log}");
+    let all = agent.stop();
+    let stop = all.last().expect("agent_stop");
+    let start = &all[0];
+    assert_eq!(start["birth_budget"], 3, "{start}");
+    let shed = stop["totals"]["births_shed"].as_u64().expect("births_shed");
+    // Every start beyond 3 per CPU and window was shed: at most 2 CPUs x 3 x the windows the
+    // loop spanned were recorded.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(
+        shed >= N as u64 - 3 * cpus * (secs + 1),
+        "{shed} shed of {N} in {secs} s"
+    );
+    // The shed ones, and only they, are reported without owner and without lifetime.
+    assert_eq!(without_owner, shed, "closes without owner vs births_shed");
+    let without_lifetime = closes.iter().filter(|c| c["lifetime_ms"].is_null()).count() as u64;
+    assert_eq!(
+        without_lifetime, shed,
+        "closes without lifetime vs births_shed"
+    );
+    for c in closes.iter().filter(|c| !c["owner"].is_null()) {
+        assert_eq!(c["owner"]["pid"], std::process::id(), "{c}");
+        assert!(c["lifetime_ms"].is_u64(), "{c}");
+    }
+    // Every one is still diagnosed from what the kernel saw at the end.
+    assert!(
+        closes
+            .iter()
+            .all(|c| c["diagnosis"]["verdict"] == "refused")
+    );
+}
+
+#[test]
+fn at_an_ordinary_rate_every_failed_connection_keeps_its_owner_and_lifetime() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("ob");
+    let (na, nb) = (link.a.inode(), link.b.inode());
+    // The default budget (2000 starts per CPU and second); this test's namespaces only, so
+    // that the other tests' connections do not spend it.
+    let (sa, sb) = (na.to_string(), nb.to_string());
+    let agent = Agent::start(&["--netns", &sa, "--netns", &sb]);
+    // 600 connections (1200 starts: client and accepted side), all aborted by the client
+    // (SO_LINGER 0): both ends of each are failures, reported.
+    const N: usize = 600;
+    let listener = listen(&link.b, link.b4);
+    let lport = listener.local_addr().expect("listener").port();
+    let (clients, servers) = connect_many(&link.a, listener, N, None);
+    for c in &clients {
+        set_linger_zero(c);
+    }
+    drop(clients);
+    let closes = agent.wait_count("both ends' closes", 2 * N, WAIT, |v| {
+        v["event"] == "connection_closed" && (v["netns"] == na || v["netns"] == nb)
+    });
+    drop(servers);
+    let all = agent.stop();
+    let stop = all.last().expect("agent_stop");
+    assert_eq!(all[0]["birth_budget"], 2000, "{}", all[0]);
+    assert_eq!(stop["totals"]["births_shed"], 0, "{stop}");
+    for c in &closes {
+        assert_eq!(c["owner"]["pid"], std::process::id(), "{c}");
+        assert!(c["lifetime_ms"].is_u64(), "{c}");
+        let side = if c["netns"] == na {
+            "outbound"
+        } else {
+            "inbound"
+        };
+        assert_eq!(c["direction"], side, "{c}");
+    }
+    assert_eq!(
+        closes
+            .iter()
+            .filter(|c| c["netns"] == nb && c["sport"] == lport)
+            .count(),
+        N
+    );
+}

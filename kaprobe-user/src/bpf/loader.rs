@@ -272,6 +272,11 @@ impl KernelStats {
         self.sum(stat::CONN_TABLE_FULL)
     }
 
+    /// Births of connections without keepalive not recorded: over `--birth-budget`.
+    pub(crate) fn births_shed(&self) -> u64 {
+        self.sum(stat::BIRTHS_SHED)
+    }
+
     /// Records the programs wrote into the ring buffer.
     pub(crate) fn records_sent(&self) -> u64 {
         self.sum(stat::RECORDS_SENT)

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub(crate) use filter::{Cidr, FilterArgs};
 pub(crate) use ls::{LsArgs, StateArg};
-pub(crate) use watch::{Attach, WatchArgs};
+pub(crate) use watch::{Attach, BirthBudget, WatchArgs};
 
 #[derive(Debug, Parser)]
 #[command(

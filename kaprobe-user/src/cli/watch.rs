@@ -22,6 +22,13 @@ pub(crate) struct WatchArgs {
     /// their lifetime, and without their owner unless a local listener accepted them.
     #[arg(long, conflicts_with = "all")]
     pub(crate) lean: bool,
+    /// Starts of connections without keepalive recorded per CPU and second (what gives the
+    /// owner and lifetime of such a connection if it fails). Beyond it a start is not
+    /// recorded, only counted (`births_shed` in agent_stop, kaprobe_births_shed_total): this
+    /// bounds kaprobe's cost on a host opening connections very fast. `unlimited`: record
+    /// every one.
+    #[arg(long, value_name = "N|unlimited", default_value = "2000", value_parser = parse_birth_budget, conflicts_with_all = ["all", "lean"])]
+    pub(crate) birth_budget: BirthBudget,
     #[command(flatten)]
     pub(crate) filter: FilterArgs,
     /// Idle time after which NATs, conntrack and firewalls on the path may forget a
@@ -55,6 +62,26 @@ pub(crate) struct WatchArgs {
     /// by owner, closes by listening port and by remote endpoint.
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub(crate) summary_interval: Option<std::time::Duration>,
+}
+
+/// `--birth-budget`: births recorded per CPU and second, or no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BirthBudget {
+    PerCpuSecond(u32),
+    Unlimited,
+}
+
+fn parse_birth_budget(s: &str) -> Result<BirthBudget, String> {
+    if s == "unlimited" {
+        return Ok(BirthBudget::Unlimited);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n < u32::MAX => Ok(BirthBudget::PerCpuSecond(n)),
+        _ => Err(format!(
+            "expected a number of connections per CPU and second (0 to {}) or `unlimited`",
+            u32::MAX - 1
+        )),
+    }
 }
 
 /// Which kind of tracepoint the hooks attach as.
@@ -145,6 +172,30 @@ mod tests {
         match Cli::try_parse_from(argv).expect("valid flags").command {
             Command::Watch(w) => w,
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn birth_budget_is_a_count_or_unlimited() {
+        assert_eq!(watch(&[]).birth_budget, BirthBudget::PerCpuSecond(2000));
+        assert_eq!(
+            watch(&["--birth-budget", "0"]).birth_budget,
+            BirthBudget::PerCpuSecond(0)
+        );
+        assert_eq!(
+            watch(&["--birth-budget", "unlimited"]).birth_budget,
+            BirthBudget::Unlimited
+        );
+        let argv = ["kaprobe", "watch", "--birth-budget"];
+        for bad in ["-1", "many", "4294967295", ""] {
+            assert!(
+                Cli::try_parse_from(argv.iter().chain(&[bad])).is_err(),
+                "{bad}"
+            );
+        }
+        // With --all or --lean the budget means nothing: saying both is a mistake.
+        for mode in ["--all", "--lean"] {
+            assert!(Cli::try_parse_from(argv.iter().chain(&["5", mode])).is_err());
         }
     }
 

@@ -150,6 +150,10 @@ pub(crate) enum Body {
         features: KernelFeatures,
         ring_buffer_bytes: u32,
         max_connections: u32,
+        /// Starts of connections without keepalive recorded per CPU and second
+        /// (`--birth-budget`); 0 under `--lean` (none), null when every one is (`--all`,
+        /// `unlimited`).
+        birth_budget: Option<u32>,
     },
     AgentStop {
         duration_ms: u64,

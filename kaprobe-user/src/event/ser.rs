@@ -39,6 +39,7 @@ impl Body {
                 features,
                 ring_buffer_bytes,
                 max_connections,
+                birth_budget,
             } => {
                 m.serialize_entry("version", version)?;
                 m.serialize_entry("schema_version", schema_version)?;
@@ -47,7 +48,8 @@ impl Body {
                 m.serialize_entry("hooks", hooks)?;
                 m.serialize_entry("features", features)?;
                 m.serialize_entry("ring_buffer_bytes", ring_buffer_bytes)?;
-                m.serialize_entry("max_connections", max_connections)
+                m.serialize_entry("max_connections", max_connections)?;
+                m.serialize_entry("birth_budget", birth_budget)
             }
             Body::AgentStop {
                 duration_ms,

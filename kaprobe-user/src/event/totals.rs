@@ -38,6 +38,10 @@ pub(crate) struct Totals {
     pub(crate) untracked_sockets: u64,
     /// Connections the agent stopped following because its table was full.
     pub(crate) evicted_connections: u64,
+    /// Starts of connections without keepalive the kernel did not record, over
+    /// `--birth-budget`: if such a connection fails, it is reported without owner or
+    /// lifetime.
+    pub(crate) births_shed: u64,
     /// Records that failed to decode.
     pub(crate) bad_records: u64,
     /// Runs of kaprobe's programs the kernel skipped because the same program was already

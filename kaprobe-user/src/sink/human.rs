@@ -85,6 +85,7 @@ fn agent(line: &mut String, body: &Body) -> std::fmt::Result {
             mode,
             hooks,
             features,
+            birth_budget,
             ..
         } => {
             let kinds: Vec<&str> = hooks.iter().map(|h| h.attach.as_str()).collect();
@@ -101,7 +102,14 @@ fn agent(line: &mut String, body: &Body) -> std::fmt::Result {
                 } else {
                     "unavailable (kernel < 6.10)"
                 }
-            )
+            )?;
+            match birth_budget {
+                Some(n) if *mode == "default" => write!(
+                    line,
+                    ", starts of connections without keepalive recorded up to {n} per CPU and second"
+                ),
+                _ => Ok(()),
+            }
         }
         Body::Summary {
             interval_ms,
@@ -134,7 +142,8 @@ fn agent(line: &mut String, body: &Body) -> std::fmt::Result {
             write!(
                 line,
                 "after {}: keepalive {} probes, {} acks, {} timeouts; resets {} sent, {} received; \
-             FINs {} sent, {} received; {} closed ({}); lost {} records, {} untracked sockets",
+             FINs {} sent, {} received; {} closed ({}); lost {} records, {} untracked sockets, \
+             {} connection starts not recorded (--birth-budget)",
                 secs(*duration_ms),
                 totals.keepalive_probes,
                 totals.keepalive_acks,
@@ -151,6 +160,7 @@ fn agent(line: &mut String, body: &Body) -> std::fmt::Result {
                 },
                 totals.events_lost,
                 totals.untracked_sockets,
+                totals.births_shed,
             )
         }
         _ => Ok(()),

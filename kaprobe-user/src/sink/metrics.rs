@@ -108,6 +108,7 @@ pub(crate) struct Metrics {
     records_read: Counter,
     bad_records: Counter,
     evicted: Counter,
+    births_shed: Counter,
     tracked: Gauge,
     ring_used: Gauge,
     ring_peak: Gauge,
@@ -135,6 +136,7 @@ impl Metrics {
             records_read: Counter::default(),
             bad_records: Counter::default(),
             evicted: Counter::default(),
+            births_shed: Counter::default(),
             tracked: Gauge::default(),
             ring_used: Gauge::default(),
             ring_peak: Gauge::default(),
@@ -224,6 +226,11 @@ impl Metrics {
             "evicted_connections",
             "Connections the agent stopped following because its table was full",
             self.evicted.clone(),
+        );
+        registry.register(
+            "births_shed",
+            "Starts of connections without keepalive not recorded, over --birth-budget (those that fail are reported without owner or lifetime)",
+            self.births_shed.clone(),
         );
         registry.register(
             "tracked_connections",
@@ -473,6 +480,14 @@ impl Metrics {
         let seen = self.evicted.get();
         if evicted_total > seen {
             self.evicted.inc_by(evicted_total - seen);
+        }
+    }
+
+    /// Births shed so far (the kernel's total).
+    pub(crate) fn births_shed(&self, total: u64) {
+        let seen = self.births_shed.get();
+        if total > seen {
+            self.births_shed.inc_by(total - seen);
         }
     }
 

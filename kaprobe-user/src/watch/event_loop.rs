@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     bpf::loader::{KernelStats, Loaded},
-    cli::WatchArgs,
+    cli::{BirthBudget, WatchArgs},
     correlate::{Clock, Correlator, Settings},
     error::{Fatal, exit},
     event::{Body, Event, KernelFeatures, SCHEMA_VERSION},
@@ -98,6 +98,15 @@ fn mode(args: &WatchArgs) -> &'static str {
     }
 }
 
+/// `agent_start.birth_budget`: what the kernel side applies.
+fn birth_budget(args: &WatchArgs) -> Option<u32> {
+    match (args.all, args.lean, args.birth_budget) {
+        (true, _, _) | (false, false, BirthBudget::Unlimited) => None,
+        (false, true, _) => Some(0),
+        (false, false, BirthBudget::PerCpuSecond(n)) => Some(n),
+    }
+}
+
 fn agent_start(args: &WatchArgs, facts: &KernelFacts, loaded: &Loaded, clock: Clock) -> Event {
     Event::agent(
         clock.wall(monotonic_ns()),
@@ -118,6 +127,7 @@ fn agent_start(args: &WatchArgs, facts: &KernelFacts, loaded: &Loaded, clock: Cl
             },
             ring_buffer_bytes: args.ring_bytes(),
             max_connections: args.max_connections,
+            birth_budget: birth_budget(args),
         },
     )
 }

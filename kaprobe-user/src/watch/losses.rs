@@ -87,6 +87,7 @@ impl Agent {
                 },
             ))?;
         }
+        self.poll_births_shed(stats);
         let conns = stats.conn_table_full();
         if conns > self.pipe.totals.untracked_sockets {
             let count = conns - self.pipe.totals.untracked_sockets;
@@ -105,6 +106,27 @@ impl Agent {
             ))?;
         }
         self.pipe.flush()
+    }
+}
+
+impl Agent {
+    /// Births shed over `--birth-budget`: counted in the totals and the metrics, and said
+    /// once in the log (under sustained churn they grow every tick: an event each time would
+    /// be noise; the counter and `agent_stop` carry the number).
+    fn poll_births_shed(&mut self, stats: &KernelStats) {
+        let shed = stats.births_shed();
+        if shed <= self.pipe.totals.births_shed {
+            return;
+        }
+        if self.pipe.totals.births_shed == 0 {
+            log::warn!(
+                "more connections without keepalive started than --birth-budget records per CPU and second: {shed} start(s) not recorded so far; those of them that fail are reported without owner or lifetime (counted in kaprobe_births_shed_total and agent_stop's births_shed; raise --birth-budget or say `unlimited` to record every one)"
+            );
+        }
+        self.pipe.totals.births_shed = shed;
+        if let Some(m) = &self.pipe.metrics {
+            m.births_shed(shed);
+        }
     }
 }
 

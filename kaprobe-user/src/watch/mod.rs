@@ -19,7 +19,7 @@ pub use pipeline::Pipeline;
 
 use crate::{
     bpf::loader::{self, LoadOptions},
-    cli::{Format, WatchArgs},
+    cli::{BirthBudget, Format, WatchArgs},
     error::{Fatal, exit},
     kernel::{
         facts::{self as kernel, KernelError},
@@ -179,6 +179,11 @@ pub(crate) fn run(args: WatchArgs) -> Result<(), Fatal> {
     kernel_filters(&mut facts.config, &args);
     facts.config.sock_sets_mask = loader::sock_sets(args.max_connections) - 1;
     facts.config.idle_close_jiffies = (facts.hz * IDLE_CLOSE_MS / 1000).max(1);
+    facts.config.birth_budget = match args.birth_budget {
+        BirthBudget::PerCpuSecond(n) => n,
+        BirthBudget::Unlimited => u32::MAX,
+    };
+    facts.config.birth_window_jiffies = facts.hz.max(1);
     if std::env::var_os("KAPROBE_BENCH_EMPTY_PROGRAMS").is_some() {
         log::warn!(
             "KAPROBE_BENCH_EMPTY_PROGRAMS: programs attached but do nothing (benchmark floor)"

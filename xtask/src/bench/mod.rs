@@ -10,6 +10,8 @@
 //!    thousands of keepalive timeouts at once between two network namespaces.
 //! 4. Memory: the agent's RSS following 10k and 100k connections; kernel map memory.
 //! 5. Start-up: exec to ready and to the first event, next to tcpstates and bpftrace.
+//! 6. Timer hooks: their cost per call under ordinary (non-TCP) timers, against the empty
+//!    programs.
 //!
 //! Everything it starts (nginx, tracers, helpers, namespaces, sysctls, a tracefs mount) is
 //! undone when its guard drops, on errors too. Traffic stays on loopback and in the
@@ -30,6 +32,7 @@ mod stats;
 mod stress;
 mod system;
 mod throughput;
+mod timers;
 mod tracers;
 mod workloads;
 
@@ -93,6 +96,7 @@ enum Part {
     Throughput,
     Stress,
     Memory,
+    Timers,
 }
 
 /// How much of everything to do.
@@ -107,6 +111,7 @@ struct Plan {
     memory_conns: Vec<usize>,
     startup_runs: usize,
     cpu_rounds: usize,
+    timer_rounds: usize,
     only: Option<Part>,
 }
 
@@ -124,6 +129,7 @@ impl Plan {
             memory_conns: if q { vec![1000] } else { vec![10_000, 100_000] },
             startup_runs: if q { 1 } else { 5 },
             cpu_rounds: if q { 1 } else { 6 },
+            timer_rounds: if q { 1 } else { 12 },
             only: o.only,
         }
     }
@@ -268,6 +274,9 @@ fn measure_parts(plan: &Plan, tools: &Tools, work: &Path, r: &mut Report) -> Res
     }
     if plan.runs(Part::Memory) {
         memory::memory_all(plan, tools, work, r)?;
+    }
+    if plan.runs(Part::Timers) {
+        r.timers = timers::timer_hooks(plan, tools, work).context("timer hooks benchmark")?;
     }
     Ok(())
 }

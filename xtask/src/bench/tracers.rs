@@ -21,6 +21,9 @@ const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state /args->protoc
 pub(super) enum Tracer {
     None,
     Default,
+    /// The default mode without a birth budget (every start recorded): what the default
+    /// was before the budget.
+    Unbudgeted,
     Lean,
     All,
     Empty,
@@ -32,6 +35,7 @@ pub(super) enum Tracer {
 pub(super) const CHURN_TRACERS: &[Tracer] = &[
     Tracer::None,
     Tracer::Default,
+    Tracer::Unbudgeted,
     Tracer::Lean,
     Tracer::All,
     Tracer::Empty,
@@ -47,6 +51,7 @@ impl Tracer {
         match self {
             Tracer::None => "no tracer",
             Tracer::Default => "kaprobe (default)",
+            Tracer::Unbudgeted => "kaprobe --birth-budget unlimited",
             Tracer::Lean => "kaprobe --lean",
             Tracer::All => "kaprobe --all",
             Tracer::Empty => "empty programs (floor)",
@@ -58,7 +63,7 @@ impl Tracer {
     pub(super) fn kaprobe(self) -> bool {
         matches!(
             self,
-            Tracer::Default | Tracer::Lean | Tracer::All | Tracer::Empty
+            Tracer::Default | Tracer::Unbudgeted | Tracer::Lean | Tracer::All | Tracer::Empty
         )
     }
 
@@ -72,7 +77,7 @@ impl Tracer {
     ) -> Option<Command> {
         let mut c = match self {
             Tracer::None => return None,
-            Tracer::Default | Tracer::Lean | Tracer::All | Tracer::Empty => {
+            Tracer::Default | Tracer::Unbudgeted | Tracer::Lean | Tracer::All | Tracer::Empty => {
                 self.kaprobe_command(tools)
             }
             Tracer::Tcpstates | Tracer::Bpftrace => self.other_command(line_buffered),
@@ -89,6 +94,9 @@ impl Tracer {
         }
         if self == Tracer::Lean {
             c.arg("--lean");
+        }
+        if self == Tracer::Unbudgeted {
+            c.args(["--birth-budget", "unlimited"]);
         }
         if self == Tracer::Empty {
             c.env("KAPROBE_BENCH_EMPTY_PROGRAMS", "1");

@@ -18,6 +18,7 @@ use super::{
     startup::Startup,
     stress::Stress,
     throughput::Throughput,
+    timers::TimerRun,
 };
 
 /// Everything measured, as far as the run got.
@@ -38,6 +39,7 @@ pub(super) struct Report {
     pub(super) stress: Option<Stress>,
     pub(super) memory: Vec<Memory>,
     pub(super) memory_failures: Vec<String>,
+    pub(super) timers: Vec<TimerRun>,
 }
 
 /// The verdicts on the targets, on stderr.
@@ -65,6 +67,7 @@ pub(super) fn render(plan: &Plan, r: &Report) -> String {
     agent::stress(w, r);
     agent::memory(w, r);
     agent::startup(w, plan, r);
+    overhead::timers(w, r);
     s
 }
 
