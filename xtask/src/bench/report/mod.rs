@@ -146,8 +146,8 @@ fn targets_table(w: &mut String, plan: &Plan, r: &Report) {
     }
     let _ = writeln!(
         w,
-        "\nWhere the default mode's CPU goes, why it keeps a record of every connection's \
-         start (and so stays above 1.5 × the empty programs), and what `--lean` gives up to \
-         come under it: docs/design.md, \"Default mode against the empty programs\".\n"
+        "\nWhere the default mode's CPU goes, why it records connections' starts, and how the \
+         birth budget (`--birth-budget`) bounds that cost under churn: docs/design.md, \
+         \"Default mode against the empty programs\".\n"
     );
 }
