@@ -513,6 +513,7 @@ fn dashboard_queries_and_alert_rules_work_against_a_real_agent() {
         "KaprobeAgentAbsent",
         "KaprobeEventsLost",
         "KaprobeConnectionTableFull",
+        "KaprobeBirthsShed",
         "KaprobeBadRecords",
         "KaprobeKeepaliveRaces",
         "KaprobeMiddleboxIdleTimeouts",
