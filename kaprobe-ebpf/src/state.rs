@@ -48,7 +48,7 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // they neither spend the budget nor count as shed.
     let born = (new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV)
         && (keepopen || all || conf!(flags) & config_flag::LEAN == 0)
-        && netns_wanted(netns_inum::<M>(sk_net::<M>(sk)))
+        && (conf!(n_filter_netns) == 0 || netns_wanted(netns_inum::<M>(sk_net::<M>(sk))))
         && (keepopen || all || birth_allowed());
     // This side's first FIN: how long the connection had been idle is measured (below).
     let fin_first = new == tcp_state::FIN_WAIT1;
