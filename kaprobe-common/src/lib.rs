@@ -131,7 +131,7 @@ pub mod stat {
     /// ... of which paired with their exit but not sent: no probe was due, none out.
     pub const TIMER_QUIET: u32 = 18;
     /// Births of connections without keepalive not recorded because this CPU's birth budget
-    /// for the current second was spent ([`super::Config::birth_budget`]): if such a
+    /// (its token bucket) was spent ([`super::Config::birth_budget`]): if such a
     /// connection fails, it is reported without owner or lifetime.
     pub const BIRTHS_SHED: u32 = 19;
     pub const COUNT: u32 = 24;
@@ -300,22 +300,33 @@ pub struct Config {
     /// close of a connection that is not otherwise reported is sent all the same
     /// ([`close_flag::IDLE_CLOSE`]).
     pub idle_close_jiffies: u32,
-    /// Births of connections without keepalive recorded per CPU and window
-    /// (`--birth-budget`); beyond it they are shed and counted ([`stat::BIRTHS_SHED`]).
-    /// `u32::MAX`: no limit.
+    /// Births of connections without keepalive recorded per CPU and second, on average
+    /// (`--birth-budget`): a token bucket per CPU, refilled at this rate, holding up to
+    /// [`BIRTH_BURST_SECONDS`] of it; beyond, births are shed and counted
+    /// ([`stat::BIRTHS_SHED`]). `u32::MAX`: no limit.
     pub birth_budget: u32,
-    /// The budget's window in jiffies (HZ: one second).
+    /// Jiffies per second (HZ), for the bucket's refill.
     pub birth_window_jiffies: u32,
+    /// Nanoseconds per jiffy.
+    pub birth_jiffy_ns: u32,
+    pub _pad2: u32,
+    /// CLOCK_MONOTONIC (ktime) when the agent configured the programs: a CPU's bucket, made
+    /// at its first birth, has been filling since then.
+    pub birth_start_ns: u64,
 }
 
-/// Births recorded in this CPU's current window ([`Config::birth_budget`]).
+/// How many seconds of `--birth-budget` a CPU's bucket holds: a burst of starts after a
+/// quiet time (a pool warming up) is recorded whole up to this many seconds' worth.
+pub const BIRTH_BURST_SECONDS: u64 = 10;
+
+/// This CPU's birth token bucket ([`Config::birth_budget`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BirthBudget {
-    /// Jiffies when the window started.
-    pub window_start: u64,
-    pub used: u32,
-    pub _pad: u32,
+    /// Jiffies of the last refill (0: not started yet).
+    pub last: u64,
+    /// Tokens, in 1/HZ of a birth (a birth costs HZ of them; a jiffy adds `birth_budget`).
+    pub units: u64,
 }
 
 /// Common header of every record.
@@ -634,7 +645,7 @@ macro_rules! assert_size {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
     };
 }
-assert_size!(Config, 8 + 58 * 4 + 8 * 4 + 8 * 2);
+assert_size!(Config, 8 + 60 * 4 + 8 * 4 + 8 * 2 + 8);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
 assert_size!(CloseInfo, 48 + 24 + 24);

@@ -86,6 +86,9 @@ static CONFIG: Config = Config {
     idle_close_jiffies: 0,
     birth_budget: 0,
     birth_window_jiffies: 0,
+    birth_jiffy_ns: 0,
+    _pad2: 0,
+    birth_start_ns: 0,
 };
 
 /// Reads one field of [`CONFIG`].

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use kaprobe_common::{
-    BirthBudget, CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet,
+    BIRTH_BURST_SECONDS, BirthBudget, CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet,
     TimerScratch, Tuple, conn_flag, owner_flag, stat,
 };
 
@@ -283,15 +283,18 @@ pub fn take_conn(key: u64) -> Option<ConnState> {
     set.slots.get(i).copied()
 }
 
-/// This CPU's births recorded in the current window (`--birth-budget`).
+/// This CPU's birth token bucket (`--birth-budget`).
 #[map(name = "BIRTH_BUDGET")]
 pub static BIRTH_BUDGET: PerCpuArray<BirthBudget> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether the birth of a connection without keepalive may be recorded: this CPU has not
-/// spent its budget for the current window (one second). A birth beyond it is shed and
-/// counted (`stat::BIRTHS_SHED`): under churn the cost of recording births, most of
-/// `inet_sock_set_state`'s, stays bounded, while a host opening connections at an ordinary
-/// rate keeps the owner and lifetime of every one (docs/design.md).
+/// Whether the birth of a connection without keepalive may be recorded: this CPU's token
+/// bucket holds a birth. It is refilled at `--birth-budget` per second, holds up to
+/// `BIRTH_BURST_SECONDS` of that, and starts (at the agent's start) with one second's
+/// worth. A birth beyond it is
+/// shed and counted (`stat::BIRTHS_SHED`): under churn the cost of recording births, most
+/// of `inet_sock_set_state`'s, stays bounded, while a host opening connections at an
+/// ordinary rate, or in bursts after quiet times, keeps the owner and lifetime of every one
+/// (docs/design.md). No division: tokens count in 1/HZ of a birth.
 #[inline(always)]
 pub fn birth_allowed() -> bool {
     let budget = crate::conf!(birth_budget);
@@ -301,16 +304,27 @@ pub fn birth_allowed() -> bool {
     let Some(b) = BIRTH_BUDGET.get_ptr_mut(0) else {
         return true;
     };
+    let hz = crate::conf!(birth_window_jiffies) as u64;
+    let rate = budget as u64;
     let now = crate::kernel::jiffies();
     // SAFETY: per-CPU array slot, valid for the program's run and private to this CPU (see
     // `count` on the harmless race with a softirq: at worst one birth more or less).
     let b = unsafe { &mut *b };
-    if now.wrapping_sub(b.window_start) >= crate::conf!(birth_window_jiffies) as u64 {
-        b.window_start = now;
-        b.used = 0;
+    if b.last == 0 {
+        // This CPU's first birth: its bucket has been filling since the agent started (one
+        // clock read and one division, once per CPU).
+        let since_ns = crate::kernel::now_ns().saturating_sub(crate::conf!(birth_start_ns));
+        let since = since_ns / (crate::conf!(birth_jiffy_ns) as u64).max(1);
+        b.last = now.wrapping_sub(since.min(hz * BIRTH_BURST_SECONDS));
+        b.units = rate * hz;
     }
-    if b.used < budget {
-        b.used += 1;
+    // A full bucket is BIRTH_BURST_SECONDS of refill: a longer quiet time adds nothing (and
+    // the product cannot overflow: 10 * HZ * u32::MAX < 2^64).
+    let elapsed = now.wrapping_sub(b.last).min(hz * BIRTH_BURST_SECONDS);
+    b.last = now;
+    b.units = (b.units + elapsed * rate).min(rate * hz * BIRTH_BURST_SECONDS);
+    if b.units >= hz {
+        b.units -= hz;
         true
     } else {
         count(stat::BIRTHS_SHED);

@@ -42,7 +42,7 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // sockets that already have keepalive on (set before connect(), or inherited from the
     // listener): recording a birth is most of this hook's cost under connection churn
     // (docs/design.md).
-    // Beyond this CPU's birth budget for the current second, the births of sockets without
+    // Beyond this CPU's birth budget (a token bucket), the births of sockets without
     // keepalive are shed (counted): the cost of a churning host stays bounded. Births in
     // namespaces `--netns` leaves out are never recorded (their records would not be sent):
     // they neither spend the budget nor count as shed.

@@ -832,6 +832,7 @@ fn births_over_the_budget_are_counted_and_their_failures_reported_without_owner(
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     // 3 starts per CPU and second, in this test's namespace only (births elsewhere neither
     // spend the budget nor count).
+    let started = std::time::Instant::now();
     let agent = Agent::start(&[
         "--birth-budget",
         "3",
@@ -843,9 +844,8 @@ fn births_over_the_budget_are_counted_and_their_failures_reported_without_owner(
     // 60 connections refused as fast as they go: each fails, so each is reported.
     const N: usize = 60;
     let to = SocketAddr::new(link.b4, 9);
-    let started = std::time::Instant::now();
     let results: Vec<(i32, u16)> = (0..N).map(|_| connect_errno(&link.a, to)).collect();
-    let secs = started.elapsed().as_secs();
+    let secs = started.elapsed().as_secs() + 1;
     assert!(
         results.iter().all(|(e, _)| *e == libc::ECONNREFUSED),
         "{results:?}"
@@ -872,11 +872,12 @@ fn births_over_the_budget_are_counted_and_their_failures_reported_without_owner(
     let start = &all[0];
     assert_eq!(start["birth_budget"], 3, "{start}");
     let shed = stop["totals"]["births_shed"].as_u64().expect("births_shed");
-    // Every start beyond 3 per CPU and window was shed: at most 2 CPUs x 3 x the windows the
-    // loop spanned were recorded.
+    // Every start beyond the buckets was shed: each CPU's starts with one second's worth (3)
+    // and gains 3 a second, so at most CPUs x 3 x (1 + the seconds since the agent started)
+    // were recorded.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     assert!(
-        shed >= N as u64 - 3 * cpus * (secs + 1),
+        shed >= N as u64 - 3 * cpus * (1 + secs),
         "{shed} shed of {N} in {secs} s"
     );
     // The shed ones, and only they, are reported without owner and without lifetime.
@@ -944,4 +945,68 @@ fn at_an_ordinary_rate_every_failed_connection_keeps_its_owner_and_lifetime() {
             .count(),
         N
     );
+}
+
+/// `n` connects from one thread pinned to CPU 0 inside `ns`, to `to` (refused): the errnos.
+fn refused_burst_on_cpu0(ns: &NetNs, to: SocketAddr, n: usize) -> Vec<i32> {
+    ns.run(move || {
+        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity on this thread
+        // (pid 0) with its size.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+        };
+        assert_eq!(rc, 0, "sched_setaffinity");
+        (0..n)
+            .map(|_| {
+                let s = socket2_v4();
+                // SAFETY: s is a valid socket for the call.
+                let rc = unsafe { connect_raw(s.as_raw_fd(), to) };
+                if rc == 0 {
+                    0
+                } else {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+                }
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn a_burst_after_a_quiet_time_is_recorded_whole_then_the_budget_holds() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("bu");
+    let ns = link.a.inode();
+    // 50 a second: each CPU's bucket starts with 50 and gains 50 a second, up to 500.
+    let agent = Agent::start(&["--birth-budget", "50", "--netns", &ns.to_string()]);
+    // A quiet time fills the bucket (the point of the wait: it is the rate being tested).
+    std::thread::sleep(Duration::from_secs(3));
+    let to = SocketAddr::new(link.b4, 9);
+    // 150 starts at once on one CPU (a pool warming up): more than a second's budget, less
+    // than the bucket holds by now (50 + 3 x 50): every one recorded.
+    let first = refused_burst_on_cpu0(&link.a, to, 150);
+    assert!(first.iter().all(|&e| e == libc::ECONNREFUSED), "{first:?}");
+    let closes = agent.wait_count("the burst's closes", 150, WAIT, |v| {
+        v["event"] == "connection_closed" && v["netns"] == ns
+    });
+    for c in &closes {
+        assert_eq!(c["owner"]["pid"], std::process::id(), "{c}");
+        assert!(c["lifetime_ms"].is_u64(), "{c}");
+    }
+    // At once, 150 more: the bucket is nearly empty, so most are shed.
+    let second = refused_burst_on_cpu0(&link.a, to, 150);
+    assert!(second.iter().all(|&e| e == libc::ECONNREFUSED));
+    let closes = agent.wait_count("both bursts' closes", 300, WAIT, |v| {
+        v["event"] == "connection_closed" && v["netns"] == ns
+    });
+    let all = agent.stop();
+    let shed = all.last().expect("agent_stop")["totals"]["births_shed"]
+        .as_u64()
+        .expect("births_shed");
+    let without_owner = closes.iter().filter(|c| c["owner"].is_null()).count() as u64;
+    assert_eq!(without_owner, shed);
+    assert!(shed >= 50, "{shed} shed of the second burst of 150");
 }

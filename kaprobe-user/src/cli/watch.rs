@@ -22,11 +22,12 @@ pub(crate) struct WatchArgs {
     /// their lifetime, and without their owner unless a local listener accepted them.
     #[arg(long, conflicts_with = "all")]
     pub(crate) lean: bool,
-    /// Starts of connections without keepalive recorded per CPU and second (what gives the
-    /// owner and lifetime of such a connection if it fails). Beyond it a start is not
-    /// recorded, only counted (`births_shed` in agent_stop, kaprobe_births_shed_total): this
-    /// bounds kaprobe's cost on a host opening connections very fast. `unlimited`: record
-    /// every one.
+    /// Starts of connections without keepalive recorded per CPU and second, on average (what
+    /// gives the owner and lifetime of such a connection if it fails); a burst after a quiet
+    /// time is recorded whole up to 10 seconds' worth. Beyond it a start is not recorded,
+    /// only counted (`births_shed` in agent_stop, kaprobe_births_shed_total): this bounds
+    /// kaprobe's cost on a host opening connections very fast. `unlimited`: record every
+    /// one.
     #[arg(long, value_name = "N|unlimited", default_value = "2000", value_parser = parse_birth_budget, conflicts_with_all = ["all", "lean"])]
     pub(crate) birth_budget: BirthBudget,
     #[command(flatten)]

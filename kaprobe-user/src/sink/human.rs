@@ -106,7 +106,7 @@ fn agent(line: &mut String, body: &Body) -> std::fmt::Result {
             match birth_budget {
                 Some(n) if *mode == "default" => write!(
                     line,
-                    ", starts of connections without keepalive recorded up to {n} per CPU and second"
+                    ", starts of connections without keepalive recorded up to {n} per CPU and second (bursts of 10 s' worth)"
                 ),
                 _ => Ok(()),
             }

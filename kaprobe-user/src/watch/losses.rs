@@ -120,7 +120,7 @@ impl Agent {
         }
         if self.pipe.totals.births_shed == 0 {
             log::warn!(
-                "more connections without keepalive started than --birth-budget records per CPU and second: {shed} start(s) not recorded so far; those of them that fail are reported without owner or lifetime (counted in kaprobe_births_shed_total and agent_stop's births_shed; raise --birth-budget or say `unlimited` to record every one)"
+                "more connections without keepalive started than --birth-budget records (per CPU and second, bursts up to 10 s' worth): {shed} start(s) not recorded so far; those of them that fail are reported without owner or lifetime (counted in kaprobe_births_shed_total and agent_stop's births_shed; raise --birth-budget or say `unlimited` to record every one)"
             );
         }
         self.pipe.totals.births_shed = shed;

@@ -184,6 +184,8 @@ pub(crate) fn run(args: WatchArgs) -> Result<(), Fatal> {
         BirthBudget::Unlimited => u32::MAX,
     };
     facts.config.birth_window_jiffies = facts.hz.max(1);
+    facts.config.birth_jiffy_ns = 1_000_000_000 / facts.hz.max(1);
+    facts.config.birth_start_ns = monotonic_ns();
     if std::env::var_os("KAPROBE_BENCH_EMPTY_PROGRAMS").is_some() {
         log::warn!(
             "KAPROBE_BENCH_EMPTY_PROGRAMS: programs attached but do nothing (benchmark floor)"
