@@ -620,3 +620,46 @@ fn settings_from_the_namespace_sysctls() {
     let timeout = the_one(&all, ns, sport, "keepalive_timeout");
     assert_eq!(timeout["probes"], 2, "{timeout}");
 }
+
+/// A client that turns keepalive on after connect() (Go's default) whose start was shed by
+/// the birth budget: the agent follows it from its first probe without an owner, looks up
+/// the process holding it (sock_diag + /proc, as at start-up), and its timeout names it.
+#[test]
+fn a_shed_start_gets_its_owner_from_the_process_holding_the_socket() {
+    let _burst = timer_burst(false);
+    if need_root() {
+        return;
+    }
+    let link = Link::new("shed");
+    let (na, nb) = (link.a.inode(), link.b.inode());
+    let (sa, sb) = (na.to_string(), nb.to_string());
+    // Budget 0: no start of a connection without keepalive is recorded.
+    let agent = Agent::start(&["--birth-budget", "0", "--netns", &sa, "--netns", &sb]);
+    let (client, _server) = connected_v(&link, false);
+    set_keepalive(
+        &client,
+        Keepalive {
+            idle_s: 2,
+            intvl_s: 1,
+            count: 3,
+        },
+    );
+    let sport = port(&client);
+    link.silence_b();
+    assert_eq!(read_until_error(&client), ETIMEDOUT);
+    let closed = agent.wait_for("the client's close", WAIT, |v| {
+        is(v, "connection_closed", na, sport)
+    });
+    let all = agent.stop();
+    assert_eq!(closed["cause"], "keepalive_timeout", "{closed}");
+    // Found by the look-up: this process, with its name.
+    assert_eq!(closed["owner"]["pid"], std::process::id(), "{closed}");
+    assert_eq!(closed["owner"]["comm"], my_comm().as_str(), "{closed}");
+    // The start itself was not recorded: no lifetime, and counted as shed.
+    assert!(closed["lifetime_ms"].is_null(), "{closed}");
+    let stop = all.last().expect("agent_stop");
+    assert!(stop["totals"]["births_shed"].as_u64() >= Some(1), "{stop}");
+    // The first probe came before the look-up: it has no owner; the timeout has it.
+    let timeout = the_one(&all, na, sport, "keepalive_timeout");
+    assert_eq!(timeout["owner"]["pid"], std::process::id(), "{timeout}");
+}

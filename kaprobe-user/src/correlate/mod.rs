@@ -218,6 +218,22 @@ impl Correlator {
         }
     }
 
+    /// Whether a followed connection has no known owner.
+    pub(crate) fn has_ownerless(&self) -> bool {
+        self.conns.values().any(|c| c.owner.is_none())
+    }
+
+    /// Gives followed connections without an owner the one a look-up of the host's sockets
+    /// found for them; returns how many got one.
+    pub(crate) fn fill_owners(&mut self, found: &existing::Conns) -> usize {
+        let mut filled = 0;
+        for c in self.conns.values_mut().filter(|c| c.owner.is_none()) {
+            c.owner = existing::owner_of(found, &c.tuple);
+            filled += usize::from(c.owner.is_some());
+        }
+        filled
+    }
+
     /// The connections open before the agent started whose owner is still kept.
     pub(crate) fn existing_keys(&self) -> Vec<(ConnKey, u32)> {
         self.existing

@@ -32,6 +32,13 @@ pub(super) struct Agent {
     /// answer to come.
     pub(super) existing_checked_ns: u64,
     pub(super) existing_check: Option<mpsc::Receiver<std::collections::HashSet<(ConnKey, u32)>>>,
+    /// When [`Agent::find_ownerless`] last looked (CLOCK_MONOTONIC ns; 0: never), and its
+    /// answer to come.
+    pub(super) ownerless_scanned_ns: u64,
+    pub(super) ownerless_scan: Option<mpsc::Receiver<Existing>>,
+    /// How many OWNERLESS_RESCAN intervals to wait: doubled after a look-up that found
+    /// nothing, 1 after one that found an owner.
+    pub(super) ownerless_backoff: u32,
 }
 
 impl Agent {
@@ -94,6 +101,7 @@ impl Agent {
         self.pipe.correlator.tick(now_mono, &mut self.pipe.scratch);
         self.check_overdue(now_mono);
         self.forget_ended_existing(now_mono);
+        self.find_ownerless(now_mono);
         if let Some(m) = &self.pipe.metrics {
             m.table(
                 self.pipe.correlator.tracked(),

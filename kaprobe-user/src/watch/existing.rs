@@ -3,8 +3,11 @@
 //! connections are gone.
 use std::{sync::mpsc, time::Duration};
 
-use super::{EXISTING_RECHECK, agent::Agent};
+use super::{EXISTING_RECHECK, OWNERLESS_RESCAN, agent::Agent};
 use crate::host::existing::{self, Existing};
+
+/// The longest wait between two fruitless look-ups of owners: 2^6 x OWNERLESS_RESCAN.
+const OWNERLESS_MAX_BACKOFF: u32 = 64;
 
 impl Agent {
     /// Takes the start-up look-up's answer if it comes within `wait`.
@@ -75,6 +78,61 @@ impl Agent {
         let keys = self.pipe.correlator.existing_keys();
         if !keys.is_empty() {
             self.existing_check = existing::spawn_still_open(keys);
+        }
+    }
+
+    /// Every [`OWNERLESS_RESCAN`] at most, while the correlator follows connections whose
+    /// owner it does not know (a keepalive connection whose start was shed by
+    /// `--birth-budget`, or not recorded with `--lean`: typically one that turned keepalive
+    /// on after connect()), looks up the processes holding them as the start-up look-up does
+    /// (on a thread; the answer is taken on a later tick). Their later events, and their
+    /// close, then name the owner. Nothing is looked up while every followed connection has
+    /// one.
+    pub(super) fn find_ownerless(&mut self, now_mono: u64) {
+        if let Some(rx) = &self.ownerless_scan {
+            match rx.try_recv() {
+                Ok(found) => {
+                    let filled = self.pipe.correlator.fill_owners(&found.conns);
+                    log::debug!(
+                        "owners of followed connections without one: {filled} found in {} ms",
+                        found.took.as_millis()
+                    );
+                    // A look-up that finds nothing (processes this agent may not see) is
+                    // tried again less and less often, up to every OWNERLESS_MAX_BACKOFF.
+                    self.ownerless_backoff = if filled == 0 {
+                        (self.ownerless_backoff * 2).min(OWNERLESS_MAX_BACKOFF)
+                    } else {
+                        1
+                    };
+                    self.ownerless_scan = None;
+                }
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => self.ownerless_scan = None,
+            }
+        }
+        let interval =
+            OWNERLESS_RESCAN.as_nanos() as u64 * u64::from(self.ownerless_backoff.max(1));
+        if self.ownerless_scanned_ns != 0
+            && now_mono.saturating_sub(self.ownerless_scanned_ns) < interval
+        {
+            return;
+        }
+        if !self.pipe.correlator.has_ownerless() {
+            return;
+        }
+        self.ownerless_scanned_ns = now_mono;
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kaprobe-owners".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let mut found = existing::scan();
+                found.took = started.elapsed();
+                let _ = tx.send(found);
+            });
+        match spawned {
+            Ok(_) => self.ownerless_scan = Some(rx),
+            Err(e) => log::warn!("owners of followed connections: cannot start a thread: {e}"),
         }
     }
 }

@@ -43,6 +43,10 @@ const IDLE_CLOSE_MS: u32 = 250;
 /// How often the owners of connections older than the agent are checked against the
 /// connections still open (sock_diag in their namespaces).
 const EXISTING_RECHECK: Duration = Duration::from_secs(60);
+/// At most this often, while connections are followed without an owner (their start was
+/// not recorded: over `--birth-budget`, `--lean`, or evicted), the processes holding them
+/// are looked up the way the start-up look-up does (sock_diag and /proc, on a thread).
+const OWNERLESS_RESCAN: Duration = Duration::from_secs(5);
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
