@@ -475,6 +475,11 @@ pub struct TimerRecord {
     /// `icsk_ack.lrcvtime` at entry: jiffies when data was last received (the kernel's idle
     /// time is the smaller of the times since this and since `rcv_tstamp`).
     pub lrcvtime: u32,
+    /// `tcp_sock.segs_out` at entry and at exit: the probe is a segment, so a firing that
+    /// took the probe branch and sent one sent a probe, even when the peer's answer, on
+    /// another CPU, reset `icsk_probes_out` before the exit hook read it.
+    pub segs_out_before: u32,
+    pub segs_out_after: u32,
     pub state_before: u8,
     pub state_after: u8,
     pub probes_before: u8,
@@ -651,7 +656,7 @@ assert_size!(Tuple, 48);
 assert_size!(CloseInfo, 48 + 24 + 24);
 assert_size!(Owner, 32);
 assert_size!(ListenKey, 8);
-assert_size!(TimerRecord, 24 + 48 + 16 + 40 + 8 + 96 + 32);
+assert_size!(TimerRecord, 24 + 48 + 16 + 40 + 8 + 8 + 96 + 32);
 assert_size!(StateRecord, 24 + 48 + 8 + 32);
 assert_size!(CloseRecord, 24 + 48 + 96 + 32);
 assert_size!(ResetSentRecord, 24 + 48 + 16 + 32);

@@ -88,6 +88,7 @@ pub fn on_entry<M: Mem>(timer: u64) {
     rec.state_before = st;
     rec.probes_before = read::<u8>(sk, conf!(icsk_probes_out));
     rec.lrcvtime = read::<u32>(sk, conf!(icsk_lrcvtime));
+    rec.segs_out_before = read::<u32>(sk, conf!(tp_segs_out));
     // tcp_keepalive_timer()'s own test: idle (keepalive_time_elapsed(): since the last
     // segment or data from the peer) for the keepalive time, nothing in flight. One jiffy of
     // slack: the kernel may read jiffies a tick later than this hook.
@@ -143,6 +144,7 @@ pub fn on_exit<M: Mem>(timer: u64) {
     if rec.flags & timer_flag::DIED == 0 {
         rec.state_after = state::<Probe>(sk);
         rec.probes_after = read::<u8>(sk, conf!(icsk_probes_out));
+        rec.segs_out_after = read::<u32>(sk, conf!(tp_segs_out));
         rec.expires_after = M::read::<u64>(timer, conf!(timer_expires));
     } else {
         rec.state_after = tcp_state::CLOSE;

@@ -169,6 +169,8 @@ impl Generator {
             reset_reason: kaprobe_common::REASON_UNKNOWN,
             flags,
             lrcvtime: (j - 7200 * HZ as u64) as u32,
+            segs_out_before: 10,
+            segs_out_after: if probe { 11 } else { 10 },
             state_before: tcp_state::ESTABLISHED,
             state_after: tcp_state::ESTABLISHED,
             probes_before: before,

@@ -287,6 +287,35 @@ fn a_probe_answered_before_the_exit_hook_is_still_a_probe() {
 }
 
 #[test]
+fn a_probe_answered_before_the_exit_hook_of_a_late_firing_is_still_a_probe() {
+    // The ACK reset icsk_probes_out on another CPU and the firing re-armed 3 jiffies late
+    // (a loaded VM): the re-arm does not say it, the segment the socket sent does.
+    let late = |segs_after: u32| {
+        let mut f = firing(SK, 5000, 2, 1, 0, 0);
+        if let RawEvent::Timer(t) = &mut f {
+            t.flags |= timer_flag::PROBE_BRANCH;
+            t.expires_after = t.jiffies + J as u64 + 3;
+            t.segs_out_before = 10;
+            t.segs_out_after = segs_after;
+        }
+        f
+    };
+    let mut c = correlator();
+    assert_eq!(names(&run(&mut c, &[late(11)])), ["keepalive_probe"]);
+    // Nothing sent in the firing: no probe.
+    let mut c = correlator();
+    assert!(run(&mut c, &[late(10)]).is_empty());
+    // A segment sent outside the probe branch (not idle long enough) is not a probe.
+    let mut c = correlator();
+    let mut busy = firing(SK, 5000, 2, 1, 0, 0);
+    if let RawEvent::Timer(t) = &mut busy {
+        t.segs_out_before = 10;
+        t.segs_out_after = 11;
+    }
+    assert!(run(&mut c, &[busy]).is_empty());
+}
+
+#[test]
 fn firings_that_send_nothing_are_not_probes() {
     let mut c = correlator();
     // Busy socket re-armed for 50 ms, congestion, data in flight: probes_out unchanged.

@@ -266,7 +266,10 @@ impl Correlator {
         let owner = conn.learn_owner(&r.owner);
         conn.keepalive_idle_ms = Some(clock.jiffies_to_ms(r.keepalive_time));
         catch_up(conn, r, &f, &owner, traced_since, clock, out);
-        let probe_sent = !f.died && (r.probes_after == r.probes_before.wrapping_add(1) || by_rearm);
+        let probe_sent = !f.died
+            && (r.probes_after == r.probes_before.wrapping_add(1)
+                || by_rearm
+                || probe_by_segment(r));
         if probe_sent {
             conn.probes += 1;
             conn.last_probe_ns = ts;
@@ -407,4 +410,13 @@ impl Correlator {
             .iter()
             .any(|&d| rearm == d || rearm == d + 1)
     }
+}
+
+/// Did the firing send a probe, judging by the segments the socket sent during it? A firing
+/// that took the probe branch (idle, nothing in flight) sends nothing but the probe; this
+/// holds when the answer reset `icsk_probes_out` on another CPU before the exit hook read it
+/// and the re-arm was late by more than a jiffy (a loaded VM), which
+/// [`Correlator::probe_by_rearm`] misses. Records from before this field have both counts 0.
+fn probe_by_segment(r: &TimerRecord) -> bool {
+    r.flags & timer_flag::PROBE_BRANCH != 0 && r.segs_out_after != r.segs_out_before
 }
