@@ -154,7 +154,8 @@ pub fn on_exit<M: Mem>(timer: u64) {
     // agent reports (not idle long enough, data in flight): skip it.
     let worth_it = rec.flags & (timer_flag::DIED | timer_flag::PROBE_BRANCH) != 0
         || rec.probes_before != 0
-        || rec.probes_after != rec.probes_before;
+        || rec.probes_after != rec.probes_before
+        || rec.segs_out_after != rec.segs_out_before;
     if !worth_it {
         count(stat::TIMER_QUIET);
     } else if !emit::<TimerRecord>(rec) && rec.flags & timer_flag::DIED != 0 {

@@ -305,14 +305,27 @@ fn a_probe_answered_before_the_exit_hook_of_a_late_firing_is_still_a_probe() {
     // Nothing sent in the firing: no probe.
     let mut c = correlator();
     assert!(run(&mut c, &[late(10)]).is_empty());
-    // A segment sent outside the probe branch (not idle long enough) is not a probe.
+    // The entry hook read jiffies two ticks before the kernel did: no probe branch seen, but
+    // idle within the slack, nothing in flight, a segment sent: a probe.
     let mut c = correlator();
-    let mut busy = firing(SK, 5000, 2, 1, 0, 0);
-    if let RawEvent::Timer(t) = &mut busy {
-        t.segs_out_before = 10;
-        t.segs_out_after = 11;
+    let mut early = late(11);
+    if let RawEvent::Timer(t) = &mut early {
+        t.flags &= !timer_flag::PROBE_BRANCH;
+        t.rcv_tstamp += 2;
+        t.lrcvtime += 2;
     }
-    assert!(run(&mut c, &[busy]).is_empty());
+    assert_eq!(names(&run(&mut c, &[early])), ["keepalive_probe"]);
+    // A segment sent by a socket with data in flight, or not idle for long, is not a probe.
+    for (in_flight, heard) in [(1, 1), (0, 2)] {
+        let mut c = correlator();
+        let mut busy = firing(SK, 5000, 2, heard, 0, 0);
+        if let RawEvent::Timer(t) = &mut busy {
+            t.packets_out = in_flight;
+            t.segs_out_before = 10;
+            t.segs_out_after = 11;
+        }
+        assert!(run(&mut c, &[busy]).is_empty(), "{in_flight} {heard}");
+    }
 }
 
 #[test]

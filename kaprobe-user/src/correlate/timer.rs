@@ -269,7 +269,7 @@ impl Correlator {
         let probe_sent = !f.died
             && (r.probes_after == r.probes_before.wrapping_add(1)
                 || by_rearm
-                || probe_by_segment(r));
+                || (f.keepalive && probe_by_segment(r, idle_j)));
         if probe_sent {
             conn.probes += 1;
             conn.last_probe_ns = ts;
@@ -412,11 +412,21 @@ impl Correlator {
     }
 }
 
-/// Did the firing send a probe, judging by the segments the socket sent during it? A firing
-/// that took the probe branch (idle, nothing in flight) sends nothing but the probe; this
-/// holds when the answer reset `icsk_probes_out` on another CPU before the exit hook read it
-/// and the re-arm was late by more than a jiffy (a loaded VM), which
-/// [`Correlator::probe_by_rearm`] misses. Records from before this field have both counts 0.
-fn probe_by_segment(r: &TimerRecord) -> bool {
-    r.flags & timer_flag::PROBE_BRANCH != 0 && r.segs_out_after != r.segs_out_before
+/// Jiffies of slack on the idle test of [`probe_by_segment`]: the entry hook reads jiffies
+/// before the kernel does, and a stalled vCPU can put ticks between the two.
+const IDLE_SLACK_JIFFIES: u32 = 5;
+
+/// Did the firing send a probe, judging by the segments the socket sent during it? A
+/// keepalive firing on a connection idle for its keepalive time with nothing in flight or
+/// queued sends nothing but the probe (tcp_write_wakeup with an empty queue). This holds
+/// when the answer reset `icsk_probes_out` on another CPU before the exit hook read it and
+/// the re-arm was late (a loaded VM), which [`Correlator::probe_by_rearm`] misses, and when
+/// the entry's idle test, a tick or more early, did not see the probe branch. Records
+/// without the counts have both 0.
+fn probe_by_segment(r: &TimerRecord, idle_j: u32) -> bool {
+    r.segs_out_after != r.segs_out_before
+        && r.packets_out == 0
+        && r.unacked_bytes == 0
+        && r.state_before != tcp_state::SYN_SENT
+        && idle_j.saturating_add(IDLE_SLACK_JIFFIES) >= r.keepalive_time
 }
