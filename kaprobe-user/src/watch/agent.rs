@@ -32,8 +32,9 @@ pub(super) struct Agent {
     /// answer to come.
     pub(super) existing_checked_ns: u64,
     pub(super) existing_check: Option<mpsc::Receiver<std::collections::HashSet<(ConnKey, u32)>>>,
-    /// When [`Agent::find_ownerless`] last looked (CLOCK_MONOTONIC ns; 0: never), and its
-    /// answer to come.
+    /// When [`Agent::find_ownerless`] last checked the followed connections, and last
+    /// looked up owners (CLOCK_MONOTONIC ns; 0: never), and that look-up's answer to come.
+    pub(super) ownerless_checked_ns: u64,
     pub(super) ownerless_scanned_ns: u64,
     pub(super) ownerless_scan: Option<mpsc::Receiver<Existing>>,
     /// How many OWNERLESS_RESCAN intervals to wait: doubled after a look-up that found

@@ -186,6 +186,7 @@ fn new_agent(
         existing_lookup: Some(existing),
         existing_checked_ns: monotonic_ns(),
         existing_check: None,
+        ownerless_checked_ns: 0,
         ownerless_scanned_ns: 0,
         ownerless_scan: None,
         ownerless_backoff: 1,

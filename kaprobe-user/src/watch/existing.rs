@@ -8,6 +8,8 @@ use crate::host::existing::{self, Existing};
 
 /// The longest wait between two fruitless look-ups of owners: 2^6 x OWNERLESS_RESCAN.
 const OWNERLESS_MAX_BACKOFF: u32 = 64;
+/// How often at most the agent checks whether a followed connection lacks an owner.
+const OWNERLESS_CHECK_NS: u64 = 1_000_000_000;
 
 impl Agent {
     /// Takes the start-up look-up's answer if it comes within `wait`.
@@ -81,13 +83,13 @@ impl Agent {
         }
     }
 
-    /// Every [`OWNERLESS_RESCAN`] at most, while the correlator follows connections whose
-    /// owner it does not know (a keepalive connection whose start was shed by
-    /// `--birth-budget`, or not recorded with `--lean`: typically one that turned keepalive
-    /// on after connect()), looks up the processes holding them as the start-up look-up does
-    /// (on a thread; the answer is taken on a later tick). Their later events, and their
-    /// close, then name the owner. Nothing is looked up while every followed connection has
-    /// one.
+    /// While the correlator follows connections whose owner it does not know (a keepalive
+    /// connection whose start was shed by `--birth-budget`, or not recorded with `--lean`:
+    /// typically one that turned keepalive on after connect()), looks up the processes
+    /// holding them as the start-up look-up does (on a thread; the answer is taken on a
+    /// later tick): within a second of seeing one, then every [`OWNERLESS_RESCAN`] at most.
+    /// Their later events, and their close, then name the owner. Nothing is looked up while
+    /// every followed connection has one.
     pub(super) fn find_ownerless(&mut self, now_mono: u64) {
         if let Some(rx) = &self.ownerless_scan {
             match rx.try_recv() {
@@ -110,6 +112,13 @@ impl Agent {
                 Err(mpsc::TryRecvError::Disconnected) => self.ownerless_scan = None,
             }
         }
+        // Whether any followed connection lacks an owner: a walk over the table, once a
+        // second at most (so a new one is looked up within a second of being seen, unless
+        // a look-up ran less than OWNERLESS_RESCAN x backoff ago).
+        if now_mono.saturating_sub(self.ownerless_checked_ns) < OWNERLESS_CHECK_NS {
+            return;
+        }
+        self.ownerless_checked_ns = now_mono;
         let interval =
             OWNERLESS_RESCAN.as_nanos() as u64 * u64::from(self.ownerless_backoff.max(1));
         if self.ownerless_scanned_ns != 0
