@@ -3,13 +3,19 @@
 //! each (decode, correlation, owner resolution, filter, totals, summary, JSON Lines) into a
 //! sink, on this one thread.
 //!
-//! `agent_throughput [RECORDS]` (default 2,000,000) prints one JSON line:
-//! `{"records":…,"events":…,"bytes":…,"seconds":…}`, where `seconds` counts only the
-//! processing (the records are made beforehand, in chunks).
+//! `agent_throughput [RECORDS] [keepalive|churn]` (default 2,000,000, keepalive) prints one
+//! JSON line: `{"records":…,"events":…,"bytes":…,"seconds":…}`, where `seconds` counts only
+//! the processing (the records are made beforehand, in chunks).
 //!
-//! The mix follows a keepalive-heavy server: 4096 connections interleaved; each gets a
+//! `keepalive` follows a keepalive-heavy server: 4096 connections interleaved; each gets a
 //! keepalive probe and its answer, then ends by FIN (70 %), by an RST from the peer (20 %)
 //! or by a keepalive timeout (10 %), followed by `tcp_destroy_sock`.
+//!
+//! `churn` is what `watch --all` receives under `Connection: close` churn with both ends on
+//! the host (the bench's nginx and wrk): one close record per socket, the server's (it sent
+//! the first FIN, from FIN_WAIT2, owner nginx) then the client's (from LAST_ACK, owner wrk),
+//! each of which makes a `connection_closed` and its `fin_sent`/`fin_received` events. One
+//! record is one reported connection.
 use std::{
     io::{self, BufWriter, Write},
     time::Instant,
@@ -56,19 +62,35 @@ struct Slot {
     stage: u8,
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Mix {
+    Keepalive,
+    Churn,
+}
+
 struct Generator {
     now_ns: u64,
     next_conn: u64,
     slots: Vec<Slot>,
     cursor: usize,
     owner: RawOwner,
+    /// The client's owner (`churn`).
+    client: RawOwner,
 }
 
 impl Generator {
     fn new(cgroup_id: u64) -> Self {
         let mut comm = [0u8; 16];
         comm[..5].copy_from_slice(b"nginx");
+        let mut client = [0u8; 16];
+        client[..3].copy_from_slice(b"wrk");
         Generator {
+            client: RawOwner {
+                tgid: 4343,
+                flags: 0,
+                cgroup_id,
+                comm: client,
+            },
             now_ns: 1_000_000_000_000,
             next_conn: WINDOW as u64,
             slots: (0..WINDOW as u64)
@@ -191,6 +213,54 @@ impl Generator {
         r
     }
 
+    /// The next close of `--all` churn: the server's side of connection `n / 2`, then the
+    /// client's.
+    fn next_churn(&mut self) -> Vec<u8> {
+        self.now_ns += STEP_NS;
+        let n = self.next_conn;
+        self.next_conn += 1;
+        let conn = n / 2;
+        let server = n.is_multiple_of(2);
+        let mut tuple = Self::tuple(conn);
+        if !server {
+            std::mem::swap(&mut tuple.saddr, &mut tuple.daddr);
+            std::mem::swap(&mut tuple.sport, &mut tuple.dport);
+        }
+        let mut close = CloseInfo {
+            birth_ns: self.now_ns - 1_000_000,
+            // The server's FIN first, the client's answer 100 µs later.
+            fin_sent_ns: self.now_ns - if server { 200_000 } else { 100_000 },
+            fin_recv_ns: self.now_ns - if server { 100_000 } else { 200_000 },
+            bytes_sent: if server { 235 } else { 70 },
+            bytes_received: if server { 70 } else { 235 },
+            segs_out: if server { 4 } else { 5 },
+            segs_in: 5,
+            ..self.close_info(conn, tcp_state::FIN_WAIT2, 0, 0)
+        };
+        close.flags = close_flag::TRACKED
+            | if server {
+                close_flag::INBOUND | close_flag::FIN_IDLE
+            } else {
+                close_flag::OUTBOUND
+            };
+        if !server {
+            close.old_state = tcp_state::LAST_ACK;
+        }
+        close.lsndtime = self.jiffies() as u32;
+        close.lrcvtime = self.jiffies() as u32;
+        encode(&CloseRecord {
+            header: Header {
+                kind: kind::CLOSE,
+                cpu: (n % 2) as u32,
+                ts_ns: self.now_ns,
+                sk: 0xffff_8881_0000_0000 + (n % 1_000_000) * 0x1000,
+            },
+            tuple,
+            close,
+            owner: if server { self.owner } else { self.client },
+        })
+    }
+
     /// The next record of the interleaved stream.
     fn next(&mut self) -> Vec<u8> {
         self.now_ns += STEP_NS;
@@ -277,6 +347,11 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().expect("RECORDS must be a number"))
         .unwrap_or(2_000_000);
+    let mix = match std::env::args().nth(2).as_deref() {
+        None | Some("keepalive") => Mix::Keepalive,
+        Some("churn") => Mix::Churn,
+        Some(other) => panic!("the mix is keepalive or churn, not {other}"),
+    };
     let mut reasons = std::collections::HashMap::new();
     reasons.insert(15, "tcp_keepalive_timeout".to_owned());
     let clock = Clock {
@@ -305,7 +380,12 @@ fn main() {
     let mut elapsed = std::time::Duration::ZERO;
     while done < total {
         let n = CHUNK.min((total - done) as usize);
-        let chunk: Vec<Vec<u8>> = (0..n).map(|_| generator.next()).collect();
+        let chunk: Vec<Vec<u8>> = (0..n)
+            .map(|_| match mix {
+                Mix::Keepalive => generator.next(),
+                Mix::Churn => generator.next_churn(),
+            })
+            .collect();
         let start = Instant::now();
         for item in &chunk {
             if !pipe.record(item).expect("sink") {

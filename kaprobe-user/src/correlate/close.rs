@@ -112,7 +112,7 @@ impl Correlator {
             abort_on_data,
         } = p;
         if let Some(e) = held_reset {
-            out.push(e); // a real RST after all (no RST of this side's followed)
+            out.push(*e); // a real RST after all (no RST of this side's followed)
         }
         let clock = self.settings.clock;
         let error = if info.sk_err != 0 {
@@ -164,7 +164,7 @@ impl Correlator {
                 segments: counted.then_some(info.segs_out as u64 + info.segs_in as u64),
                 segments_sent: counted.then_some(info.segs_out),
                 segments_received: counted.then_some(info.segs_in),
-                diagnosis,
+                diagnosis: Box::new(diagnosis),
             },
         ));
     }

@@ -27,7 +27,7 @@ use crate::{
     FastMap,
     bpf::decode::RawEvent,
     event::{Body, Endpoints, Event, Owner, Timestamp},
-    host::{diag::ConnKey, existing},
+    host::{diag::ConnKey, existing, owner::Owners},
 };
 
 const ETIMEDOUT: i32 = 110;
@@ -100,10 +100,11 @@ struct Conn {
 }
 
 impl Conn {
-    /// Takes the owner a record names (the kernel's is authoritative), keeping the one
-    /// learned before when the record has none; returns the connection's owner.
-    fn learn_owner(&mut self, raw: &kaprobe_common::Owner) -> Option<Owner> {
-        self.owner = owner_named(raw, self.owner.take());
+    /// Takes the owner a record names (`raw`, interned as `named`: the kernel's is
+    /// authoritative), keeping the one learned before when the record has none; returns
+    /// the connection's owner.
+    fn learn_owner(&mut self, raw: &kaprobe_common::Owner, named: Option<Owner>) -> Option<Owner> {
+        self.owner = owner_named(raw, named, self.owner.take());
         self.owner.clone()
     }
 }
@@ -123,12 +124,16 @@ fn conn_event(
     }
 }
 
-/// The owner a record names, else `known`; `known` itself when the record names the same
-/// owner (no new texts).
-fn owner_named(raw: &kaprobe_common::Owner, known: Option<Owner>) -> Option<Owner> {
+/// The owner a record names (`raw`, interned as `named`), else `known`; `known` itself
+/// when the record names the same owner.
+fn owner_named(
+    raw: &kaprobe_common::Owner,
+    named: Option<Owner>,
+    known: Option<Owner>,
+) -> Option<Owner> {
     match known {
         Some(o) if raw.tgid == 0 || o.is_from_kernel(raw) => Some(o),
-        _ => Owner::from_kernel(raw),
+        _ => named,
     }
 }
 
@@ -145,7 +150,7 @@ struct Pending {
     /// A `reset_received` held back with the close: in FIN_WAIT1/2 the kernel runs its RST
     /// path for data that came after this side shut down (`tcp_abort_on_data`, no RST
     /// received), and the RST it then sends tells the two apart.
-    held_reset: Option<Event>,
+    held_reset: Option<Box<Event>>,
     /// ... and it told: data came after this side shut down.
     abort_on_data: bool,
 }
@@ -188,7 +193,9 @@ pub struct Correlator {
     memory: memory::Memory,
     /// `reset_received` events of sockets in FIN_WAIT1/2, held until their close (see
     /// [`Pending::held_reset`]), by socket.
-    held_resets: FastMap<u64, Event>,
+    held_resets: FastMap<u64, Box<Event>>,
+    /// The owners records name, interned, with their cgroup paths.
+    owners: Owners,
     pub(crate) stats: CorrelatorStats,
 }
 
@@ -205,6 +212,7 @@ impl Correlator {
             existing: HashMap::new(),
             memory: memory::Memory::default(),
             held_resets: FastMap::default(),
+            owners: Owners::default(),
             stats: Default::default(),
         }
     }
@@ -318,10 +326,16 @@ impl Correlator {
     /// The owner a record names, else the one learned earlier for the connection (which
     /// learns it).
     fn owner(&mut self, sk: u64, tuple: &Tuple, raw: &kaprobe_common::Owner) -> Option<Owner> {
+        let named = self.owners.named(raw);
         match self.known(sk, tuple) {
-            Some(c) => c.learn_owner(raw),
-            None => owner_named(raw, existing::owner_of(&self.existing, tuple)),
+            Some(c) => c.learn_owner(raw, named),
+            None => owner_named(raw, named, existing::owner_of(&self.existing, tuple)),
         }
+    }
+
+    /// Fills an owner's cgroup path if it was not known when the owner was named.
+    pub(crate) fn resolve_owner(&mut self, owner: &mut Owner) {
+        self.owners.resolve(owner);
     }
 
     /// What the diagnosis rules need of the settings.

@@ -8,7 +8,7 @@ use kaprobe_common::{
 use super::{Correlator, MAX_HELD_RESETS, Pending};
 use crate::{
     diagnose::{self, EarlierClose, OtherEnd, StrayReset},
-    event::{Body, Event, Owner, state_name},
+    event::{Body, Event, state_name},
 };
 
 impl Correlator {
@@ -23,7 +23,7 @@ impl Correlator {
             || r.state == tcp_state::TIME_WAIT
             || r.state == tcp_state::NEW_SYN_RECV;
         let owner = if stray {
-            Owner::from_kernel(&r.owner)
+            self.owners.named(&r.owner)
         } else {
             self.owner(sk, &r.tuple, &r.owner)
                 .or_else(|| self.pending.get(&sk).and_then(|p| p.owner.clone()))
@@ -67,7 +67,7 @@ impl Correlator {
                 reason,
                 state,
                 answering: answering(r.in_flags, r.in_len),
-                diagnosis,
+                diagnosis: diagnosis.map(Box::new),
             },
         ));
         if stray {
@@ -153,9 +153,9 @@ impl Correlator {
             // `Pending::held_reset`).
             if self.held_resets.len() >= MAX_HELD_RESETS {
                 // Closes that never came for them (lost records): reported, not kept forever.
-                out.extend(self.held_resets.drain().map(|(_, e)| e));
+                out.extend(self.held_resets.drain().map(|(_, e)| *e));
             }
-            self.held_resets.insert(r.header.sk, event);
+            self.held_resets.insert(r.header.sk, Box::new(event));
         } else {
             out.push(event);
         }

@@ -11,8 +11,9 @@ use crate::{
 impl Correlator {
     pub(super) fn on_state(&mut self, r: &StateRecord, out: &mut Vec<Event>) {
         let ts = r.header.ts_ns;
+        let named = self.owners.named(&r.owner);
         let conn = self.conn(r.header.sk, &r.tuple, ts);
-        let owner = conn.learn_owner(&r.owner);
+        let owner = conn.learn_owner(&r.owner, named);
         let body = match r.new_state {
             tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
                 conn.fin_sent_ns = ts;
@@ -50,6 +51,7 @@ impl Correlator {
         let known = conn.as_ref().and_then(|c| c.owner.clone());
         let owner = owner_named(
             &r.owner,
+            self.owners.named(&r.owner),
             known.or_else(|| existing::owner_of(&self.existing, &r.tuple)),
         );
         let held_reset = if self.held_resets.is_empty() {

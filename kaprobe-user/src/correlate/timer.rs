@@ -262,8 +262,9 @@ impl Correlator {
         };
         let by_rearm = self.probe_by_rearm(r);
         let traced_since = self.settings.traced_since_ns;
+        let named = self.owners.named(&r.owner);
         let conn = self.conn(r.header.sk, &r.tuple, ts);
-        let owner = conn.learn_owner(&r.owner);
+        let owner = conn.learn_owner(&r.owner, named);
         conn.keepalive_idle_ms = Some(clock.jiffies_to_ms(r.keepalive_time));
         catch_up(conn, r, &f, &owner, traced_since, clock, out);
         let probe_sent = !f.died

@@ -200,7 +200,7 @@ pub(crate) enum Body {
         answering: Option<&'static str>,
         /// Only on an RST that closes no connection (from a TIME_WAIT socket, or with no
         /// socket): why, as for `connection_closed`. Absent otherwise.
-        diagnosis: Option<Diagnosis>,
+        diagnosis: Option<Box<Diagnosis>>,
     },
     ResetReceived {
         during_keepalive: bool,
@@ -238,7 +238,7 @@ pub(crate) enum Body {
         segments_sent: Option<u32>,
         segments_received: Option<u32>,
         /// Why the connection died, in words, with the evidence and what to change.
-        diagnosis: Diagnosis,
+        diagnosis: Box<Diagnosis>,
     },
     EventsLost {
         /// What was lost since the previous report.

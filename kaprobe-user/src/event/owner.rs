@@ -1,13 +1,19 @@
 //! Who owns a connection, as the event log names it: process id, command name, cgroup v2
 //! path and, when the path shows one, the container id.
-use std::sync::Arc;
+use std::{ops::Deref, sync::Arc};
 
 use serde::Serialize;
 
-/// The process a connection belongs to. Its texts are shared (every event of a
-/// connection names the same owner): a clone allocates nothing.
+/// The process a connection belongs to: one allocation shared by every connection and
+/// event that names it (the agent interns the owners kernel records name), so that a clone
+/// is one reference count, and two clones compare by address first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Owner {
+#[serde(transparent)]
+pub(crate) struct Owner(Arc<OwnerData>);
+
+/// What an [`Owner`] says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct OwnerData {
     /// Thread-group id (what `ps` calls the pid).
     pub(crate) pid: u32,
     /// The process's command name (`comm`, at most 15 bytes).
@@ -23,40 +29,69 @@ pub(crate) struct Owner {
     pub(crate) cgroup_id: u64,
 }
 
+impl Deref for Owner {
+    type Target = OwnerData;
+
+    fn deref(&self) -> &OwnerData {
+        &self.0
+    }
+}
+
+impl From<OwnerData> for Owner {
+    fn from(data: OwnerData) -> Owner {
+        Owner(Arc::new(data))
+    }
+}
+
 impl Owner {
     pub(crate) fn new(pid: u32, comm: String, cgroup: Option<String>) -> Owner {
         let container_id = cgroup.as_deref().and_then(container_id).map(Arc::from);
-        Owner {
+        Owner::from(OwnerData {
             pid,
             comm: comm.into(),
             cgroup: cgroup.map(Arc::from),
             container_id,
             cgroup_id: 0,
-        }
+        })
     }
 
     /// From a kernel record; `None` when the kernel did not know the owner.
     pub(crate) fn from_kernel(raw: &kaprobe_common::Owner) -> Option<Owner> {
-        (raw.tgid != 0).then(|| Owner {
-            pid: raw.tgid,
-            comm: match std::str::from_utf8(comm_bytes(&raw.comm)) {
-                Ok(text) => text.into(),
-                Err(_) => comm_text(&raw.comm).into(),
-            },
-            cgroup: None,
-            container_id: None,
-            cgroup_id: raw.cgroup_id,
+        (raw.tgid != 0).then(|| {
+            Owner::from(OwnerData {
+                pid: raw.tgid,
+                comm: match std::str::from_utf8(comm_bytes(&raw.comm)) {
+                    Ok(text) => text.into(),
+                    Err(_) => comm_text(&raw.comm).into(),
+                },
+                cgroup: None,
+                container_id: None,
+                cgroup_id: raw.cgroup_id,
+            })
         })
     }
 
     /// Is this the owner a kernel record names (as [`Owner::from_kernel`] would make it,
-    /// before [`crate::host::owner::CgroupPaths::resolve`])?
+    /// its cgroup path resolved or not)?
     pub(crate) fn is_from_kernel(&self, raw: &kaprobe_common::Owner) -> bool {
         self.pid == raw.tgid
             && self.cgroup_id == raw.cgroup_id
-            && self.cgroup.is_none()
             // (A name that is not UTF-8 was changed by from_kernel: never equal.)
             && self.comm.as_bytes() == comm_bytes(&raw.comm)
+    }
+
+    /// To change what it says (a copy if it is shared).
+    pub(crate) fn data_mut(&mut self) -> &mut OwnerData {
+        Arc::make_mut(&mut self.0)
+    }
+
+    /// The same owner, as named by the cgroup id this agent has just resolved.
+    pub(crate) fn with_cgroup(&self, path: Arc<str>, container_id: Option<Arc<str>>) -> Owner {
+        Owner::from(OwnerData {
+            cgroup: Some(path),
+            container_id,
+            ..(*self.0).clone()
+        })
     }
 }
 
@@ -144,9 +179,10 @@ mod tests {
         other = raw;
         other.comm[0] = 0xff;
         assert!(!Owner::from_kernel(&other).unwrap().is_from_kernel(&other));
-        let mut resolved = o.clone();
-        resolved.cgroup = Some("/x".into());
-        assert!(!resolved.is_from_kernel(&raw));
+        // Still the same owner once its cgroup is resolved.
+        let resolved = o.with_cgroup("/x".into(), None);
+        assert!(resolved.is_from_kernel(&raw));
+        assert_ne!(resolved, o);
     }
 
     #[test]

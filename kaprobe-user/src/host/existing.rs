@@ -226,8 +226,9 @@ pub(crate) fn spawn_still_open(
 fn process(pid: u32, cgroup_root: Option<&Path>) -> Option<(Owner, kaprobe_common::Owner)> {
     let mut owner = owner::owner_of_pid(pid)?;
     if cgroup_root.is_none() {
-        owner.cgroup = None;
-        owner.container_id = None;
+        let data = owner.data_mut();
+        data.cgroup = None;
+        data.container_id = None;
     }
     let mut raw = kaprobe_common::Owner {
         tgid: pid,

@@ -91,6 +91,47 @@ pub(crate) fn socket_fds() -> HashMap<u64, (u32, i32)> {
     owners
 }
 
+/// The owners kernel records name, interned, their cgroup paths resolved: a record that
+/// names a known owner (under churn, nearly every one: a few processes own most
+/// connections) costs one look-up, no allocation, and its events share the owner.
+#[derive(Default)]
+pub(crate) struct Owners {
+    cgroups: CgroupPaths,
+    /// (tgid, cgroup id, comm) as the kernel recorded them → the owner.
+    interned: FastMap<(u32, u64, [u8; 16]), Owner>,
+}
+
+impl Owners {
+    /// Owners kept at most (beyond: forgotten all at once, and interned again as they come).
+    const MAX: usize = 4096;
+
+    /// The owner a kernel record names; `None` when the kernel did not know it.
+    pub(crate) fn named(&mut self, raw: &kaprobe_common::Owner) -> Option<Owner> {
+        if raw.tgid == 0 {
+            return None;
+        }
+        let key = (raw.tgid, raw.cgroup_id, raw.comm);
+        if let Some(o) = self.interned.get(&key) {
+            return Some(o.clone());
+        }
+        let mut o = Owner::from_kernel(raw)?;
+        self.cgroups.resolve(&mut o);
+        // A cgroup not found yet (made since the last scan) is looked up again next time.
+        if o.cgroup.is_some() || o.cgroup_id == 0 {
+            if self.interned.len() >= Self::MAX {
+                self.interned.clear();
+            }
+            self.interned.insert(key, o.clone());
+        }
+        Some(o)
+    }
+
+    /// Fills an owner's cgroup path from its id if it was not known yet.
+    pub(crate) fn resolve(&mut self, owner: &mut Owner) {
+        self.cgroups.resolve(owner);
+    }
+}
+
 /// cgroup id (what `bpf_get_current_cgroup_id()` returns: the inode number of the
 /// cgroup's directory in cgroup2fs) → path, with a cache. A miss rescans the hierarchy,
 /// at most once per [`CgroupPaths::RESCAN`], so a burst of unknown ids costs one walk.
@@ -128,8 +169,7 @@ impl CgroupPaths {
     pub(crate) fn resolve(&mut self, owner: &mut Owner) {
         if owner.cgroup.is_none() && owner.cgroup_id != 0 {
             if let Some(cgroup) = self.cgroup(owner.cgroup_id) {
-                owner.cgroup = Some(cgroup.path.clone());
-                owner.container_id = cgroup.container_id.clone();
+                *owner = owner.with_cgroup(cgroup.path.clone(), cgroup.container_id.clone());
             }
         }
     }
@@ -191,6 +231,40 @@ impl CgroupPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_are_interned() {
+        let mut owners = Owners::default();
+        let mut raw = kaprobe_common::Owner {
+            tgid: 7,
+            ..Default::default()
+        };
+        raw.comm[..5].copy_from_slice(b"nginx");
+        let a = owners.named(&raw).expect("an owner");
+        let b = owners.named(&raw).expect("an owner");
+        // One allocation, shared.
+        assert!(std::ptr::eq(&*a, &*b));
+        assert_eq!((a.pid, &*a.comm, a.cgroup.as_deref()), (7, "nginx", None));
+        // Another process, another owner; none for an unknown one.
+        raw.tgid = 8;
+        assert_eq!(owners.named(&raw).map(|o| o.pid), Some(8));
+        assert!(!std::ptr::eq(&*a, &*owners.named(&raw).unwrap()));
+        raw.tgid = 0;
+        assert_eq!(owners.named(&raw), None);
+        // A cgroup id that does not exist is not interned (looked up again next time).
+        raw.tgid = 9;
+        raw.cgroup_id = u64::MAX;
+        let c = owners.named(&raw).expect("an owner");
+        assert_eq!((c.cgroup_id, c.cgroup.as_deref()), (u64::MAX, None));
+        assert!(!owners.interned.contains_key(&(9, u64::MAX, raw.comm)));
+        // Bounded: forgotten all at once when full.
+        for tgid in 100..100 + Owners::MAX as u32 + 10 {
+            raw.tgid = tgid;
+            raw.cgroup_id = 0;
+            owners.named(&raw);
+        }
+        assert!(owners.interned.len() <= Owners::MAX);
+    }
 
     #[test]
     fn this_process_is_found() {

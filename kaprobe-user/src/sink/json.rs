@@ -11,6 +11,7 @@ use std::{io::Write as _, net::IpAddr};
 use crate::event::{
     Body, Endpoints, Event, Family, Owner, Side, Timestamp,
     diagnosis::{Confidence, Diagnosis, Evidence},
+    owner::OwnerData,
     time::RFC3339_MICROS_LEN,
 };
 
@@ -127,13 +128,13 @@ fn endpoints(out: &mut Vec<u8>, c: &Endpoints) {
 }
 
 fn write_owner(out: &mut Vec<u8>, o: &Owner) {
-    let Owner {
+    let OwnerData {
         pid,
         comm,
         cgroup,
         container_id,
         cgroup_id: _,
-    } = o;
+    } = &**o;
     out.extend_from_slice(b"{\"pid\":");
     uint(out, *pid);
     out.extend_from_slice(b",\"comm\":");
@@ -513,12 +514,14 @@ mod tests {
                 proptest::option::of(text()),
                 any::<u64>(),
             )
-                .prop_map(|(pid, comm, cgroup, container_id, cgroup_id)| Owner {
-                    pid,
-                    comm: comm.into(),
-                    cgroup: cgroup.map(Into::into),
-                    container_id: container_id.map(Into::into),
-                    cgroup_id,
+                .prop_map(|(pid, comm, cgroup, container_id, cgroup_id)| {
+                    Owner::from(OwnerData {
+                        pid,
+                        comm: comm.into(),
+                        cgroup: cgroup.map(Into::into),
+                        container_id: container_id.map(Into::into),
+                        cgroup_id,
+                    })
                 }),
         )
     }
@@ -572,7 +575,7 @@ mod tests {
                     reason,
                     state,
                     answering,
-                    diagnosis,
+                    diagnosis: diagnosis.map(Box::new),
                 }
             ),
             (any::<bool>(), static_text()).prop_map(|(during_keepalive, state)| {
@@ -631,7 +634,7 @@ mod tests {
                         segments,
                         segments_sent,
                         segments_received,
-                        diagnosis,
+                        diagnosis: Box::new(diagnosis),
                     }
                 ),
             any::<u64>().prop_map(|count| Body::EventsLost {

@@ -9,7 +9,6 @@ use crate::{
     correlate::Correlator,
     error::{Fatal, exit},
     event::{Endpoints, Event, Totals},
-    host::owner::CgroupPaths,
     sink::{Filter, Output, metrics::Metrics, summary::Summary},
 };
 
@@ -24,8 +23,6 @@ pub struct Pipeline {
     pub(crate) totals: Totals,
     /// Events made by the correlator, not yet written.
     pub(crate) scratch: Vec<Event>,
-    /// cgroup ids → paths, for owners.
-    cgroups: CgroupPaths,
     /// Since the last `summary` event (with `--summary-interval`).
     pub(crate) summary: Option<Summary>,
     /// The whole run, for `agent_stop`.
@@ -50,7 +47,6 @@ impl Pipeline {
             output,
             totals: Totals::default(),
             scratch: Vec::with_capacity(2 * BATCH),
-            cgroups: CgroupPaths::default(),
             summary: periodic_summary.then(Summary::default),
             summary_all: Summary::default(),
             metrics: None,
@@ -114,7 +110,7 @@ impl Pipeline {
     pub fn write_scratch(&mut self) -> Result<(), Fatal> {
         let mut events = std::mem::take(&mut self.scratch);
         for o in events.iter_mut().filter_map(|e| e.owner.as_mut()) {
-            self.cgroups.resolve(o);
+            self.correlator.resolve_owner(o);
         }
         for e in &events {
             self.write(e)?;
@@ -130,7 +126,7 @@ impl Pipeline {
     fn idle_closes(&mut self) {
         for mut c in self.correlator.take_idle_closes() {
             if let Some(o) = c.owner.as_mut() {
-                self.cgroups.resolve(o);
+                self.correlator.resolve_owner(o);
             }
             let e = Endpoints::from_tuple(&c.tuple);
             let wanted = self
