@@ -89,7 +89,7 @@ impl Correlator {
         if !self.existing.is_empty() {
             self.existing.remove(&ConnKey::of_tuple(&p.tuple));
         }
-        let outcome = Self::classify(&p.info, p.conn.as_ref(), forced);
+        let outcome = Self::classify(&p.info, p.conn.as_deref(), forced);
         if let Some(idle) = self.idle_close(&p, &outcome) {
             let reported = p.info.flags & (close_flag::TRACKED | close_flag::KEEPOPEN) != 0
                 || outcome.cause != Cause::Fin;
@@ -131,7 +131,7 @@ impl Correlator {
         let probes = conn.as_ref().map_or(0, |c| c.probes);
         let death = self.death(
             &info,
-            conn.as_ref(),
+            conn.as_deref(),
             &outcome,
             (ts_ns, counted, error, abort_on_data),
             (probes, acks),

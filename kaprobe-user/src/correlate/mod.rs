@@ -143,7 +143,7 @@ struct Pending {
     ts_ns: u64,
     tuple: Tuple,
     info: CloseInfo,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     owner: Option<Owner>,
     /// `info` came from the kernel at `TCP_CLOSE` (its byte and segment counts are real).
     counted: bool,

@@ -90,7 +90,11 @@ impl Correlator {
                     reset_reason: REASON_UNKNOWN,
                     ..CloseInfo::default()
                 },
-                conn: self.conns.remove(&sk).filter(|c| c.tuple == r.tuple),
+                conn: self
+                    .conns
+                    .remove(&sk)
+                    .filter(|c| c.tuple == r.tuple)
+                    .map(Box::new),
                 owner: owner.clone(),
                 counted: false,
                 held_reset: None,

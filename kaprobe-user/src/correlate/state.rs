@@ -63,7 +63,7 @@ impl Correlator {
             ts_ns: r.header.ts_ns,
             tuple: r.tuple,
             info: r.close,
-            conn,
+            conn: conn.map(Box::new),
             owner,
             counted: true,
             held_reset,

@@ -157,14 +157,14 @@ pub(crate) enum Body {
     },
     AgentStop {
         duration_ms: u64,
-        totals: Totals,
+        totals: Box<Totals>,
         /// The whole run, grouped as in `summary` events.
-        summary: summary::Report,
+        summary: Box<summary::Report>,
     },
     Summary {
         /// The period covered (`--summary-interval`).
         interval_ms: u64,
-        summary: summary::Report,
+        summary: Box<summary::Report>,
     },
     KeepaliveProbe {
         probe: u8,

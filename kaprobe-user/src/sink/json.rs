@@ -15,38 +15,50 @@ use crate::event::{
     time::RFC3339_MICROS_LEN,
 };
 
-/// The JSON object of the last owner written, reused while the events name the same owner
-/// (every event of a connection does, and under churn most connections belong to a few
-/// processes): the texts (a cgroup path is tens of bytes) are checked for escapes and
-/// copied once, not with every event.
+/// The JSON of the last owner and the last endpoints written, reused while the events name
+/// the same (every event of a connection does, and they come together: a close and its
+/// FINs; under churn most connections belong to a few processes): the texts are formatted,
+/// checked for escapes and copied once, not with every event.
 #[derive(Default)]
-pub(crate) struct OwnerCache {
+pub(crate) struct Recent {
     owner: Option<Owner>,
-    json: Vec<u8>,
+    owner_json: Vec<u8>,
+    conn: Option<Endpoints>,
+    conn_json: Vec<u8>,
 }
 
-impl OwnerCache {
-    fn write(&mut self, out: &mut Vec<u8>, o: &Owner) {
+impl Recent {
+    fn owner(&mut self, out: &mut Vec<u8>, o: &Owner) {
         if self.owner.as_ref() != Some(o) {
-            self.json.clear();
-            write_owner(&mut self.json, o);
+            self.owner_json.clear();
+            write_owner(&mut self.owner_json, o);
             self.owner = Some(o.clone());
         }
-        out.extend_from_slice(&self.json);
+        out.extend_from_slice(&self.owner_json);
+    }
+
+    fn endpoints(&mut self, out: &mut Vec<u8>, c: &Endpoints) {
+        if self.conn.as_ref() != Some(c) {
+            self.conn_json.clear();
+            endpoints(&mut self.conn_json, c);
+            self.conn = Some(*c);
+        }
+        out.extend_from_slice(&self.conn_json);
     }
 }
 
 /// Appends `e` as serde_json would serialise it (without a newline).
 #[cfg(test)]
 pub(crate) fn write_event(out: &mut Vec<u8>, e: &Event) -> serde_json::Result<()> {
-    write_event_with(out, e, &mut OwnerCache::default())
+    write_event_with(out, e, &mut Recent::default())
 }
 
-/// [`write_event`], with the owner's JSON from `owners` when it is the last one written.
+/// [`write_event`], with the owner's and the endpoints' JSON from `recent` when they are
+/// the last ones written.
 pub(crate) fn write_event_with(
     out: &mut Vec<u8>,
     e: &Event,
-    owners: &mut OwnerCache,
+    recent: &mut Recent,
 ) -> serde_json::Result<()> {
     let Event {
         ts,
@@ -63,12 +75,12 @@ pub(crate) fn write_event_with(
     out.extend_from_slice(b"{\"ts\":");
     timestamp(out, ts);
     out.extend_from_slice(b",\"event\":");
-    string(out, body.name());
+    name(out, body.name());
     out.push(b',');
-    endpoints(out, conn);
+    recent.endpoints(out, conn);
     out.extend_from_slice(b",\"owner\":");
     match owner {
-        Some(o) => owners.write(out, o),
+        Some(o) => recent.owner(out, o),
         None => out.extend_from_slice(b"null"),
     }
     connection_body(out, body);
@@ -189,7 +201,7 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             out.extend_from_slice(b",\"idle_ms\":");
             uint(out, *idle_ms);
             out.extend_from_slice(b",\"error\":");
-            opt_string(out, *error);
+            opt_name(out, *error);
             out.extend_from_slice(b",\"user_timeout_ms\":");
             opt_uint(out, *user_timeout_ms);
             if *inferred {
@@ -205,9 +217,9 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             out.extend_from_slice(b",\"reason\":");
             string(out, reason);
             out.extend_from_slice(b",\"state\":");
-            opt_string(out, *state);
+            opt_name(out, *state);
             out.extend_from_slice(b",\"answering\":");
-            opt_string(out, *answering);
+            opt_name(out, *answering);
             if let Some(d) = diagnosis {
                 out.extend_from_slice(b",\"diagnosis\":");
                 // (Rare events: serde is fast enough.)
@@ -221,11 +233,11 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             out.extend_from_slice(b",\"during_keepalive\":");
             boolean(out, *during_keepalive);
             out.extend_from_slice(b",\"state\":");
-            string(out, state);
+            name(out, state);
         }
         Body::FinSent { state } | Body::FinReceived { state } => {
             out.extend_from_slice(b",\"state\":");
-            string(out, state);
+            name(out, state);
         }
         Body::ConnectionClosed {
             cause,
@@ -246,9 +258,9 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             diagnosis,
         } => {
             out.extend_from_slice(b",\"cause\":");
-            string(out, cause.as_str());
+            name(out, cause.as_str());
             out.extend_from_slice(b",\"error\":");
-            opt_string(out, *error);
+            opt_name(out, *error);
             out.extend_from_slice(match closed_by {
                 Side::Local => b",\"closed_by\":\"local\",\"time_wait\":",
                 Side::Remote => b",\"closed_by\":\"remote\",\"time_wait\":",
@@ -263,13 +275,13 @@ fn connection_body(out: &mut Vec<u8>, body: &Body) {
             out.extend_from_slice(b",\"keepalive_acks\":");
             uint(out, *keepalive_acks);
             out.extend_from_slice(b",\"last_state\":");
-            opt_string(out, *last_state);
+            opt_name(out, *last_state);
             out.extend_from_slice(b",\"bytes_sent\":");
             opt_uint(out, *bytes_sent);
             out.extend_from_slice(b",\"bytes_received\":");
             opt_uint(out, *bytes_received);
             out.extend_from_slice(b",\"direction\":");
-            opt_string(out, *direction);
+            opt_name(out, *direction);
             out.extend_from_slice(b",\"segments\":");
             opt_uint(out, *segments);
             out.extend_from_slice(b",\"segments_sent\":");
@@ -296,7 +308,7 @@ fn diagnosis_object(out: &mut Vec<u8>, d: &Diagnosis) {
         advice,
     } = d;
     out.extend_from_slice(b"{\"verdict\":");
-    string(out, verdict.as_str());
+    name(out, verdict.as_str());
     out.extend_from_slice(match confidence {
         Confidence::Certain => b",\"confidence\":\"certain\",\"text\":",
         Confidence::Likely => b",\"confidence\":\"likely\",\"text\":",
@@ -378,7 +390,11 @@ fn ip(out: &mut Vec<u8>, a: &IpAddr) {
                 n += decimal_u8(&mut text[n..n + 3], octet);
             }
             text[n] = b'"';
-            out.extend_from_slice(&text[..=n]);
+            // The whole buffer, then cut: a copy of a known size is a few moves, not a call
+            // to memcpy.
+            let start = out.len();
+            out.extend_from_slice(&text);
+            out.truncate(start + n + 1);
         }
         IpAddr::V6(a) => {
             // Writing into a Vec cannot fail.
@@ -404,11 +420,11 @@ fn decimal_u8(buf: &mut [u8], v: u8) -> usize {
     }
 }
 
-fn uint(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+fn uint(out: &mut Vec<u8>, n: impl Into<u64>) {
+    out.extend_from_slice(itoa::Buffer::new().format(n.into()).as_bytes());
 }
 
-fn opt_uint(out: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
+fn opt_uint(out: &mut Vec<u8>, n: Option<impl Into<u64>>) {
     match n {
         Some(n) => uint(out, n),
         None => out.extend_from_slice(b"null"),
@@ -421,11 +437,7 @@ fn boolean(out: &mut Vec<u8>, b: bool) {
 
 /// A JSON string, escaped exactly as serde_json escapes it.
 fn string(out: &mut Vec<u8>, s: &str) {
-    // No early exit: short strings, and the loop vectorises.
-    let escapes = s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if escapes {
+    if needs_escape(s) {
         // Rare (names and paths the kernel or the user chose): serde_json's escaping.
         serde_json::to_writer(out, s).expect("write to memory");
         return;
@@ -433,6 +445,30 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
+}
+
+/// Whether `s` has a character JSON escapes (a control character, `"` or `\\`).
+fn needs_escape(s: &str) -> bool {
+    // No early exit: short strings, and the loop vectorises.
+    s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+/// One of this program's names (an event, a state, a cause, an errno, a verdict): nothing
+/// to escape (checked in debug builds, which the tests run over every name).
+fn name(out: &mut Vec<u8>, s: &'static str) {
+    debug_assert!(!needs_escape(s), "{s}");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+fn opt_name(out: &mut Vec<u8>, s: Option<&'static str>) {
+    match s {
+        Some(s) => name(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
@@ -449,7 +485,36 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::event::{Cause, diagnosis::Verdict};
+    use crate::event::{Cause, diagnosis::Verdict, errno_name, state_name};
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        let mut cases: Vec<u64> = (0..100_000).collect();
+        for p in 0..20 {
+            let ten = 10u64.pow(p);
+            cases.extend([ten - 1, ten, ten + 1, ten.wrapping_mul(7) + 3]);
+        }
+        cases.extend([u64::MAX, u64::MAX - 1, u64::from(u32::MAX)]);
+        let mut out = Vec::new();
+        for n in cases {
+            out.clear();
+            out.extend_from_slice(b"x");
+            uint(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
+
+    /// What [`name`] writes unescaped: every name this program has.
+    #[test]
+    fn names_need_no_escaping() {
+        let mut names: Vec<&str> = (0..=u8::MAX).map(state_name).collect();
+        names.extend((i32::from(i16::MIN)..=i32::from(i16::MAX)).filter_map(errno_name));
+        names.extend(Cause::ALL.iter().map(Cause::as_str));
+        names.extend(Verdict::ALL.iter().map(|v| v.as_str()));
+        for n in names {
+            assert!(!needs_escape(n), "{n}");
+        }
+    }
 
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -473,6 +538,14 @@ mod tests {
             "",
             "a\"b\\c\n\u{1}",
         ])
+    }
+
+    /// This program's names, as the fields written by [`name`] take them.
+    fn static_name() -> impl Strategy<Value = &'static str> {
+        let mut names: Vec<&'static str> = (0..=u8::MAX).map(state_name).collect();
+        names.extend((-200..200).filter_map(errno_name));
+        names.extend(["inbound", "outbound", "syn", "data", "fin", "ack", ""]);
+        prop::sample::select(names)
     }
 
     fn ip_addr() -> impl Strategy<Value = IpAddr> {
@@ -531,7 +604,7 @@ mod tests {
     }
 
     fn body() -> impl Strategy<Value = Body> {
-        let s = || proptest::option::of(static_text());
+        let s = || proptest::option::of(static_name());
         prop_oneof![
             (
                 any::<u8>(),
@@ -578,14 +651,14 @@ mod tests {
                     diagnosis: diagnosis.map(Box::new),
                 }
             ),
-            (any::<bool>(), static_text()).prop_map(|(during_keepalive, state)| {
+            (any::<bool>(), static_name()).prop_map(|(during_keepalive, state)| {
                 Body::ResetReceived {
                     during_keepalive,
                     state,
                 }
             }),
-            static_text().prop_map(|state| Body::FinSent { state }),
-            static_text().prop_map(|state| Body::FinReceived { state }),
+            static_name().prop_map(|state| Body::FinSent { state }),
+            static_name().prop_map(|state| Body::FinReceived { state }),
             (
                 (cause(), s(), any::<bool>(), any::<bool>()),
                 (
@@ -713,13 +786,14 @@ mod tests {
             prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(serde).unwrap());
         }
 
-        /// A cache that saw other owners before (or the same one) writes the same bytes.
+        /// A cache that saw other owners and endpoints before (or the same ones) writes the
+        /// same bytes.
         #[test]
-        fn the_owner_cache_changes_nothing(events in proptest::collection::vec(event(), 1..6)) {
-            let mut owners = OwnerCache::default();
+        fn the_cache_of_recent_owners_and_endpoints_changes_nothing(events in proptest::collection::vec(event(), 1..6)) {
+            let mut recent = Recent::default();
             for e in events.iter().chain(events.iter().rev()) {
                 let mut cached = Vec::new();
-                write_event_with(&mut cached, e, &mut owners).unwrap();
+                write_event_with(&mut cached, e, &mut recent).unwrap();
                 let serde = serde_json::to_vec(e).unwrap();
                 prop_assert_eq!(String::from_utf8(cached).unwrap(), String::from_utf8(serde).unwrap());
             }

@@ -22,7 +22,7 @@ pub struct Output {
     /// JSON lines not yet handed to `out`: written in batches of [`JSON_BATCH`] bytes (or
     /// at [`Output::flush`]), one copy and one `write_all` per batch instead of per event.
     json: Vec<u8>,
-    owners: json::OwnerCache,
+    recent: json::Recent,
 }
 
 /// See [`Output::json`].
@@ -35,7 +35,7 @@ impl Output {
             format,
             line: String::with_capacity(512),
             json: Vec::with_capacity(JSON_BATCH + 4096),
-            owners: Default::default(),
+            recent: Default::default(),
         }
     }
 
@@ -50,7 +50,7 @@ impl Output {
             Format::Json => {
                 // Serialising our own model into memory cannot fail (no maps with
                 // non-string keys).
-                json::write_event_with(&mut self.json, e, &mut self.owners)
+                json::write_event_with(&mut self.json, e, &mut self.recent)
                     .map_err(io::Error::other)?;
                 self.json.push(b'\n');
                 if self.json.len() >= JSON_BATCH {

@@ -92,7 +92,7 @@ impl Agent {
             self.clock.wall(monotonic_ns()),
             Body::Summary {
                 interval_ms: interval.as_millis() as u64,
-                summary: s.report(),
+                summary: Box::new(s.report()),
             },
         ))?;
         self.pipe.flush()

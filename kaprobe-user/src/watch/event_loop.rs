@@ -317,8 +317,8 @@ fn stop(
         agent.clock.wall(monotonic_ns()),
         Body::AgentStop {
             duration_ms: started.elapsed().as_millis() as u64,
-            totals: agent.pipe.totals.clone(),
-            summary: agent.pipe.summary_all.report(),
+            totals: Box::new(agent.pipe.totals.clone()),
+            summary: Box::new(agent.pipe.summary_all.report()),
         },
     );
     agent.pipe.write(&stop)?;
