@@ -1,13 +1,36 @@
 //! A connection's end: why (the cause, as the kernel decided it), who closed first and
 //! holds TIME_WAIT, and the `connection_closed` event with the FINs the kernel aggregated.
+use std::sync::Arc;
+
 use kaprobe_common::{CloseInfo, close_flag, tcp_state};
 
 use super::{Conn, Correlator, ETIMEDOUT, IdleClose, Pending};
 use crate::{
     diagnose::{self, Death},
-    event::{Body, Cause, Event, Side, errno_name, state_name},
+    event::{Body, Cause, Diagnosis, Event, Side, errno_name, state_name},
     host::diag::ConnKey,
 };
+
+/// Diagnoses made recently, shared: most closes tell one of a few stories in the same words
+/// (under churn, an orderly close from either side), and their events then share one
+/// diagnosis instead of allocating each its own.
+#[derive(Default)]
+pub(super) struct RecentDiagnoses {
+    kept: [Option<Arc<Diagnosis>>; 4],
+    next: usize,
+}
+
+impl RecentDiagnoses {
+    pub(super) fn share(&mut self, d: Diagnosis) -> Arc<Diagnosis> {
+        if let Some(same) = self.kept.iter().flatten().find(|k| ***k == d) {
+            return same.clone();
+        }
+        let d = Arc::new(d);
+        self.kept[self.next] = Some(d.clone());
+        self.next = (self.next + 1) % self.kept.len();
+        d
+    }
+}
 
 struct Outcome {
     cause: Cause,
@@ -137,7 +160,9 @@ impl Correlator {
             (probes, acks),
             &tuple,
         );
-        let diagnosis = diagnose::closed(&death, &self.diagnose_settings());
+        let diagnosis = self
+            .diagnoses
+            .share(diagnose::closed(&death, &self.diagnose_settings()));
         out.push(self.event(
             ts_ns,
             Some(&tuple),
@@ -164,7 +189,7 @@ impl Correlator {
                 segments: counted.then_some(info.segs_out as u64 + info.segs_in as u64),
                 segments_sent: counted.then_some(info.segs_out),
                 segments_received: counted.then_some(info.segs_in),
-                diagnosis: Box::new(diagnosis),
+                diagnosis,
             },
         ));
     }

@@ -196,6 +196,7 @@ pub struct Correlator {
     held_resets: FastMap<u64, Box<Event>>,
     /// The owners records name, interned, with their cgroup paths.
     owners: Owners,
+    diagnoses: close::RecentDiagnoses,
     pub(crate) stats: CorrelatorStats,
 }
 
@@ -213,6 +214,7 @@ impl Correlator {
             memory: memory::Memory::default(),
             held_resets: FastMap::default(),
             owners: Owners::default(),
+            diagnoses: Default::default(),
             stats: Default::default(),
         }
     }

@@ -56,8 +56,10 @@ impl Correlator {
         if let Some(kind) = other_end {
             self.memory.reset_sent(&r.tuple, kind, ts);
         }
-        let diagnosis =
-            stray.then(|| diagnose::stray_reset(&self.stray(r), &self.diagnose_settings()));
+        let diagnosis = stray.then(|| {
+            let d = diagnose::stray_reset(&self.stray(r), &self.diagnose_settings());
+            self.diagnoses.share(d)
+        });
         let state = (r.no_socket == 0).then(|| state_name(r.state));
         out.push(self.event(
             ts,
@@ -67,7 +69,7 @@ impl Correlator {
                 reason,
                 state,
                 answering: answering(r.in_flags, r.in_len),
-                diagnosis: diagnosis.map(Box::new),
+                diagnosis,
             },
         ));
         if stray {

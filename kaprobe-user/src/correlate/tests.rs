@@ -1298,3 +1298,35 @@ fn data_on_a_connection_this_side_closed_idle_is_the_race_not_a_reset_received()
         }
     ));
 }
+
+/// Closes that tell the same story in the same words share one diagnosis; others get
+/// their own, and the stories kept are the latest few.
+#[test]
+fn recent_diagnoses_are_shared() {
+    use crate::event::diagnosis::test_diagnosis;
+    let mut recent = close::RecentDiagnoses::default();
+    let a = recent.share(test_diagnosis(Verdict::Orderly));
+    let b = recent.share(test_diagnosis(Verdict::Orderly));
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    let other = recent.share(test_diagnosis(Verdict::Refused));
+    assert_eq!(other.verdict, Verdict::Refused);
+    assert!(!std::sync::Arc::ptr_eq(&a, &other));
+    // Evidence is part of the story.
+    let mut with_evidence = test_diagnosis(Verdict::Orderly);
+    with_evidence.evidence.idle_before_close_ms = Some(1000);
+    let c = recent.share(with_evidence);
+    assert_eq!(c.evidence.idle_before_close_ms, Some(1000));
+    assert!(!std::sync::Arc::ptr_eq(&a, &c));
+    // Four newer stories push the first out: it is made anew (and equal).
+    for v in [
+        Verdict::PeerReset,
+        Verdict::LocalAbort,
+        Verdict::Unknown,
+        Verdict::PeerRestarted,
+    ] {
+        recent.share(test_diagnosis(v));
+    }
+    let d = recent.share(test_diagnosis(Verdict::Orderly));
+    assert_eq!(*d, *a);
+    assert!(!std::sync::Arc::ptr_eq(&a, &d));
+}

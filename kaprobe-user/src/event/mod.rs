@@ -8,7 +8,10 @@ pub(crate) mod summary;
 pub(crate) mod time;
 pub(crate) mod totals;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use kaprobe_common::{AF_INET6, Tuple};
 use serde::Serialize;
@@ -200,7 +203,7 @@ pub(crate) enum Body {
         answering: Option<&'static str>,
         /// Only on an RST that closes no connection (from a TIME_WAIT socket, or with no
         /// socket): why, as for `connection_closed`. Absent otherwise.
-        diagnosis: Option<Box<Diagnosis>>,
+        diagnosis: Option<Arc<Diagnosis>>,
     },
     ResetReceived {
         during_keepalive: bool,
@@ -238,7 +241,7 @@ pub(crate) enum Body {
         segments_sent: Option<u32>,
         segments_received: Option<u32>,
         /// Why the connection died, in words, with the evidence and what to change.
-        diagnosis: Box<Diagnosis>,
+        diagnosis: Arc<Diagnosis>,
     },
     EventsLost {
         /// What was lost since the previous report.

@@ -648,7 +648,7 @@ mod tests {
                     reason,
                     state,
                     answering,
-                    diagnosis: diagnosis.map(Box::new),
+                    diagnosis: diagnosis.map(std::sync::Arc::new),
                 }
             ),
             (any::<bool>(), static_name()).prop_map(|(during_keepalive, state)| {
@@ -707,7 +707,7 @@ mod tests {
                         segments,
                         segments_sent,
                         segments_received,
-                        diagnosis: Box::new(diagnosis),
+                        diagnosis: std::sync::Arc::new(diagnosis),
                     }
                 ),
             any::<u64>().prop_map(|count| Body::EventsLost {

@@ -644,7 +644,7 @@ mod tests {
             segments: None,
             segments_sent: None,
             segments_received: None,
-            diagnosis: Box::new(test_diagnosis(Verdict::PeerUnreachable)),
+            diagnosis: Arc::new(test_diagnosis(Verdict::PeerUnreachable)),
         }));
         let mut lost = LostRecords::default();
         lost.by_kind.insert("keepalive_timer", 2);

@@ -358,7 +358,7 @@ mod tests {
                 segments: Some(4),
                 segments_sent: Some(2),
                 segments_received: Some(2),
-                diagnosis: Box::new(test_diagnosis(Verdict::Orderly)),
+                diagnosis: std::sync::Arc::new(test_diagnosis(Verdict::Orderly)),
             },
         }
     }
@@ -423,13 +423,13 @@ mod tests {
         use crate::event::diagnosis::Diagnosis;
         let with = |mut e: Event, verdict: Verdict, silence: Option<u64>| {
             if let Body::ConnectionClosed { diagnosis, .. } = &mut e.body {
-                **diagnosis = Diagnosis {
+                *diagnosis = std::sync::Arc::new(Diagnosis {
                     evidence: crate::event::diagnosis::Evidence {
                         silence_ms: silence,
                         ..Default::default()
                     },
                     ..test_diagnosis(verdict)
-                };
+                });
             }
             e
         };
@@ -462,7 +462,7 @@ mod tests {
             reason: "tcp_timewait_socket".into(),
             state: Some("time_wait"),
             answering: Some("data"),
-            diagnosis: Some(Box::new(test_diagnosis(Verdict::KeepaliveRace))),
+            diagnosis: Some(std::sync::Arc::new(test_diagnosis(Verdict::KeepaliveRace))),
         };
         s.observe(&rst);
         s.observe(&closed(8080, 40004, "inbound", Side::Remote, 10, 10));
