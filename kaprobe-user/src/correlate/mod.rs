@@ -229,8 +229,13 @@ impl Correlator {
     }
 
     /// Whether a followed connection has no known owner.
-    pub(crate) fn has_ownerless(&self) -> bool {
-        self.conns.values().any(|c| c.owner.is_none())
+    /// The followed connections without an owner.
+    pub(crate) fn ownerless(&self) -> HashSet<ConnKey> {
+        self.conns
+            .values()
+            .filter(|c| c.owner.is_none())
+            .map(|c| ConnKey::of_tuple(&c.tuple))
+            .collect()
     }
 
     /// Gives followed connections without an owner the one a look-up of the host's sockets

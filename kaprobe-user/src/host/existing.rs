@@ -73,7 +73,7 @@ pub(crate) fn spawn(mut listeners: Option<Listeners>) -> mpsc::Receiver<Existing
     let (tx, rx) = mpsc::channel();
     let job = move || {
         let started = Instant::now();
-        let mut found = scan();
+        let mut found = scan(None);
         if let Some(map) = &mut listeners {
             for (key, owner) in &found.listeners {
                 match map.insert(key, owner, BPF_NOEXIST) {
@@ -125,7 +125,10 @@ pub(crate) fn missing_caps() -> Vec<&'static str> {
 }
 
 /// Looks up every TCP socket of the host and the process holding it.
-pub(crate) fn scan() -> Existing {
+/// `wanted`: only these connections (and the listeners) are looked up and kept (the
+/// agent's look-up of the owners of connections it follows without one): on a host with
+/// many connections the answer stays small.
+pub(crate) fn scan(wanted: Option<&HashSet<ConnKey>>) -> Existing {
     let mut found = Existing::default();
     // In a container without the host's pid namespace, /proc shows other pids than the
     // kernel records (and only the container's processes): nothing to look up.
@@ -151,6 +154,12 @@ pub(crate) fn scan() -> Existing {
         found.namespaces += 1;
         let netns = netns as u32;
         for s in &socks {
+            let key = (s.state != tcp_state::LISTEN).then(|| ConnKey::of_diag(netns, s));
+            if let (Some(w), Some(k)) = (wanted, &key) {
+                if !w.contains(k) {
+                    continue;
+                }
+            }
             let Some(&(pid, _)) = holders.get(&u64::from(s.inode)) else {
                 found.unowned += usize::from(s.inode != 0);
                 continue;
@@ -162,7 +171,7 @@ pub(crate) fn scan() -> Existing {
             else {
                 continue; // exited meanwhile
             };
-            if s.state == tcp_state::LISTEN {
+            let Some(key) = key else {
                 let key = ListenKey {
                     netns,
                     port: s.sport,
@@ -172,11 +181,9 @@ pub(crate) fn scan() -> Existing {
                 if seen_listeners.insert((key.netns, key.port)) {
                     found.listeners.push((key, raw));
                 }
-            } else {
-                found
-                    .conns
-                    .insert(ConnKey::of_diag(netns, s), (owner, s.inode));
-            }
+                continue;
+            };
+            found.conns.insert(key, (owner, s.inode));
         }
     }
     found

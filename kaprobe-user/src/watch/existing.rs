@@ -126,7 +126,8 @@ impl Agent {
         {
             return;
         }
-        if !self.pipe.correlator.has_ownerless() {
+        let wanted = self.pipe.correlator.ownerless();
+        if wanted.is_empty() {
             return;
         }
         self.ownerless_scanned_ns = now_mono;
@@ -135,7 +136,7 @@ impl Agent {
             .name("kaprobe-owners".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let mut found = existing::scan();
+                let mut found = existing::scan(Some(&wanted));
                 found.took = started.elapsed();
                 let _ = tx.send(found);
             });
