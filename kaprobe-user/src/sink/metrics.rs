@@ -611,6 +611,29 @@ mod tests {
         diagnosis::{Verdict, test_diagnosis},
     };
 
+    /// A `connection_closed` body (what the metrics read of it: the cause, the side, the
+    /// verdict).
+    fn closed(cause: Cause, closed_by: Side, verdict: Verdict) -> Body {
+        Body::ConnectionClosed {
+            cause,
+            error: None,
+            closed_by,
+            time_wait: false,
+            lifetime_ms: None,
+            idle_ms: None,
+            keepalive_probes: 0,
+            keepalive_acks: 0,
+            last_state: None,
+            direction: None,
+            bytes_sent: None,
+            bytes_received: None,
+            segments: None,
+            segments_sent: None,
+            segments_received: None,
+            diagnosis: Arc::new(test_diagnosis(verdict)),
+        }
+    }
+
     fn ev(body: Body) -> Event {
         let conn = Endpoints {
             saddr: "10.0.0.1".parse().unwrap(),
@@ -643,26 +666,7 @@ mod tests {
     #[test]
     fn every_close_fin_and_verdict_lands_in_its_series() {
         let m = Metrics::new(false, &info());
-        let close = |cause, closed_by, verdict| {
-            ev(Body::ConnectionClosed {
-                cause,
-                error: None,
-                closed_by,
-                time_wait: false,
-                lifetime_ms: None,
-                idle_ms: None,
-                keepalive_probes: 0,
-                keepalive_acks: 0,
-                last_state: None,
-                direction: None,
-                bytes_sent: None,
-                bytes_received: None,
-                segments: None,
-                segments_sent: None,
-                segments_received: None,
-                diagnosis: Arc::new(test_diagnosis(verdict)),
-            })
-        };
+        let close = |cause, closed_by, verdict| ev(closed(cause, closed_by, verdict));
         // Cause i closed locally i+1 times and remotely i+2 times; verdict j j+1 times.
         for (i, cause) in Cause::ALL.into_iter().enumerate() {
             for _ in 0..=i {
@@ -749,24 +753,11 @@ mod tests {
             answering: None,
             diagnosis: None,
         }));
-        m.observe(&ev(Body::ConnectionClosed {
-            cause: Cause::KeepaliveTimeout,
-            error: Some("ETIMEDOUT"),
-            closed_by: Side::Local,
-            time_wait: false,
-            lifetime_ms: None,
-            idle_ms: None,
-            keepalive_probes: 3,
-            keepalive_acks: 0,
-            last_state: None,
-            direction: None,
-            bytes_sent: None,
-            bytes_received: None,
-            segments: None,
-            segments_sent: None,
-            segments_received: None,
-            diagnosis: Arc::new(test_diagnosis(Verdict::PeerUnreachable)),
-        }));
+        m.observe(&ev(closed(
+            Cause::KeepaliveTimeout,
+            Side::Local,
+            Verdict::PeerUnreachable,
+        )));
         let mut lost = LostRecords::default();
         lost.by_kind.insert("keepalive_timer", 2);
         lost.connection_ends = 2;
