@@ -36,6 +36,9 @@ pub(super) struct Agent {
     /// looked up owners (CLOCK_MONOTONIC ns; 0: never), and that look-up's answer to come.
     pub(super) ownerless_checked_ns: u64,
     pub(super) ownerless_scanned_ns: u64,
+    /// How long the last look-up took (ns): the next one waits at least
+    /// `OWNERLESS_SPACING` times that.
+    pub(super) ownerless_took_ns: u64,
     pub(super) ownerless_scan: Option<mpsc::Receiver<Existing>>,
     /// How many OWNERLESS_RESCAN intervals to wait: doubled after a look-up that found
     /// nothing, 1 after one that found an owner.

@@ -188,6 +188,7 @@ fn new_agent(
         existing_check: None,
         ownerless_checked_ns: 0,
         ownerless_scanned_ns: 0,
+        ownerless_took_ns: 0,
         ownerless_scan: None,
         ownerless_backoff: 1,
     }

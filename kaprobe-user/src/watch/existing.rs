@@ -10,6 +10,18 @@ use crate::host::existing::{self, Existing};
 const OWNERLESS_MAX_BACKOFF: u32 = 64;
 /// How often at most the agent checks whether a followed connection lacks an owner.
 const OWNERLESS_CHECK_NS: u64 = 1_000_000_000;
+/// A look-up of owners walks every socket and process of the host (on a thread): the next
+/// one waits at least this many times as long as the last took, so that on a host where
+/// that is slow the look-ups take at most ~2 % of a CPU, however many connections keep
+/// coming without an owner.
+const OWNERLESS_SPACING: u64 = 50;
+
+/// How long after a look-up of owners the next may run: [`OWNERLESS_RESCAN`] times the
+/// backoff, and at least [`OWNERLESS_SPACING`] times what the last one took.
+fn lookup_interval_ns(backoff: u32, took_ns: u64) -> u64 {
+    let rescan = OWNERLESS_RESCAN.as_nanos() as u64 * u64::from(backoff.max(1));
+    rescan.max(took_ns.saturating_mul(OWNERLESS_SPACING))
+}
 
 impl Agent {
     /// Takes the start-up look-up's answer if it comes within `wait`.
@@ -87,7 +99,8 @@ impl Agent {
     /// connection whose start was shed by `--birth-budget`, or not recorded with `--lean`:
     /// typically one that turned keepalive on after connect()), looks up the processes
     /// holding them as the start-up look-up does (on a thread; the answer is taken on a
-    /// later tick): within a second of seeing one, then every [`OWNERLESS_RESCAN`] at most.
+    /// later tick): within a second of seeing one, then every [`OWNERLESS_RESCAN`] at most,
+    /// and less often where a look-up is slow ([`lookup_interval_ns`]).
     /// Their later events, and their close, then name the owner. Nothing is looked up while
     /// every followed connection has one.
     pub(super) fn find_ownerless(&mut self, now_mono: u64) {
@@ -106,6 +119,7 @@ impl Agent {
                     } else {
                         1
                     };
+                    self.ownerless_took_ns = found.took.as_nanos() as u64;
                     self.ownerless_scan = None;
                 }
                 Err(mpsc::TryRecvError::Empty) => return,
@@ -119,8 +133,7 @@ impl Agent {
             return;
         }
         self.ownerless_checked_ns = now_mono;
-        let interval =
-            OWNERLESS_RESCAN.as_nanos() as u64 * u64::from(self.ownerless_backoff.max(1));
+        let interval = lookup_interval_ns(self.ownerless_backoff, self.ownerless_took_ns);
         if self.ownerless_scanned_ns != 0
             && now_mono.saturating_sub(self.ownerless_scanned_ns) < interval
         {
@@ -144,5 +157,27 @@ impl Agent {
             Ok(_) => self.ownerless_scan = Some(rx),
             Err(e) => log::warn!("owners of followed connections: cannot start a thread: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn look_ups_are_spaced_by_their_cost() {
+        let rescan = OWNERLESS_RESCAN.as_nanos() as u64;
+        // Fast look-ups (a quiet host: 7-10 ms): every OWNERLESS_RESCAN, times the backoff.
+        assert_eq!(lookup_interval_ns(1, 10_000_000), rescan);
+        assert_eq!(lookup_interval_ns(4, 10_000_000), 4 * rescan);
+        assert_eq!(lookup_interval_ns(0, 0), rescan);
+        // A look-up of 1 s (a host with hundreds of thousands of sockets): 50 s apart.
+        assert_eq!(lookup_interval_ns(1, 1_000_000_000), 50_000_000_000);
+        // The backoff still wins when longer.
+        assert_eq!(
+            lookup_interval_ns(OWNERLESS_MAX_BACKOFF, 1_000_000_000),
+            u64::from(OWNERLESS_MAX_BACKOFF) * rescan
+        );
+        assert_eq!(lookup_interval_ns(1, u64::MAX), u64::MAX);
     }
 }
