@@ -228,7 +228,6 @@ impl Correlator {
         }
     }
 
-    /// Whether a followed connection has no known owner.
     /// The followed connections without an owner.
     pub(crate) fn ownerless(&self) -> HashSet<ConnKey> {
         self.conns

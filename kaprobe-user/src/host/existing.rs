@@ -66,14 +66,17 @@ pub(crate) struct Existing {
 /// `BPF_NOEXIST`: a `listen()` the kernel recorded since the programs were attached wins.
 const BPF_NOEXIST: u64 = 1;
 
-/// Runs [`scan`] on a thread of its own, writes the listeners it found into `listeners`
-/// (the kernel's map) and sends the rest. Call once the programs are attached: what starts
-/// after that, the kernel sees itself.
-pub(crate) fn spawn(mut listeners: Option<Listeners>) -> mpsc::Receiver<Existing> {
+/// Runs [`scan`] (of the `wanted` connections, or all) on a thread of its own, writes the
+/// listeners it found into `listeners` (the kernel's map) and sends the rest. At start-up,
+/// call once the programs are attached: what starts after that, the kernel sees itself.
+pub(crate) fn spawn(
+    mut listeners: Option<Listeners>,
+    wanted: Option<HashSet<ConnKey>>,
+) -> mpsc::Receiver<Existing> {
     let (tx, rx) = mpsc::channel();
     let job = move || {
         let started = Instant::now();
-        let mut found = scan(None);
+        let mut found = scan(wanted.as_ref());
         if let Some(map) = &mut listeners {
             for (key, owner) in &found.listeners {
                 match map.insert(key, owner, BPF_NOEXIST) {
@@ -89,7 +92,7 @@ pub(crate) fn spawn(mut listeners: Option<Listeners>) -> mpsc::Receiver<Existing
         .name("existing".into())
         .spawn(job)
     {
-        log::warn!("owners of connections older than kaprobe: not looked up: {e}");
+        log::warn!("owners of connections: not looked up (no thread): {e}");
     }
     rx
 }

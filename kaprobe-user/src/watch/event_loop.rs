@@ -208,7 +208,7 @@ pub(super) async fn event_loop(
         .listeners()
         .inspect_err(|e| log::warn!("listeners older than kaprobe: not seeded: {e}"))
         .ok();
-    let existing = existing::spawn(listeners);
+    let existing = existing::spawn(listeners, None);
     let stats = loaded.stats().map_err(|e| Fatal::new(exit::RUNTIME, e))?;
     let mut waits = Waits::new(&mut loaded, &args).await?;
     let mut agent = new_agent(&args, &facts, output, existing);

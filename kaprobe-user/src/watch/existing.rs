@@ -144,19 +144,7 @@ impl Agent {
             return;
         }
         self.ownerless_scanned_ns = now_mono;
-        let (tx, rx) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("kaprobe-owners".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let mut found = existing::scan(Some(&wanted));
-                found.took = started.elapsed();
-                let _ = tx.send(found);
-            });
-        match spawned {
-            Ok(_) => self.ownerless_scan = Some(rx),
-            Err(e) => log::warn!("owners of followed connections: cannot start a thread: {e}"),
-        }
+        self.ownerless_scan = Some(existing::spawn(None, Some(wanted)));
     }
 }
 
