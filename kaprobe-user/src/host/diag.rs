@@ -158,9 +158,9 @@ pub(crate) fn dump_request(family: u8, states: u32, seq: u32) -> [u8; NLMSG_HDRL
     m
 }
 
-/// Parses one datagram of the dump's answer, appending its sockets to `out`. Messages with
-/// another sequence number are skipped. NLMSG_ERROR is the kernel's errno as an error.
-pub(crate) fn parse(buf: &[u8], seq: u32, out: &mut Vec<DiagSock>) -> io::Result<Progress> {
+/// Parses one datagram of the dump's answer, handing each of its sockets to `each`. Messages
+/// with another sequence number are skipped. NLMSG_ERROR is the kernel's errno as an error.
+pub(crate) fn parse(buf: &[u8], seq: u32, each: &mut dyn FnMut(DiagSock)) -> io::Result<Progress> {
     let mut off = 0;
     while off + NLMSG_HDRLEN <= buf.len() {
         let len = u32_at(buf, off).ok_or_else(|| bad("short header"))? as usize;
@@ -184,7 +184,7 @@ pub(crate) fn parse(buf: &[u8], seq: u32, out: &mut Vec<DiagSock>) -> io::Result
                 }
                 return Err(io::Error::from_raw_os_error(-err));
             }
-            SOCK_DIAG_BY_FAMILY => out.push(parse_msg(payload)?),
+            SOCK_DIAG_BY_FAMILY => each(parse_msg(payload)?),
             _ => {}
         }
     }
@@ -281,8 +281,15 @@ impl DiagSocket {
         })
     }
 
-    /// Every TCP socket of `family` (AF_INET or AF_INET6) in the states of `states`.
-    pub(crate) fn dump(&mut self, family: u8, states: u32) -> io::Result<Vec<DiagSock>> {
+    /// Every TCP socket of `family` (AF_INET or AF_INET6) in the states of `states`, handed
+    /// to `each` as it is read (a host's sockets are not all held at once: 200k of them are
+    /// ~18 MB). On an error, `each` may have had some of them.
+    pub(crate) fn dump(
+        &mut self,
+        family: u8,
+        states: u32,
+        each: &mut dyn FnMut(DiagSock),
+    ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let req = dump_request(family, states, self.seq);
         // SAFETY: zeroed sockaddr_nl is valid (nl_pid 0 = the kernel); its fields are set below.
@@ -302,7 +309,6 @@ impl DiagSocket {
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut out = Vec::new();
         loop {
             // SAFETY: recv writes at most buf.len() bytes into our buffer. MSG_TRUNC makes it
             // return the datagram's real length, so truncation is detected below.
@@ -325,8 +331,8 @@ impl DiagSocket {
             if n > self.buf.len() {
                 return Err(bad("datagram larger than the receive buffer"));
             }
-            if parse(&self.buf[..n], self.seq, &mut out)? == Progress::Done {
-                return Ok(out);
+            if parse(&self.buf[..n], self.seq, each)? == Progress::Done {
+                return Ok(());
             }
         }
     }

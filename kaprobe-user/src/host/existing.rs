@@ -146,37 +146,29 @@ pub(crate) fn scan(wanted: Option<&HashSet<ConnKey>>) -> Existing {
     let mut owners: HashMap<u32, Option<(Owner, kaprobe_common::Owner)>> = HashMap::new();
     let root = owner::cgroup2_root();
     for (netns, paths) in netns::namespaces() {
-        let socks = match netns::dump_netns(netns, &paths, held_states()) {
-            Ok((_, socks)) => socks,
-            Err(e) => {
-                log::debug!("network namespace {netns}: cannot list its sockets: {e}");
-                found.unreadable += 1;
-                continue;
-            }
-        };
-        found.namespaces += 1;
-        let netns = netns as u32;
-        for s in &socks {
-            let key = (s.state != tcp_state::LISTEN).then(|| ConnKey::of_diag(netns, s));
+        let netns32 = netns as u32;
+        // Each socket is looked at as the dump reads it: only the wanted ones are kept.
+        let read = netns::dump_netns(netns, &paths, held_states(), &mut |s| {
+            let key = (s.state != tcp_state::LISTEN).then(|| ConnKey::of_diag(netns32, &s));
             if let (Some(w), Some(k)) = (wanted, &key) {
                 if !w.contains(k) {
-                    continue;
+                    return;
                 }
             }
             let Some(&(pid, _)) = holders.get(&u64::from(s.inode)) else {
                 found.unowned += usize::from(s.inode != 0);
-                continue;
+                return;
             };
             let Some((owner, raw)) = owners
                 .entry(pid)
                 .or_insert_with(|| process(pid, cgroups.then_some(root.as_path())))
                 .clone()
             else {
-                continue; // exited meanwhile
+                return; // exited meanwhile
             };
             let Some(key) = key else {
                 let key = ListenKey {
-                    netns,
+                    netns: netns32,
                     port: s.sport,
                     _pad: 0,
                 };
@@ -184,9 +176,17 @@ pub(crate) fn scan(wanted: Option<&HashSet<ConnKey>>) -> Existing {
                 if seen_listeners.insert((key.netns, key.port)) {
                     found.listeners.push((key, raw));
                 }
-                continue;
+                return;
             };
             found.conns.insert(key, (owner, s.inode));
+        });
+        match read {
+            Ok(_) => found.namespaces += 1,
+            Err(e) => {
+                // (What it read before the error is kept: those sockets were there.)
+                log::debug!("network namespace {netns}: cannot list its sockets: {e}");
+                found.unreadable += 1;
+            }
         }
     }
     found
@@ -197,14 +197,18 @@ pub(crate) fn scan(wanted: Option<&HashSet<ConnKey>>) -> Existing {
 /// the connections that ended without a reported close.
 pub(crate) fn still_open(conns: &[(ConnKey, u32)]) -> HashSet<(ConnKey, u32)> {
     let wanted = conns.iter().map(|(k, _)| u64::from(k.netns)).collect();
-    let dumps = netns::dump_namespaces(&wanted, held_states());
+    let asked: HashSet<(ConnKey, u32)> = conns.iter().copied().collect();
+    let dumps = netns::dump_namespaces(&wanted, held_states(), &|netns, s| {
+        s.state != tcp_state::LISTEN
+            && asked.contains(&(ConnKey::of_diag(netns as u32, s), s.inode))
+    });
+    // Only the asked-for sockets were kept: the open ones.
     let open: HashSet<(ConnKey, u32)> = dumps
         .iter()
         .flat_map(|(&netns, socks)| {
             socks
                 .iter()
                 .flatten()
-                .filter(|s| s.state != tcp_state::LISTEN)
                 .map(move |s| (ConnKey::of_diag(netns as u32, s), s.inode))
         })
         .collect();

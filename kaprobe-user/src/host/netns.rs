@@ -82,18 +82,18 @@ pub(crate) fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> io::
     })
 }
 
-/// Dumps the TCP sockets of the calling thread's namespace.
-fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+/// Dumps the TCP sockets of the calling thread's namespace, handing each to `each`.
+fn dump_here(mask: u32, each: &mut dyn FnMut(DiagSock)) -> io::Result<Sysctls> {
     let sysctls = keepalive_sysctls();
     let mut sock = DiagSocket::open()?;
-    let mut socks = sock.dump(libc::AF_INET as u8, mask)?;
-    match sock.dump(libc::AF_INET6 as u8, mask) {
-        Ok(v6) => socks.extend(v6),
+    sock.dump(libc::AF_INET as u8, mask, each)?;
+    match sock.dump(libc::AF_INET6 as u8, mask, each) {
+        Ok(()) => {}
         // A kernel without IPv6 has no such sockets.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
         Err(e) => return Err(e),
     }
-    Ok((sysctls, socks))
+    Ok(sysctls)
 }
 
 /// For each connection, whether the kernel no longer has its socket (sock_diag in its
@@ -104,7 +104,11 @@ fn dump_here(mask: u32) -> io::Result<(Sysctls, Vec<DiagSock>)> {
 /// for dead.
 pub(crate) fn sockets_gone(tuples: &[kaprobe_common::Tuple]) -> Vec<Option<bool>> {
     let wanted = tuples.iter().map(|t| u64::from(t.netns)).collect();
-    judge_gone(&dump_namespaces(&wanted, u32::MAX), tuples)
+    let keys: HashSet<ConnKey> = tuples.iter().map(ConnKey::of_tuple).collect();
+    let dumps = dump_namespaces(&wanted, u32::MAX, &|netns, s| {
+        keys.contains(&ConnKey::of_diag(netns as u32, s))
+    });
+    judge_gone(&dumps, tuples)
 }
 
 /// [`sockets_gone`]'s answer from the dumps of the namespaces.
@@ -131,40 +135,46 @@ fn judge_gone(
         .collect()
 }
 
-/// The TCP sockets (states in `mask`) of each network namespace in `wanted` (inodes): a
-/// namespace that no longer exists is absent, one that cannot be read is `None`.
+/// The TCP sockets (states in `mask`) of each network namespace in `wanted` (inodes) that
+/// `keep` (namespace, socket) keeps: a namespace that no longer exists is absent, one that
+/// cannot be read (also part way) is `None`.
 pub(crate) fn dump_namespaces(
     wanted: &HashSet<u64>,
     mask: u32,
+    keep: &(dyn Fn(u64, &DiagSock) -> bool + Sync),
 ) -> HashMap<u64, Option<Vec<DiagSock>>> {
     namespaces()
         .into_iter()
         .filter(|(netns, _)| wanted.contains(netns))
         .map(|(netns, paths)| {
-            let socks = dump_netns(netns, &paths, mask)
-                .inspect_err(|e| {
-                    log::debug!("network namespace {netns}: cannot list its sockets: {e}");
-                })
-                .ok()
-                .map(|(_, socks)| socks);
-            (netns, socks)
+            let mut socks = Vec::new();
+            let read = dump_netns(netns, &paths, mask, &mut |s| {
+                if keep(netns, &s) {
+                    socks.push(s);
+                }
+            })
+            .inspect_err(|e| {
+                log::debug!("network namespace {netns}: cannot list its sockets: {e}");
+            });
+            (netns, read.ok().map(|_| socks))
         })
         .collect()
 }
 
 /// Dumps the TCP sockets of network namespace `netns` at `paths` (from
-/// [`namespaces`]). This process's own is dumped in place: no setns, so no
-/// CAP_SYS_ADMIN.
+/// [`namespaces`]), handing each to `each` as it is read. This process's own is dumped in
+/// place: no setns, so no CAP_SYS_ADMIN.
 pub(crate) fn dump_netns(
     netns: u64,
     paths: &[std::path::PathBuf],
     mask: u32,
-) -> io::Result<(Sysctls, Vec<DiagSock>)> {
+    each: &mut (dyn FnMut(DiagSock) + Send),
+) -> io::Result<Sysctls> {
     if netns == own_netns() {
-        return dump_here(mask);
+        return dump_here(mask, each);
     }
     open_netns(paths)
-        .and_then(|ns| in_netns(&ns, || dump_here(mask)))
+        .and_then(|ns| in_netns(&ns, || dump_here(mask, each)))
         .and_then(|r| r)
 }
 

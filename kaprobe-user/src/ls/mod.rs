@@ -89,8 +89,9 @@ pub(crate) fn snapshot(
     let mut dumps = Vec::new();
     let mut first_error = None;
     for (inode, paths) in &namespaces {
-        match netns::dump_netns(*inode, paths, mask) {
-            Ok((sysctls, socks)) => dumps.push(NsDump {
+        let mut socks = Vec::new();
+        match netns::dump_netns(*inode, paths, mask, &mut |s| socks.push(s)) {
+            Ok(sysctls) => dumps.push(NsDump {
                 inode: *inode,
                 sysctls,
                 socks,
