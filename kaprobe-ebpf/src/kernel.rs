@@ -203,11 +203,17 @@ pub fn jiffies() -> u64 {
 
 #[inline(always)]
 pub fn header(kind: u32, sk: u64) -> Header {
+    header_at(kind, sk, now_ns())
+}
+
+/// A record's header with a time already read.
+#[inline(always)]
+pub fn header_at(kind: u32, sk: u64, ts_ns: u64) -> Header {
     Header {
         kind,
         // SAFETY: helper without arguments.
         cpu: unsafe { bpf_get_smp_processor_id() },
-        ts_ns: now_ns(),
+        ts_ns,
         sk,
     }
 }
