@@ -21,8 +21,9 @@ use crate::event::{
 /// checked for escapes and copied once, not with every event.
 #[derive(Default)]
 pub(crate) struct Recent {
-    owner: Option<Owner>,
-    owner_json: Vec<u8>,
+    /// The last few owners (under churn a server's and its clients' alternate).
+    owners: [Option<(Owner, Vec<u8>)>; 4],
+    next_owner: usize,
     conn: Option<Endpoints>,
     conn_json: Vec<u8>,
     /// The last few diagnoses written (closes share them: the correlator keeps its recent
@@ -34,12 +35,14 @@ pub(crate) struct Recent {
 
 impl Recent {
     fn owner(&mut self, out: &mut Vec<u8>, o: &Owner) {
-        if self.owner.as_ref() != Some(o) {
-            self.owner_json.clear();
-            write_owner(&mut self.owner_json, o);
-            self.owner = Some(o.clone());
+        if let Some((_, json)) = self.owners.iter().flatten().find(|(k, _)| k == o) {
+            out.extend_from_slice(json);
+            return;
         }
-        out.extend_from_slice(&self.owner_json);
+        let start = out.len();
+        write_owner(out, o);
+        self.owners[self.next_owner] = Some((o.clone(), out[start..].to_vec()));
+        self.next_owner = (self.next_owner + 1) % self.owners.len();
     }
 
     fn endpoints(&mut self, out: &mut Vec<u8>, c: &Endpoints) {
