@@ -7,8 +7,8 @@
 //! `TCP_CLOSE`; FIN transitions of keepalive sockets are also sent as they happen.
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid};
 use kaprobe_common::{
-    CloseInfo, CloseRecord, ConnState, ListenKey, REASON_UNKNOWN, StateRecord, close_flag, config_flag, conn_flag, kind,
-    owner_flag, tcp_state, timer_flag,
+    CloseInfo, CloseRecord, ConnState, ListenKey, REASON_UNKNOWN, StateRecord, close_flag,
+    config_flag, conn_flag, kind, owner_flag, tcp_state, timer_flag,
 };
 
 use crate::{
@@ -90,7 +90,11 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // its close sent even when it is not otherwise reported, for the diagnosis of what may
     // come after (a peer reusing it: the keep-alive race). Under `Connection: close` churn
     // the FIN follows the last data at once: two loads and a compare per connection.
-    let fin_idle = if fin_first { idle_jiffies::<M>(sk) } else { None };
+    let fin_idle = if fin_first {
+        idle_jiffies::<M>(sk)
+    } else {
+        None
+    };
     let idle_close = fin_idle.is_some_and(|j| j >= conf!(idle_close_jiffies));
     if !report && !born && !idle_close {
         return;
@@ -226,30 +230,11 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
         return;
     };
     let info = &mut rec.close;
-    zero(info);
+    let mstamp_us = read_close_info::<M>(tp, skflags, info);
     info.reset_reason = rst_reason;
     info.sk_err = sk_err;
-    info.rcv_tstamp = M::read::<u32>(tp, conf!(tp_rcv_tstamp));
-    info.jiffies = jiffies() as u32;
     info.flags = rst_flags;
     info.old_state = old;
-    info.probes_out = M::read::<u8>(tp, conf!(icsk_probes_out));
-    info.bytes_sent = M::read::<u64>(tp, conf!(tp_bytes_sent))
-        .wrapping_sub(M::read::<u64>(tp, conf!(tp_bytes_retrans)));
-    info.bytes_received = M::read::<u64>(tp, conf!(tp_bytes_received));
-    // The peer's FIN advanced rcv_nxt by one: not a byte of data.
-    if flag_set(skflags, conf!(sock_flag_done)) && info.bytes_received > 0 {
-        info.bytes_received -= 1;
-    }
-    info.segs_out = M::read::<u32>(tp, conf!(tp_segs_out));
-    info.segs_in = M::read::<u32>(tp, conf!(tp_segs_in));
-    info.lsndtime = M::read::<u32>(tp, conf!(tp_lsndtime));
-    info.lrcvtime = M::read::<u32>(tp, conf!(icsk_lrcvtime));
-    info.unacked = M::read::<u32>(tp, conf!(tp_write_seq))
-        .wrapping_sub(M::read::<u32>(tp, conf!(tp_snd_una)));
-    info.retrans_stamp = M::read::<u32>(tp, conf!(tp_retrans_stamp));
-    let mstamp_us = M::read::<u64>(tp, conf!(tp_tcp_mstamp));
-    info.mstamp_ms = (mstamp_us / 1000) as u32;
     if let Some(c) = &saved {
         info.birth_ns = c.birth_ns;
         info.fin_sent_ns = c.fin_sent_ns;
@@ -282,7 +267,11 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
         copy(&mut scratch.record.close, &rec.close);
         return;
     }
-    rec.header = header_at(kind::CLOSE, sk, close_ns(info, saved.as_ref(), mstamp_us, !failed));
+    rec.header = header_at(
+        kind::CLOSE,
+        sk,
+        close_ns(info, saved.as_ref(), mstamp_us, !failed),
+    );
     rec.tuple = tuple_of_sock::<M>(sk, tp);
     rec.owner = owner_of_slot(saved.as_ref(), rec.tuple.netns, rec.tuple.sport);
     let rec: &CloseRecord = rec;
@@ -344,4 +333,31 @@ fn close_ns(info: &CloseInfo, saved: Option<&ConnState>, mstamp_us: u64, orderly
     } else {
         now_ns()
     }
+}
+
+/// Zeroes `info` and fills in what the closing socket `tp` tells (counters, stamps);
+/// returns `tcp_mstamp` (µs). The caller sets the rest (error, state, flags, times).
+#[inline(always)]
+pub fn read_close_info<M: Mem>(tp: u64, skflags: u64, info: &mut CloseInfo) -> u64 {
+    zero(info);
+    info.rcv_tstamp = M::read::<u32>(tp, conf!(tp_rcv_tstamp));
+    info.jiffies = jiffies() as u32;
+    info.probes_out = M::read::<u8>(tp, conf!(icsk_probes_out));
+    info.bytes_sent = M::read::<u64>(tp, conf!(tp_bytes_sent))
+        .wrapping_sub(M::read::<u64>(tp, conf!(tp_bytes_retrans)));
+    info.bytes_received = M::read::<u64>(tp, conf!(tp_bytes_received));
+    // The peer's FIN advanced rcv_nxt by one: not a byte of data.
+    if flag_set(skflags, conf!(sock_flag_done)) && info.bytes_received > 0 {
+        info.bytes_received -= 1;
+    }
+    info.segs_out = M::read::<u32>(tp, conf!(tp_segs_out));
+    info.segs_in = M::read::<u32>(tp, conf!(tp_segs_in));
+    info.lsndtime = M::read::<u32>(tp, conf!(tp_lsndtime));
+    info.lrcvtime = M::read::<u32>(tp, conf!(icsk_lrcvtime));
+    info.unacked =
+        M::read::<u32>(tp, conf!(tp_write_seq)).wrapping_sub(M::read::<u32>(tp, conf!(tp_snd_una)));
+    info.retrans_stamp = M::read::<u32>(tp, conf!(tp_retrans_stamp));
+    let mstamp_us = M::read::<u64>(tp, conf!(tp_tcp_mstamp));
+    info.mstamp_ms = (mstamp_us / 1000) as u32;
+    mstamp_us
 }

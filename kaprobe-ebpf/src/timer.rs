@@ -8,12 +8,13 @@
 //! inside the firing are folded into the same record by their own hooks (see
 //! [`crate::state`], [`crate::reset`]); at exit the record is completed with the state after
 //! the firing and sent once. A probe was sent exactly when `icsk_probes_out` grew by one.
-use kaprobe_common::{TimerRecord, kind, stat, tcp_state, timer_flag};
+use kaprobe_common::{REASON_UNKNOWN, TimerRecord, close_flag, kind, stat, tcp_state, timer_flag};
 
 use crate::{
     conf,
     kernel::{Mem, Probe, flag_set, header, jiffies, read, sk_flags, sk_net, state, tuple_of_sock},
     maps::{count, emit, owner_of_sock, timer_scratch},
+    state::read_close_info,
 };
 
 /// `M` reads the `struct timer_list`; the socket behind it, found by subtraction, is not a
@@ -141,6 +142,32 @@ pub fn on_exit<M: Mem>(timer: u64) {
     scratch.timer = 0;
     let rec = &mut scratch.record;
     let sk = rec.header.sk;
+    if rec.flags & timer_flag::DIED == 0
+        && rec.state_before != tcp_state::CLOSE
+        && state::<Probe>(sk) == tcp_state::CLOSE
+    {
+        // The socket closed in this firing, but its TCP_CLOSE was not recorded: the kernel
+        // skipped that run of `inet_sock_set_state`'s program because the same program was
+        // already running on this CPU (this timer softirq interrupted it; counted in its
+        // `recursion_misses`, which the agent reports). What the close hook would have
+        // recorded is read here, so that the death is still reported as one (not as a probe:
+        // the timer's RST counts as a segment sent).
+        let skflags = sk_flags::<Probe>(sk);
+        let info = &mut rec.close;
+        read_close_info::<Probe>(sk, skflags, info);
+        info.sk_err = read::<i32>(sk, conf!(sk_err));
+        info.old_state = rec.state_before;
+        info.reset_reason = REASON_UNKNOWN;
+        info.flags = if flag_set(skflags, conf!(sock_flag_keepopen)) {
+            close_flag::KEEPOPEN
+        } else {
+            0
+        };
+        if flag_set(skflags, conf!(sock_flag_dead)) {
+            info.flags |= close_flag::ORPHAN;
+        }
+        rec.flags |= timer_flag::DIED;
+    }
     if rec.flags & timer_flag::DIED == 0 {
         rec.state_after = state::<Probe>(sk);
         rec.probes_after = read::<u8>(sk, conf!(icsk_probes_out));
