@@ -15,34 +15,61 @@ use crate::event::{
     time::RFC3339_MICROS_LEN,
 };
 
-/// The JSON of the last owner and the last endpoints written, reused while the events name
-/// the same (every event of a connection does, and they come together: a close and its
-/// FINs; under churn most connections belong to a few processes): the texts are formatted,
-/// checked for escapes and copied once, not with every event.
+/// The JSON of the last owners, endpoints and diagnoses written, reused while the events
+/// name the same (every event of a connection does, and they come together: a close and its
+/// FINs; under churn most connections belong to a few processes, and closes share their
+/// diagnosis): the texts are formatted, checked for escapes and copied once, not with every
+/// event.
 #[derive(Default)]
 pub(crate) struct Recent {
-    /// The last few owners (under churn a server's and its clients' alternate).
-    owners: [Option<(Owner, Vec<u8>)>; 4],
-    next_owner: usize,
+    /// (Under churn a server's and its clients' owners alternate.)
+    owners: Kept<Owner>,
     conn: Option<Endpoints>,
     conn_json: Vec<u8>,
-    /// The last few diagnoses written (closes share them: the correlator keeps its recent
-    /// ones, [`crate::correlate`]; under churn the server's and the client's alternate) and
-    /// their JSON, recognised by address.
-    diagnoses: [Option<(Arc<Diagnosis>, Vec<u8>)>; 4],
-    next_diagnosis: usize,
+    /// Recognised by address: the correlator shares its recent diagnoses
+    /// ([`crate::correlate`]); under churn the server's and the client's alternate.
+    diagnoses: Kept<Arc<Diagnosis>>,
+}
+
+/// The last four values of a kind written, with their JSON.
+struct Kept<K> {
+    entries: [Option<(K, Vec<u8>)>; 4],
+    next: usize,
+}
+
+impl<K> Default for Kept<K> {
+    fn default() -> Self {
+        Kept {
+            entries: [None, None, None, None],
+            next: 0,
+        }
+    }
+}
+
+impl<K: Clone> Kept<K> {
+    /// Appends the JSON kept for a value `same` recognises, or writes `v`'s with `json`
+    /// and keeps it (in place of the oldest).
+    fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        v: &K,
+        same: impl Fn(&K, &K) -> bool,
+        json: impl FnOnce(&mut Vec<u8>, &K),
+    ) {
+        if let Some((_, kept)) = self.entries.iter().flatten().find(|(k, _)| same(k, v)) {
+            out.extend_from_slice(kept);
+            return;
+        }
+        let start = out.len();
+        json(out, v);
+        self.entries[self.next] = Some((v.clone(), out[start..].to_vec()));
+        self.next = (self.next + 1) % self.entries.len();
+    }
 }
 
 impl Recent {
     fn owner(&mut self, out: &mut Vec<u8>, o: &Owner) {
-        if let Some((_, json)) = self.owners.iter().flatten().find(|(k, _)| k == o) {
-            out.extend_from_slice(json);
-            return;
-        }
-        let start = out.len();
-        write_owner(out, o);
-        self.owners[self.next_owner] = Some((o.clone(), out[start..].to_vec()));
-        self.next_owner = (self.next_owner + 1) % self.owners.len();
+        self.owners.write(out, o, |a, b| a == b, write_owner);
     }
 
     fn endpoints(&mut self, out: &mut Vec<u8>, c: &Endpoints) {
@@ -55,19 +82,8 @@ impl Recent {
     }
 
     fn diagnosis(&mut self, out: &mut Vec<u8>, d: &Arc<Diagnosis>) {
-        let known = self
-            .diagnoses
-            .iter()
-            .flatten()
-            .find(|(k, _)| Arc::ptr_eq(k, d));
-        if let Some((_, json)) = known {
-            out.extend_from_slice(json);
-            return;
-        }
-        let start = out.len();
-        diagnosis_object(out, d);
-        self.diagnoses[self.next_diagnosis] = Some((d.clone(), out[start..].to_vec()));
-        self.next_diagnosis = (self.next_diagnosis + 1) % self.diagnoses.len();
+        self.diagnoses
+            .write(out, d, Arc::ptr_eq, |out, d| diagnosis_object(out, d));
     }
 }
 
