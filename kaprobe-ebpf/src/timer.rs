@@ -142,10 +142,7 @@ pub fn on_exit<M: Mem>(timer: u64) {
     scratch.timer = 0;
     let rec = &mut scratch.record;
     let sk = rec.header.sk;
-    if rec.flags & timer_flag::DIED == 0
-        && rec.state_before != tcp_state::CLOSE
-        && state::<Probe>(sk) == tcp_state::CLOSE
-    {
+    if rec.flags & timer_flag::DIED == 0 && killed_unseen(rec, sk) {
         // The socket closed in this firing, but its TCP_CLOSE was not recorded: the kernel
         // skipped that run of `inet_sock_set_state`'s program because the same program was
         // already running on this CPU (this timer softirq interrupted it; counted in its
@@ -188,4 +185,28 @@ pub fn on_exit<M: Mem>(timer: u64) {
     } else if !emit::<TimerRecord>(rec) && rec.flags & timer_flag::DIED != 0 {
         count(stat::LOST_TIMER_DEATHS);
     }
+}
+
+/// errnos a socket gets from another path than the keepalive timer's own end
+/// (`tcp_write_err`: ETIMEDOUT, or the soft error ICMP left): `ss -K` (ECONNABORTED), an RST
+/// (ECONNRESET, EPIPE).
+const ECONNABORTED: i32 = 103;
+const ECONNRESET: i32 = 104;
+const EPIPE: i32 = 32;
+
+/// Whether this firing ended the socket although no close was recorded in it: the firing
+/// was to probe or give up (idle, probes outstanding), the socket is closed now, with an
+/// error the timer's end sets. (A close by another CPU in the microseconds of a firing that
+/// found the socket busy leaves another errno, or none.)
+#[inline(always)]
+fn killed_unseen(rec: &TimerRecord, sk: u64) -> bool {
+    if rec.flags & timer_flag::PROBE_BRANCH == 0
+        || rec.probes_before == 0
+        || rec.state_before == tcp_state::CLOSE
+        || state::<Probe>(sk) != tcp_state::CLOSE
+    {
+        return false;
+    }
+    let err = read::<i32>(sk, conf!(sk_err));
+    err != 0 && err != ECONNABORTED && err != ECONNRESET && err != EPIPE
 }
