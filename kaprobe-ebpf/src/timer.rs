@@ -142,7 +142,12 @@ pub fn on_exit<M: Mem>(timer: u64) {
     scratch.timer = 0;
     let rec = &mut scratch.record;
     let sk = rec.header.sk;
-    if rec.flags & timer_flag::DIED == 0 && killed_unseen(rec, sk) {
+    let unseen = if rec.flags & timer_flag::DIED == 0 {
+        unseen_death_error(rec, sk)
+    } else {
+        None
+    };
+    if let Some(sk_err) = unseen {
         // The socket closed in this firing, but its TCP_CLOSE was not recorded: the kernel
         // skipped that run of `inet_sock_set_state`'s program because the same program was
         // already running on this CPU (this timer softirq interrupted it; counted in its
@@ -152,7 +157,7 @@ pub fn on_exit<M: Mem>(timer: u64) {
         let skflags = sk_flags::<Probe>(sk);
         let info = &mut rec.close;
         read_close_info::<Probe>(sk, skflags, info);
-        info.sk_err = read::<i32>(sk, conf!(sk_err));
+        info.sk_err = sk_err;
         info.old_state = rec.state_before;
         info.reset_reason = REASON_UNKNOWN;
         info.flags = if flag_set(skflags, conf!(sock_flag_keepopen)) {
@@ -194,19 +199,19 @@ const ECONNABORTED: i32 = 103;
 const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
 
-/// Whether this firing ended the socket although no close was recorded in it: the firing
-/// was to probe or give up (idle, probes outstanding), the socket is closed now, with an
-/// error the timer's end sets. (A close by another CPU in the microseconds of a firing that
-/// found the socket busy leaves another errno, or none.)
+/// The socket's error if this firing ended it although no close was recorded in it: the
+/// firing was to probe or give up (idle, probes outstanding), the socket is closed now, with
+/// an error the timer's end sets. (A close by another CPU in the microseconds of a firing
+/// that found the socket busy leaves another errno, or none.)
 #[inline(always)]
-fn killed_unseen(rec: &TimerRecord, sk: u64) -> bool {
+fn unseen_death_error(rec: &TimerRecord, sk: u64) -> Option<i32> {
     if rec.flags & timer_flag::PROBE_BRANCH == 0
         || rec.probes_before == 0
         || rec.state_before == tcp_state::CLOSE
         || state::<Probe>(sk) != tcp_state::CLOSE
     {
-        return false;
+        return None;
     }
     let err = read::<i32>(sk, conf!(sk_err));
-    err != 0 && err != ECONNABORTED && err != ECONNRESET && err != EPIPE
+    (err != 0 && err != ECONNABORTED && err != ECONNRESET && err != EPIPE).then_some(err)
 }
