@@ -32,6 +32,36 @@ use clap::{Parser, error::ErrorKind};
 /// tables that grow with outside input are bounded).
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The last few values kept (four), the oldest replaced first: for the small caches of the
+/// per-event path (recent diagnoses, the JSON of recent owners and diagnoses), where a
+/// linear search of four beats hashing.
+pub(crate) struct LastFew<T> {
+    kept: [Option<T>; 4],
+    next: usize,
+}
+
+impl<T> Default for LastFew<T> {
+    fn default() -> Self {
+        LastFew {
+            kept: [None, None, None, None],
+            next: 0,
+        }
+    }
+}
+
+impl<T> LastFew<T> {
+    /// A kept value `f` accepts.
+    pub(crate) fn find(&self, f: impl Fn(&T) -> bool) -> Option<&T> {
+        self.kept.iter().flatten().find(|v| f(v))
+    }
+
+    /// Keeps `v` in place of the oldest.
+    pub(crate) fn keep(&mut self, v: T) {
+        self.kept[self.next] = Some(v);
+        self.next = (self.next + 1) % self.kept.len();
+    }
+}
+
 /// `kaprobe`: parses the command line and runs the verb; exits with its status.
 pub fn main() {
     let cli = match cli::Cli::try_parse() {

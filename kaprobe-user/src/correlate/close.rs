@@ -6,6 +6,7 @@ use kaprobe_common::{CloseInfo, close_flag, tcp_state};
 
 use super::{Conn, Correlator, ETIMEDOUT, IdleClose, Pending};
 use crate::{
+    LastFew,
     diagnose::{self, Death},
     event::{Body, Cause, Diagnosis, Event, Side, errno_name, state_name},
     host::diag::ConnKey,
@@ -15,19 +16,15 @@ use crate::{
 /// (under churn, an orderly close from either side), and their events then share one
 /// diagnosis instead of allocating each its own.
 #[derive(Default)]
-pub(super) struct RecentDiagnoses {
-    kept: [Option<Arc<Diagnosis>>; 4],
-    next: usize,
-}
+pub(super) struct RecentDiagnoses(LastFew<Arc<Diagnosis>>);
 
 impl RecentDiagnoses {
     pub(super) fn share(&mut self, d: Diagnosis) -> Arc<Diagnosis> {
-        if let Some(same) = self.kept.iter().flatten().find(|k| ***k == d) {
+        if let Some(same) = self.0.find(|k| **k == d) {
             return same.clone();
         }
         let d = Arc::new(d);
-        self.kept[self.next] = Some(d.clone());
-        self.next = (self.next + 1) % self.kept.len();
+        self.0.keep(d.clone());
         d
     }
 }

@@ -8,11 +8,14 @@
 //! field added to the model does not compile until it is written here too.
 use std::{io::Write as _, net::IpAddr, sync::Arc};
 
-use crate::event::{
-    Body, Endpoints, Event, Family, Owner, Side, Timestamp,
-    diagnosis::{Confidence, Diagnosis, Evidence},
-    owner::OwnerData,
-    time::RFC3339_MICROS_LEN,
+use crate::{
+    LastFew,
+    event::{
+        Body, Endpoints, Event, Family, Owner, Side, Timestamp,
+        diagnosis::{Confidence, Diagnosis, Evidence},
+        owner::OwnerData,
+        time::RFC3339_MICROS_LEN,
+    },
 };
 
 /// The JSON of the last owners, endpoints and diagnoses written, reused while the events
@@ -32,17 +35,11 @@ pub(crate) struct Recent {
 }
 
 /// The last four values of a kind written, with their JSON.
-struct Kept<K> {
-    entries: [Option<(K, Vec<u8>)>; 4],
-    next: usize,
-}
+struct Kept<K>(LastFew<(K, Vec<u8>)>);
 
 impl<K> Default for Kept<K> {
     fn default() -> Self {
-        Kept {
-            entries: [None, None, None, None],
-            next: 0,
-        }
+        Kept(LastFew::default())
     }
 }
 
@@ -56,14 +53,13 @@ impl<K: Clone> Kept<K> {
         same: impl Fn(&K, &K) -> bool,
         json: impl FnOnce(&mut Vec<u8>, &K),
     ) {
-        if let Some((_, kept)) = self.entries.iter().flatten().find(|(k, _)| same(k, v)) {
+        if let Some((_, kept)) = self.0.find(|(k, _)| same(k, v)) {
             out.extend_from_slice(kept);
             return;
         }
         let start = out.len();
         json(out, v);
-        self.entries[self.next] = Some((v.clone(), out[start..].to_vec()));
-        self.next = (self.next + 1) % self.entries.len();
+        self.0.keep((v.clone(), out[start..].to_vec()));
     }
 }
 
