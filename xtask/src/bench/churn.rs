@@ -9,7 +9,7 @@ use super::{
     bpf::{MapMem, ProgCost, map_memory, perf_progs, prog_stats},
     perf::cpu_attribution,
     report::Report,
-    system::{Sysctl, process_ticks},
+    system::{Sysctl, process_cpu_ns},
     tracers::{CHURN_TRACERS, KEEPALIVE_TRACERS, Tracer, start_tracer},
     workloads::{WrkResult, start_nginx, wrk},
 };
@@ -38,12 +38,14 @@ pub(super) struct Churn {
 #[derive(Clone, Debug)]
 pub(super) struct HookRun {
     pub(super) tracer: Tracer,
+    /// Which round (0-based) of [`hook_costs`].
+    pub(super) round: usize,
     pub(super) requests: u64,
     pub(super) rps: f64,
     pub(super) progs: Vec<ProgCost>,
     pub(super) maps: Vec<MapMem>,
-    /// CPU time of the tracer's own process (the agent) during the run, in clock ticks.
-    pub(super) process_ticks: u64,
+    /// CPU time of the tracer's own process (the agent) during the run, in ns.
+    pub(super) process_ns: u64,
 }
 
 /// Fills `r.churn`, `r.hooks` and `r.cpu` (as far as it gets).
@@ -122,36 +124,108 @@ fn rounds(
     Ok(series)
 }
 
-/// One churn run per tracer with `kernel.bpf_stats_enabled=1` (which itself costs two clock
-/// reads per program run, so these runs are not in the throughput table).
+/// `plan.hook_rounds` alternating rounds of one churn run per tracer with
+/// `kernel.bpf_stats_enabled=1` (which itself costs two clock reads per program run, so these
+/// runs are not in the throughput table). One run's figures scatter by ±25 % on this VM
+/// (the agent's CPU per request: 1.4-2.4 µs over five runs of the same build), more than
+/// the changes measured: the targets take the median of the rounds, with its interval.
 fn hook_costs(plan: &Plan, tools: &Tools, work: &Path, port: u16) -> Result<Vec<HookRun>> {
     let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+    let tracers = &CHURN_TRACERS[1..];
     let mut out = vec![];
-    for &t in &CHURN_TRACERS[1..] {
-        let mut p = start_tracer(t, tools, work, &format!("hooks-{t:?}"))?.expect("a tracer");
-        let ids = perf_progs(p.pid())?;
-        let maps = if t.kaprobe() {
-            map_memory(p.pid())?
-        } else {
-            vec![]
-        };
-        let ticks_before = process_ticks(p.pid())?;
-        let res = wrk(port, plan.secs, true)?;
-        p.check_alive()?;
-        let process_ticks = process_ticks(p.pid())? - ticks_before;
-        let progs = prog_stats(&ids)?;
-        p.stop()?;
-        if t.kaprobe() && !progs.iter().any(|c| c.runs > 0) {
-            bail!("{}: no program run counted under bpf_stats", t.label());
+    for round in 0..plan.hook_rounds {
+        for k in 0..tracers.len() {
+            let t = tracers[(round + k) % tracers.len()];
+            let run = hook_run(plan, tools, work, port, t, round)?;
+            eprintln!(
+                "xtask: bench: bpf_stats round {}/{}: {:<30} {:>7.0} ns of programs, {:>5.2} µs of process per request",
+                round + 1,
+                plan.hook_rounds,
+                t.label(),
+                run.programs_ns_per_request(),
+                run.process_us_per_request()
+            );
+            out.push(run);
         }
-        out.push(HookRun {
-            tracer: t,
-            requests: res.requests,
-            rps: res.rps,
-            progs,
-            maps,
-            process_ticks,
-        });
     }
     Ok(out)
+}
+
+/// One churn run of tracer `t` under bpf_stats.
+fn hook_run(
+    plan: &Plan,
+    tools: &Tools,
+    work: &Path,
+    port: u16,
+    t: Tracer,
+    round: usize,
+) -> Result<HookRun> {
+    let tag = format!("hooks-{round}-{t:?}");
+    let mut p = start_tracer(t, tools, work, &tag)?.expect("a tracer");
+    let ids = perf_progs(p.pid())?;
+    let maps = if t.kaprobe() {
+        map_memory(p.pid())?
+    } else {
+        vec![]
+    };
+    let cpu_before = process_cpu_ns(p.pid())?;
+    let res = wrk(port, plan.secs, true)?;
+    p.check_alive()?;
+    let process_ns = process_cpu_ns(p.pid())?.saturating_sub(cpu_before);
+    let progs = prog_stats(&ids)?;
+    p.stop()?;
+    if t.kaprobe() && !progs.iter().any(|c| c.runs > 0) {
+        bail!("{}: no program run counted under bpf_stats", t.label());
+    }
+    Ok(HookRun {
+        tracer: t,
+        round,
+        requests: res.requests,
+        rps: res.rps,
+        progs,
+        maps,
+        process_ns,
+    })
+}
+
+impl HookRun {
+    /// Tracer `t`'s runs of `runs` pooled: run counts, run times, requests and process time
+    /// summed over the rounds (requests/s the median); the first round's maps.
+    pub(super) fn pooled(runs: &[HookRun], t: Tracer) -> Option<HookRun> {
+        let mine: Vec<&HookRun> = runs.iter().filter(|h| h.tracer == t).collect();
+        let first = (*mine.first()?).clone();
+        let mut all = HookRun {
+            requests: 0,
+            process_ns: 0,
+            rps: super::stats::median(&mine.iter().map(|h| h.rps).collect::<Vec<_>>()),
+            ..first
+        };
+        for p in &mut all.progs {
+            (p.runs, p.ns) = (0, 0);
+        }
+        for h in &mine {
+            all.requests += h.requests;
+            all.process_ns += h.process_ns;
+            for (sum, p) in all.progs.iter_mut().zip(&h.progs) {
+                sum.runs += p.runs;
+                sum.ns += p.ns;
+            }
+        }
+        Some(all)
+    }
+
+    /// Tracer `t`'s per-round values of `f`.
+    pub(super) fn per_round(runs: &[HookRun], t: Tracer, f: impl Fn(&HookRun) -> f64) -> Vec<f64> {
+        runs.iter().filter(|h| h.tracer == t).map(f).collect()
+    }
+
+    /// The programs' run time per request (bpf_stats), in ns.
+    pub(super) fn programs_ns_per_request(&self) -> f64 {
+        self.progs.iter().map(|p| p.ns as f64).sum::<f64>() / self.requests.max(1) as f64
+    }
+
+    /// The tracer's process CPU per request, in µs.
+    pub(super) fn process_us_per_request(&self) -> f64 {
+        self.process_ns as f64 / 1000.0 / self.requests.max(1) as f64
+    }
 }

@@ -111,6 +111,8 @@ struct Plan {
     memory_conns: Vec<usize>,
     startup_runs: usize,
     cpu_rounds: usize,
+    /// Alternating rounds of bpf_stats runs (per-hook cost, program and process time).
+    hook_rounds: usize,
     timer_rounds: usize,
     only: Option<Part>,
 }
@@ -129,6 +131,7 @@ impl Plan {
             memory_conns: if q { vec![1000] } else { vec![10_000, 100_000] },
             startup_runs: if q { 1 } else { 5 },
             cpu_rounds: if q { 1 } else { 6 },
+            hook_rounds: if q { 1 } else { 5 },
             timer_rounds: if q { 1 } else { 12 },
             only: o.only,
         }

@@ -5,10 +5,9 @@ use std::fmt::Write as _;
 use super::Report;
 use crate::bench::{
     Plan,
-    churn::Series,
+    churn::{HookRun, Series},
     perf::{CpuRun, PERF_HZ},
     stats::{cpu_shares, median, median_ci, min_max, ratio_of},
-    system::ticks_per_second,
     timers::{TIMER_TRACERS, ratios},
     tracers::{CHURN_TRACERS, Tracer},
     workloads::page,
@@ -43,30 +42,39 @@ pub(super) fn churn(w: &mut String, plan: &Plan, r: &Report) {
     table(w, &r.churn.keepalive);
 }
 
+/// The tracers of the bpf_stats runs, in the report's order, each with its rounds pooled.
+fn pooled_hooks(r: &Report) -> Vec<HookRun> {
+    CHURN_TRACERS
+        .iter()
+        .filter_map(|&t| HookRun::pooled(&r.hooks, t))
+        .collect()
+}
+
 /// 2: run count and run time of each program under bpf_stats.
 pub(super) fn hooks(w: &mut String, r: &Report) {
+    let rounds = r.hooks.iter().map(|h| h.round + 1).max().unwrap_or(0);
     let _ = writeln!(w, "\n## 2. Per-hook cost\n");
     let _ = writeln!(
         w,
-        "One more churn run per tracer with `kernel.bpf_stats_enabled=1` (restored after): the \
-         kernel's run count and run time of each program (`bpftool prog show`, programs \
-         matched by the tracer's pid in `bpftool perf list`). bpf_stats adds its own clock \
-         reads, so these runs are not in the tables above.\n"
+        "{rounds} alternating round(s) of one more churn run per tracer with \
+         `kernel.bpf_stats_enabled=1` (restored after): the kernel's run count and run time \
+         of each program (`bpftool prog show`, programs matched by the tracer's pid in \
+         `bpftool perf list`), summed over the rounds; the last column also gives the median \
+         and range of the rounds' totals. bpf_stats adds its own clock reads, so these runs \
+         are not in the tables above.\n"
     );
     let _ = writeln!(
         w,
         "| tracer | program | tracepoint | runs/request | ns/run | ns/request |\n| --- | --- | --- | --- | --- | --- |"
     );
-    for h in &r.hooks {
+    for h in pooled_hooks(r) {
         let req = h.requests.max(1) as f64;
-        let mut total = 0.0;
         for p in &h.progs {
             let per_run = if p.runs > 0 {
                 p.ns as f64 / p.runs as f64
             } else {
                 0.0
             };
-            total += p.ns as f64 / req;
             let _ = writeln!(
                 w,
                 "| {} | `{}` | {} | {:.2} | {:.0} | {:.0} |",
@@ -78,11 +86,14 @@ pub(super) fn hooks(w: &mut String, r: &Report) {
                 p.ns as f64 / req
             );
         }
+        let rounds = HookRun::per_round(&r.hooks, h.tracer, HookRun::programs_ns_per_request);
+        let (lo, hi) = min_max(&rounds);
         let _ = writeln!(
             w,
-            "| **{}** | **all** | | | | **{:.0}** ({:.0} req/s) |",
+            "| **{}** | **all** | | | | **{:.0}** (rounds: median {:.0}, {lo:.0}–{hi:.0}; {:.0} req/s) |",
             h.tracer.label(),
-            total,
+            h.programs_ns_per_request(),
+            median(&rounds),
             h.rps
         );
     }
@@ -91,12 +102,7 @@ pub(super) fn hooks(w: &mut String, r: &Report) {
 /// What kaprobe's programs add to the empty ones per request, against the CPU a request
 /// costs without a tracer: the steady estimate.
 pub(super) fn program_time(w: &mut String, r: &Report) {
-    let per_req = |t: Tracer| {
-        r.hooks
-            .iter()
-            .find(|h| h.tracer == t)
-            .map(|h| h.progs.iter().map(|p| p.ns as f64).sum::<f64>() / h.requests.max(1) as f64)
-    };
+    let per_req = |t: Tracer| HookRun::pooled(&r.hooks, t).map(|h| h.programs_ns_per_request());
     let base_cpu = r
         .churn
         .close
@@ -137,26 +143,34 @@ pub(super) fn program_time(w: &mut String, r: &Report) {
 
 /// The other half of a tracer's cost: its own process, in the same runs.
 pub(super) fn process_cpu(w: &mut String, r: &Report) {
-    let tick_us = 1e6 / ticks_per_second();
     let _ = writeln!(
         w,
-        "\nThe tracer's own process in the same runs (user + system CPU from /proc/PID/stat, \
-         in clock ticks of {:.0} ms, so ±1 tick over the run):\n\n\
+        "\nThe tracer's own process in the same runs (its threads' CPU time from \
+         /proc/PID/task/*/schedstat, in ns), per request: the median of the rounds and their \
+         range; programs and together likewise.\n\n\
          | tracer | process CPU µs/request | programs µs/request | together µs/request |\n\
-         | --- | --- | --- | --- |",
-        tick_us / 1000.0
+         | --- | --- | --- | --- |"
     );
-    for h in &r.hooks {
-        let req = h.requests.max(1) as f64;
-        let process = h.process_ticks as f64 * tick_us / req;
-        let programs = h.progs.iter().map(|p| p.ns as f64).sum::<f64>() / req / 1000.0;
+    for &t in CHURN_TRACERS {
+        let process = HookRun::per_round(&r.hooks, t, HookRun::process_us_per_request);
+        if process.is_empty() {
+            continue;
+        }
+        let programs = HookRun::per_round(&r.hooks, t, |h| h.programs_ns_per_request() / 1000.0);
+        let together = HookRun::per_round(&r.hooks, t, |h| {
+            h.process_us_per_request() + h.programs_ns_per_request() / 1000.0
+        });
+        let cell = |v: &[f64]| {
+            let (lo, hi) = min_max(v);
+            format!("{:.2} ({lo:.2}–{hi:.2})", median(v))
+        };
         let _ = writeln!(
             w,
-            "| {} | {:.2} | {:.2} | {:.2} |",
-            h.tracer.label(),
-            process,
-            programs,
-            process + programs
+            "| {} | {} | {} | {} |",
+            t.label(),
+            cell(&process),
+            cell(&programs),
+            cell(&together)
         );
     }
 }
