@@ -148,10 +148,12 @@ impl Mem for Btf {
 pub unsafe trait Words: Copy {}
 
 // SAFETY: kaprobe_common's records: `#[repr(C)]`, integers only, padding spelled out; the
-// size and alignment are checked again in `zero` and `copy`.
+// size and alignment are checked again in `zero_raw`.
 unsafe impl Words for kaprobe_common::ConnState {}
 // SAFETY: as above.
 unsafe impl Words for kaprobe_common::CloseInfo {}
+// SAFETY: as above.
+unsafe impl Words for kaprobe_common::CloseRecord {}
 
 /// `*v = zeroed`, with 8-byte stores. A plain assignment of a struct (`*v =
 /// T::default()`) becomes a call to aya-ebpf's `memset`, which stores one byte per loop
@@ -160,26 +162,24 @@ unsafe impl Words for kaprobe_common::CloseInfo {}
 /// into that call.
 #[inline(always)]
 pub fn zero<T: Words>(v: &mut T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() % 8 == 0) };
-    let p = (v as *mut T).cast::<u64>();
-    for i in 0..size_of::<T>() / 8 {
-        // SAFETY: `i` words of 8 bytes are inside `*v`, which is 8-byte aligned (checked
-        // above) and exclusively borrowed; zero is a valid `T` (`Words`).
-        unsafe { p.add(i).write_volatile(0) };
-    }
+    // SAFETY: `v` is a valid, exclusively borrowed `T`.
+    unsafe { zero_raw(v as *mut T) }
 }
 
-/// `*dst = *src`, with 8-byte loads and stores (see [`zero`]: a struct assignment becomes a
-/// byte-at-a-time `memmove` call).
+/// [`zero`] through a raw pointer, for memory that is not a valid `T` yet (reserved in the
+/// ring buffer).
+///
+/// # Safety
+/// `p` must be valid for writes of a `T` and 8-byte aligned, and nothing else may access
+/// it meanwhile.
 #[inline(always)]
-pub fn copy<T: Words>(dst: &mut T, src: &T) {
+pub unsafe fn zero_raw<T: Words>(p: *mut T) {
     const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() % 8 == 0) };
-    let d = (dst as *mut T).cast::<u64>();
-    let s = (src as *const T).cast::<u64>();
+    let p = p.cast::<u64>();
     for i in 0..size_of::<T>() / 8 {
-        // SAFETY: both are valid, 8-byte aligned `T`s of the checked size; `dst` is
-        // exclusively borrowed, so they do not overlap.
-        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
+        // SAFETY: `i` words of 8 bytes are inside `*p`, 8-byte aligned (checked above) and
+        // writable (the caller's promise); zero is a valid `T` (`Words`).
+        unsafe { p.add(i).write_volatile(0) };
     }
 }
 

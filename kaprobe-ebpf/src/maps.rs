@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use kaprobe_common::{
-    BIRTH_BURST_SECONDS, BirthBudget, CloseRecord, ConnState, ListenKey, Owner, RecentReset, Record, SOCK_WAYS, SockSet,
-    TimerScratch, Tuple, conn_flag, owner_flag, stat,
+    BIRTH_BURST_SECONDS, BirthBudget, CloseRecord, ConnState, ListenKey, Owner, RecentReset,
+    Record, SOCK_WAYS, SockSet, TimerScratch, Tuple, conn_flag, owner_flag, stat,
 };
 
 /// Every record goes through this one ring buffer. Its size is set by the agent
@@ -353,9 +353,12 @@ pub fn netns_wanted(netns: u32) -> bool {
 /// ring space nor the agent's time. (The agent applies every filter again.)
 #[inline(always)]
 fn wanted<T: Record>(record: &T) -> bool {
-    let Some(t) = record.tuple() else {
-        return true;
-    };
+    record.tuple().is_none_or(wanted_tuple)
+}
+
+/// Whether a record of the connection `t` passes `--netns` and `--port`.
+#[inline(always)]
+fn wanted_tuple(t: &Tuple) -> bool {
     if !netns_wanted(t.netns) {
         return false;
     }
@@ -410,13 +413,50 @@ pub fn emit<T: Record + 'static>(record: &T) -> bool {
 /// the record. The agent drains the ring every 100 ms anyway.
 #[inline(always)]
 pub fn emit_bulk<T: Record + 'static>(record: &T) -> bool {
-    let flags =
-        if EVENTS.query(BPF_RB_AVAIL_DATA) >= crate::conf!(wakeup_bytes) as u64 && wakeup_due() {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
-    output(record, flags)
+    output(record, bulk_flags())
+}
+
+/// The wakeup flags of a bulk record (see [`emit_bulk`]).
+#[inline(always)]
+fn bulk_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= crate::conf!(wakeup_bytes) as u64 && wakeup_due() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Sends a close record written by `fill` in place in the ring buffer (zeroed first): a
+/// close record is the largest (208 bytes) and the most frequent under `--all` churn, and
+/// building it in a scratch map for `bpf_ringbuf_output` to copy cost a second pass over
+/// it. Bulk unless `wake` (see [`emit`], [`emit_bulk`]); filtered (after `fill`: the
+/// tuple is read into the record, the BPF stack has no room for another copy; filters are
+/// rare) and counted as [`output`] does. False only if it was lost.
+#[inline(always)]
+pub fn emit_close(wake: bool, fill: impl FnOnce(&mut CloseRecord)) -> bool {
+    let flags = if wake { 0 } else { bulk_flags() };
+    let Some(mut entry) = EVENTS.reserve::<CloseRecord>(0) else {
+        count(stat::RINGBUF_FULL);
+        count(stat::LOST_BY_KIND + kaprobe_common::kind::CLOSE);
+        return false;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: `p` is the reserved ring memory, sized and aligned for a CloseRecord and this
+    // program's alone until submitted. It is zeroed before the reference is made: a
+    // CloseRecord is integers only (`Words`), so all zeroes is a valid one.
+    let rec = unsafe {
+        crate::kernel::zero_raw(p);
+        &mut *p
+    };
+    fill(rec);
+    if !wanted_tuple(&rec.tuple) {
+        count(stat::FILTERED);
+        entry.discard(BPF_RB_NO_WAKEUP);
+        return true;
+    }
+    count(stat::RECORDS_SENT);
+    entry.submit(flags);
+    true
 }
 
 /// The jiffy of this CPU's last forced wakeup.
@@ -468,19 +508,6 @@ pub fn running_timer_of(sk: u64) -> Option<&'static mut TimerScratch> {
     }
     let fresh = crate::kernel::now_ns().wrapping_sub(s.record.header.ts_ns) < TIMER_STALE_NS;
     fresh.then_some(s)
-}
-
-/// Per-CPU room to build a [`CloseRecord`] (too big for the 512-byte BPF stack together
-/// with what `inet_sock_set_state` keeps there).
-#[map(name = "CLOSE_SCRATCH")]
-pub static CLOSE_SCRATCH: PerCpuArray<CloseRecord> = PerCpuArray::with_max_entries(1, 0);
-
-/// This CPU's close record scratch.
-#[inline(always)]
-pub fn close_scratch() -> Option<&'static mut CloseRecord> {
-    // SAFETY: per-CPU array slot, valid for the program's run and private to this CPU (a
-    // program does not nest on one CPU: the kernel skips a nested run and counts it).
-    CLOSE_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// The RST memory of this CPU.

@@ -7,19 +7,19 @@
 //! `TCP_CLOSE`; FIN transitions of keepalive sockets are also sent as they happen.
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid};
 use kaprobe_common::{
-    CloseInfo, CloseRecord, ConnState, ListenKey, REASON_UNKNOWN, StateRecord, close_flag,
-    config_flag, conn_flag, kind, owner_flag, tcp_state, timer_flag,
+    CloseInfo, ConnState, ListenKey, REASON_UNKNOWN, StateRecord, close_flag, config_flag,
+    conn_flag, kind, owner_flag, tcp_state, timer_flag,
 };
 
 use crate::{
     conf,
     kernel::{
-        Mem, copy, flag_set, header_at, jiffies, netns_inum, now_ns, sk_flags, sk_net,
-        tuple_of_sock, tuple_of_sock_common, zero,
+        Mem, flag_set, header_at, jiffies, netns_inum, now_ns, sk_flags, sk_net, tuple_of_sock,
+        tuple_of_sock_common,
     },
     maps::{
-        LISTENERS, birth_allowed, claim_conn, claim_new, close_scratch, current_owner, emit,
-        emit_bulk, netns_wanted, owner_of_slot, recent_reset, running_timer_of, take_conn,
+        LISTENERS, birth_allowed, claim_conn, claim_new, current_owner, emit_bulk, emit_close,
+        netns_wanted, owner_of_slot, recent_reset, running_timer_of, take_conn,
     },
 };
 
@@ -225,17 +225,73 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     if tp == 0 {
         return;
     }
-    // Built in place in this CPU's scratch: the record is too big for the BPF stack.
-    let Some(rec) = close_scratch() else {
+    if let Some(scratch) = scratch {
+        // (Zeroed at the firing's entry.)
+        fill_close::<M>(
+            &mut scratch.record.close,
+            tp,
+            skflags,
+            old,
+            sk_err,
+            0,
+            REASON_UNKNOWN,
+        );
+        fill_close_saved(
+            &mut scratch.record.close,
+            saved.as_ref(),
+            tracked,
+            keepopen,
+            skflags,
+        );
+        scratch.record.flags |= timer_flag::DIED;
         return;
-    };
-    let info = &mut rec.close;
+    }
+    // A failure is worth waking up for; an orderly close is bulk. Written in place in the
+    // ring buffer: the record is too big for the BPF stack.
+    let _ = emit_close(failed, |rec| {
+        let info = &mut rec.close;
+        let mstamp_us = fill_close::<M>(info, tp, skflags, old, sk_err, rst_flags, rst_reason);
+        fill_close_saved(info, saved.as_ref(), tracked, keepopen, skflags);
+        rec.header = header_at(
+            kind::CLOSE,
+            sk,
+            close_ns(info, saved.as_ref(), mstamp_us, !failed),
+        );
+        rec.tuple = tuple_of_sock::<M>(sk, tp);
+        rec.owner = owner_of_slot(saved.as_ref(), rec.tuple.netns, rec.tuple.sport);
+    });
+}
+
+/// What the closing socket tells ([`read_close_info`]) and what the close hook found:
+/// `info` must be zeroed. Returns `tcp_mstamp` (µs).
+#[inline(always)]
+fn fill_close<M: Mem>(
+    info: &mut CloseInfo,
+    tp: u64,
+    skflags: u64,
+    old: u8,
+    sk_err: i32,
+    rst_flags: u32,
+    rst_reason: u32,
+) -> u64 {
     let mstamp_us = read_close_info::<M>(tp, skflags, info);
     info.reset_reason = rst_reason;
     info.sk_err = sk_err;
     info.flags = rst_flags;
     info.old_state = old;
-    if let Some(c) = &saved {
+    mstamp_us
+}
+
+/// The close's facts from the socket's slot (times, direction, idle) and its flags.
+#[inline(always)]
+fn fill_close_saved(
+    info: &mut CloseInfo,
+    saved: Option<&ConnState>,
+    tracked: bool,
+    keepopen: bool,
+    skflags: u64,
+) {
+    if let Some(c) = saved {
         info.birth_ns = c.birth_ns;
         info.fin_sent_ns = c.fin_sent_ns;
         info.fin_recv_ns = c.fin_recv_ns;
@@ -262,21 +318,6 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     if flag_set(skflags, conf!(sock_flag_dead)) {
         info.flags |= close_flag::ORPHAN;
     }
-    if let Some(scratch) = scratch {
-        scratch.record.flags |= timer_flag::DIED;
-        copy(&mut scratch.record.close, &rec.close);
-        return;
-    }
-    rec.header = header_at(
-        kind::CLOSE,
-        sk,
-        close_ns(info, saved.as_ref(), mstamp_us, !failed),
-    );
-    rec.tuple = tuple_of_sock::<M>(sk, tp);
-    rec.owner = owner_of_slot(saved.as_ref(), rec.tuple.netns, rec.tuple.sport);
-    let rec: &CloseRecord = rec;
-    // A failure is worth waking up for; an orderly close is bulk.
-    let _ = if failed { emit(rec) } else { emit_bulk(rec) };
 }
 
 /// Jiffies since data last went either way on `sk` (the later of `lsndtime` and
@@ -335,11 +376,12 @@ fn close_ns(info: &CloseInfo, saved: Option<&ConnState>, mstamp_us: u64, orderly
     }
 }
 
-/// Zeroes `info` and fills in what the closing socket `tp` tells (counters, stamps);
-/// returns `tcp_mstamp` (µs). The caller sets the rest (error, state, flags, times).
+/// Fills in what the closing socket `tp` tells (counters, stamps) into `info`, which must
+/// be zeroed (a record reserved zeroed in the ring, or the timer scratch's, zeroed at the
+/// firing's entry); returns `tcp_mstamp` (µs). The caller sets the rest (error, state,
+/// flags, times).
 #[inline(always)]
 pub fn read_close_info<M: Mem>(tp: u64, skflags: u64, info: &mut CloseInfo) -> u64 {
-    zero(info);
     info.rcv_tstamp = M::read::<u32>(tp, conf!(tp_rcv_tstamp));
     info.jiffies = jiffies() as u32;
     info.probes_out = M::read::<u8>(tp, conf!(icsk_probes_out));
