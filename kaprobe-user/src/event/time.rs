@@ -16,6 +16,17 @@ pub(crate) const RFC3339_MICROS_LEN: usize = 27;
 /// Its date and time, `2025-11-24T16:00:00`.
 const RFC3339_SECONDS_LEN: usize = 19;
 
+/// `00` to `99` in ASCII.
+const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
+
 thread_local! {
     /// The date and time of the last second formatted: events come in bursts within a
     /// second, and only the microseconds change between them.
@@ -54,14 +65,12 @@ impl Timestamp {
         });
         buf[..RFC3339_SECONDS_LEN].copy_from_slice(&date_time);
         buf[RFC3339_SECONDS_LEN] = b'.';
-        let mut rest = micros;
-        for b in buf[RFC3339_SECONDS_LEN + 1..RFC3339_MICROS_LEN - 1]
-            .iter_mut()
-            .rev()
-        {
-            *b = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
+        // Two digits at a time (three divisions instead of six).
+        let digits = &mut buf[RFC3339_SECONDS_LEN + 1..RFC3339_MICROS_LEN - 1];
+        let (high, rest) = (micros / 10_000, micros % 10_000);
+        digits[..2].copy_from_slice(&DIGIT_PAIRS[high as usize % 100]);
+        digits[2..4].copy_from_slice(&DIGIT_PAIRS[(rest / 100) as usize]);
+        digits[4..].copy_from_slice(&DIGIT_PAIRS[(rest % 100) as usize]);
         buf[RFC3339_MICROS_LEN - 1] = b'Z';
     }
 }
