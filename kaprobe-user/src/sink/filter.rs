@@ -36,6 +36,9 @@ impl Filter {
 
     pub(crate) fn matches(&self, e: &Event) -> bool {
         let Some(c) = &e.conn else { return true };
+        if self.is_empty() {
+            return true;
+        }
         self.matches_endpoints(&c.saddr, c.sport, &c.daddr, c.dport)
             && self.matches_netns(c.netns)
             && self.matches_owner(e.owner.as_ref())
@@ -76,6 +79,12 @@ impl Filter {
                 .as_deref()
                 .is_some_and(|path| self.cgroups.iter().any(|p| cgroup_under(path, p)));
         pid_ok && comm_ok && cgroup_ok
+    }
+
+    /// No filter given (the usual case): every event passes, found with six loads instead
+    /// of the three checks' calls (~50 instructions per event under `--all` churn).
+    fn is_empty(&self) -> bool {
+        self.ports.is_empty() && self.nets.is_empty() && self.netns.is_empty() && !self.by_owner()
     }
 
     /// Whether any owner filter is set.
