@@ -151,8 +151,6 @@ pub unsafe trait Words: Copy {}
 // size and alignment are checked again in `zero_raw`.
 unsafe impl Words for kaprobe_common::ConnState {}
 // SAFETY: as above.
-unsafe impl Words for kaprobe_common::CloseInfo {}
-// SAFETY: as above.
 unsafe impl Words for kaprobe_common::CloseRecord {}
 
 /// `*v = zeroed`, with 8-byte stores. A plain assignment of a struct (`*v =

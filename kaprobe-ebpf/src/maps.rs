@@ -359,7 +359,14 @@ fn wanted<T: Record>(record: &T) -> bool {
 /// Whether a record of the connection `t` passes `--netns` and `--port`.
 #[inline(always)]
 fn wanted_tuple(t: &Tuple) -> bool {
-    if !netns_wanted(t.netns) {
+    wanted_ends(t.netns, t.sport, t.dport)
+}
+
+/// Whether a record of a connection in namespace `netns` between ports `sport` and `dport`
+/// passes `--netns` and `--port`.
+#[inline(always)]
+fn wanted_ends(netns: u32, sport: u16, dport: u16) -> bool {
+    if !netns_wanted(netns) {
         return false;
     }
     let n_ports = crate::conf!(n_filter_ports) as usize;
@@ -367,7 +374,7 @@ fn wanted_tuple(t: &Tuple) -> bool {
         let wanted = crate::conf!(filter_ports);
         let mut hit = false;
         for (i, p) in wanted.iter().enumerate() {
-            if i < n_ports && (*p == t.sport || *p == t.dport) {
+            if i < n_ports && (*p == sport || *p == dport) {
                 hit = true;
             }
         }
@@ -426,16 +433,30 @@ fn bulk_flags() -> u64 {
     }
 }
 
-/// Sends a close record written by `fill` in place in the ring buffer (zeroed first): a
-/// close record is the largest (208 bytes) and the most frequent under `--all` churn, and
-/// building it in a scratch map for `bpf_ringbuf_output` to copy cost a second pass over
-/// it. Bulk unless `wake` (see [`emit`], [`emit_bulk`]); filtered (after `fill`: the
-/// tuple is read into the record, the BPF stack has no room for another copy; filters are
-/// rare) and counted as [`output`] does. False only if it was lost.
+/// Sends a close record written by `fill` in place in the ring buffer (zeroed first): the
+/// most frequent record under `--all` churn (200 bytes), which built in a scratch map for
+/// `bpf_ringbuf_output` to copy cost a second pass over it. Bulk unless `wake` (see
+/// [`emit`], [`emit_bulk`]); filtered and counted as [`output`] does. The filters run on
+/// the tuple `fill` wrote (a filtered record is discarded: the BPF stack has no room for
+/// another copy of the tuple, and filters are rare), or, when the ring is full, on `ends`
+/// (namespace, local and remote port), so that a record the filters would have dropped is
+/// not counted as lost. False only if it was lost.
 #[inline(always)]
-pub fn emit_close(wake: bool, fill: impl FnOnce(&mut CloseRecord)) -> bool {
+pub fn emit_close(
+    wake: bool,
+    ends: impl FnOnce() -> (u32, u16, u16),
+    fill: impl FnOnce(&mut CloseRecord),
+) -> bool {
     let flags = if wake { 0 } else { bulk_flags() };
     let Some(mut entry) = EVENTS.reserve::<CloseRecord>(0) else {
+        let filtered = crate::conf!(n_filter_netns) != 0 || crate::conf!(n_filter_ports) != 0;
+        if filtered {
+            let (netns, sport, dport) = ends();
+            if !wanted_ends(netns, sport, dport) {
+                count(stat::FILTERED);
+                return true;
+            }
+        }
         count(stat::RINGBUF_FULL);
         count(stat::LOST_BY_KIND + kaprobe_common::kind::CLOSE);
         return false;

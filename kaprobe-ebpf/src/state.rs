@@ -248,7 +248,14 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
     }
     // A failure is worth waking up for; an orderly close is bulk. Written in place in the
     // ring buffer: the record is too big for the BPF stack.
-    let _ = emit_close(failed, |rec| {
+    let ends = || {
+        (
+            netns_inum::<M>(sk_net::<M>(sk)),
+            u16::from_be(M::read::<u16>(tp, conf!(inet_sport))),
+            u16::from_be(M::read::<u16>(sk, conf!(skc_dport))),
+        )
+    };
+    let _ = emit_close(failed, ends, |rec| {
         let info = &mut rec.close;
         let mstamp_us = fill_close::<M>(info, tp, skflags, old, sk_err, rst_flags, rst_reason);
         fill_close_saved(info, saved.as_ref(), tracked, keepopen, skflags);
