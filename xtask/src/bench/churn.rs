@@ -9,7 +9,7 @@ use super::{
     bpf::{MapMem, ProgCost, map_memory, perf_progs, prog_stats},
     perf::cpu_attribution,
     report::Report,
-    system::{Sysctl, process_cpu_ns},
+    system::{Sysctl, cpu_ns_between, thread_cpu_ns},
     tracers::{CHURN_TRACERS, KEEPALIVE_TRACERS, Tracer, start_tracer},
     workloads::{WrkResult, start_nginx, wrk},
 };
@@ -168,10 +168,10 @@ fn hook_run(
     } else {
         vec![]
     };
-    let cpu_before = process_cpu_ns(p.pid())?;
+    let cpu_before = thread_cpu_ns(p.pid())?;
     let res = wrk(port, plan.secs, true)?;
     p.check_alive()?;
-    let process_ns = process_cpu_ns(p.pid())?.saturating_sub(cpu_before);
+    let process_ns = cpu_ns_between(&cpu_before, &thread_cpu_ns(p.pid())?);
     let progs = prog_stats(&ids)?;
     p.stop()?;
     if t.kaprobe() && !progs.iter().any(|c| c.runs > 0) {
@@ -206,9 +206,14 @@ impl HookRun {
         for h in &mine {
             all.requests += h.requests;
             all.process_ns += h.process_ns;
-            for (sum, p) in all.progs.iter_mut().zip(&h.progs) {
-                sum.runs += p.runs;
-                sum.ns += p.ns;
+            for sum in &mut all.progs {
+                // By name and tracepoint: `bpftool perf list` need not list them in the
+                // same order every round.
+                let same = |p: &&ProgCost| p.name == sum.name && p.tracepoint == sum.tracepoint;
+                if let Some(p) = h.progs.iter().find(same) {
+                    sum.runs += p.runs;
+                    sum.ns += p.ns;
+                }
             }
         }
         Some(all)

@@ -1,6 +1,7 @@
 //! The machine the benchmark runs on: what it is, how busy it is (/proc), and the settings
 //! the benchmark changes for its run (a sysctl, a tracefs mount), restored by guards.
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -99,28 +100,46 @@ pub(super) fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// CPU time of process `pid` so far, in ns: the sum of its threads' run time in
-/// /proc/PID/task/*/schedstat (the scheduler's own account, to the nanosecond; /proc/PID/stat
-/// counts 10 ms ticks, ±1 tick over a run, ~6 % of the agent's time in a 3 s churn run).
-/// Threads that ended before the call are not counted: take both readings while the
-/// process's threads live (kaprobe's data path is its main thread).
-pub(super) fn process_cpu_ns(pid: u32) -> Result<u64> {
-    let mut total = 0;
+/// Run time of each thread of process `pid` so far, in ns, by thread id: the scheduler's
+/// own account (/proc/PID/task/*/schedstat), to the nanosecond; /proc/PID/stat counts 10 ms
+/// ticks, ±1 tick over a run, ~6 % of the agent's time in a 3 s churn run. See
+/// [`cpu_ns_between`].
+pub(super) fn thread_cpu_ns(pid: u32) -> Result<HashMap<u32, u64>> {
+    let mut out = HashMap::new();
     for task in fs::read_dir(format!("/proc/{pid}/task"))? {
-        let path = task?.path().join("schedstat");
+        let task = task?;
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let path = task.path().join("schedstat");
         let s = match fs::read_to_string(&path) {
             Ok(s) => s,
-            // A thread that ended between the listing and the read.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // A thread that ended between the listing and the read (ENOENT, or ESRCH once
+            // it is reaped).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3) => {
+                continue;
+            }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        total += s
+        let ns = s
             .split_whitespace()
             .next()
             .and_then(|x| x.parse::<u64>().ok())
             .ok_or_else(|| anyhow!("{}: {s}", path.display()))?;
+        out.insert(tid, ns);
     }
-    Ok(total)
+    Ok(out)
+}
+
+/// CPU time the threads took between two [`thread_cpu_ns`] readings: a thread's difference,
+/// or all of its time if it started in between. A thread that ended in between is not in
+/// the second reading and counts nothing (kaprobe's data path is its main thread; its
+/// look-up threads are short and rare).
+pub(super) fn cpu_ns_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(tid, &ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// A `kB` value of /proc/PID/status (`VmRSS:`, `VmHWM:`).

@@ -123,7 +123,7 @@ impl Tracer {
 /// Starts a tracer with its output to /dev/null; returns once its hooks are attached and
 /// its start-up is over: kaprobe says "start-up memory released" (after "tracing started"
 /// and `agent_start`), so that freeing the start-up's BTF and trimming the heap do not count
-/// in a run's process CPU (measured: a few ms, within the 10 ms ticks of /proc); for the
+/// in a run's process CPU (measured: a few ms); for the
 /// others, the kernel lists their tracepoint programs under their pid (`bpftool perf
 /// list`).
 pub(super) fn start_tracer(
