@@ -272,7 +272,7 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
 /// What the closing socket tells ([`read_close_info`]) and what the close hook found:
 /// `info` must be zeroed. Returns `tcp_mstamp` (µs).
 #[inline(always)]
-fn fill_close<M: Mem>(
+pub fn fill_close<M: Mem>(
     info: &mut CloseInfo,
     tp: u64,
     skflags: u64,
@@ -289,9 +289,10 @@ fn fill_close<M: Mem>(
     mstamp_us
 }
 
-/// The close's facts from the socket's slot (times, direction, idle) and its flags.
+/// The close's facts from the socket's slot (times, direction, idle; none when `saved` is
+/// None) and its flags.
 #[inline(always)]
-fn fill_close_saved(
+pub fn fill_close_saved(
     info: &mut CloseInfo,
     saved: Option<&ConnState>,
     tracked: bool,
@@ -388,7 +389,7 @@ fn close_ns(info: &CloseInfo, saved: Option<&ConnState>, mstamp_us: u64, orderly
 /// firing's entry); returns `tcp_mstamp` (µs). The caller sets the rest (error, state,
 /// flags, times).
 #[inline(always)]
-pub fn read_close_info<M: Mem>(tp: u64, skflags: u64, info: &mut CloseInfo) -> u64 {
+fn read_close_info<M: Mem>(tp: u64, skflags: u64, info: &mut CloseInfo) -> u64 {
     info.rcv_tstamp = M::read::<u32>(tp, conf!(tp_rcv_tstamp));
     info.jiffies = jiffies() as u32;
     info.probes_out = M::read::<u8>(tp, conf!(icsk_probes_out));

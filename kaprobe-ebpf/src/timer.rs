@@ -8,13 +8,13 @@
 //! inside the firing are folded into the same record by their own hooks (see
 //! [`crate::state`], [`crate::reset`]); at exit the record is completed with the state after
 //! the firing and sent once. A probe was sent exactly when `icsk_probes_out` grew by one.
-use kaprobe_common::{REASON_UNKNOWN, TimerRecord, close_flag, kind, stat, tcp_state, timer_flag};
+use kaprobe_common::{REASON_UNKNOWN, TimerRecord, kind, stat, tcp_state, timer_flag};
 
 use crate::{
     conf,
     kernel::{Mem, Probe, flag_set, header, jiffies, read, sk_flags, sk_net, state, tuple_of_sock},
     maps::{count, emit, owner_of_sock, timer_scratch},
-    state::read_close_info,
+    state::{fill_close, fill_close_saved},
 };
 
 /// `M` reads the `struct timer_list`; the socket behind it, found by subtraction, is not a
@@ -155,19 +155,18 @@ pub fn on_exit<M: Mem>(timer: u64) {
         // recorded is read here, so that the death is still reported as one (not as a probe:
         // the timer's RST counts as a segment sent).
         let skflags = sk_flags::<Probe>(sk);
+        let keepopen = flag_set(skflags, conf!(sock_flag_keepopen));
         let info = &mut rec.close;
-        read_close_info::<Probe>(sk, skflags, info);
-        info.sk_err = sk_err;
-        info.old_state = rec.state_before;
-        info.reset_reason = REASON_UNKNOWN;
-        info.flags = if flag_set(skflags, conf!(sock_flag_keepopen)) {
-            close_flag::KEEPOPEN
-        } else {
-            0
-        };
-        if flag_set(skflags, conf!(sock_flag_dead)) {
-            info.flags |= close_flag::ORPHAN;
-        }
+        fill_close::<Probe>(
+            info,
+            sk,
+            skflags,
+            rec.state_before,
+            sk_err,
+            0,
+            REASON_UNKNOWN,
+        );
+        fill_close_saved(info, None, false, keepopen, skflags);
         rec.flags |= timer_flag::DIED;
     }
     if rec.flags & timer_flag::DIED == 0 {
