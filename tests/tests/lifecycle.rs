@@ -1010,3 +1010,85 @@ fn a_burst_after_a_quiet_time_is_recorded_whole_then_the_budget_holds() {
     assert_eq!(without_owner, shed);
     assert!(shed >= 50, "{shed} shed of the second burst of 150");
 }
+
+/// One series of the agent's metrics now (`name` with its labels, as exposed).
+fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (_, text) = http_get(addr, "/metrics").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
+#[test]
+fn own_cost_is_served_the_programs_runs_counted_while_program_stats_are_on() {
+    if need_root() {
+        return;
+    }
+    let link = Link::new("oc");
+    let ns = link.a.inode();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let started = std::time::Instant::now();
+    let agent = Agent::start(&[
+        "--program-stats",
+        "--netns",
+        &ns.to_string(),
+        "--metrics-addr",
+        &metrics.to_string(),
+    ]);
+    let before = link.a.nstat();
+    // Connections refused by the peer's stack: each makes at least two state changes on
+    // this side (SYN_SENT, then CLOSE), so two runs of the state-change program.
+    const N: usize = 20;
+    let to = SocketAddr::new(link.b4, 9);
+    for _ in 0..N {
+        assert_eq!(connect_errno(&link.a, to).0, libc::ECONNREFUSED);
+    }
+    agent.wait_count("the refused connections' closes", N, WAIT, |v| {
+        v["event"] == "connection_closed" && v["netns"] == ns
+    });
+    let after = link.a.nstat();
+    let opens = after["TcpActiveOpens"] - before.get("TcpActiveOpens").copied().unwrap_or(0);
+    assert_eq!(opens, N as u64, "the namespace's own count of connect()s");
+    // The metrics are brought up to date every 100 ms: wait for them to count this
+    // namespace's state changes (programs run for every socket of the host: at least).
+    let runs = r#"kaprobe_program_runs_total{program="kp_set_state"}"#;
+    let runs_raw = r#"kaprobe_program_runs_total{program="kr_set_state"}"#;
+    let deadline = std::time::Instant::now() + WAIT;
+    let counted = loop {
+        let n = metric(metrics, runs).or_else(|| metric(metrics, runs_raw));
+        if n.is_some_and(|n| n >= 2.0 * opens as f64) {
+            break n.expect("checked");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{runs}: {n:?}, {opens} connect()s in the namespace"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let seconds = metric(
+        metrics,
+        r#"kaprobe_program_run_seconds_total{program="kp_set_state"}"#,
+    )
+    .or_else(|| {
+        metric(
+            metrics,
+            r#"kaprobe_program_run_seconds_total{program="kr_set_state"}"#,
+        )
+    })
+    .expect("program run seconds");
+    // Timed by the kernel: more than nothing, less than a millisecond a run.
+    assert!(
+        seconds > 0.0 && seconds < counted * 1e-3,
+        "{seconds} s for {counted} runs"
+    );
+    let cpu = metric(metrics, "kaprobe_agent_cpu_seconds_total").expect("agent CPU");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let wall = started.elapsed().as_secs_f64();
+    assert!(
+        cpu > 0.0 && cpu <= wall * cpus,
+        "agent CPU {cpu} s in {wall} s"
+    );
+    let rss = metric(metrics, "kaprobe_agent_resident_memory_bytes").expect("agent memory");
+    assert!((1e6..1e9).contains(&rss), "resident memory {rss}");
+    agent.stop();
+}

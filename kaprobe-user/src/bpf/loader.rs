@@ -208,14 +208,19 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> Result<(), Strin
 }
 
 impl Loaded {
-    /// Runs of our programs the kernel skipped (recursion), summed.
-    pub(crate) fn recursion_misses(&self, layout: &ProgInfoLayout) -> u64 {
+    /// Each attached program's counters (those the kernel answers for).
+    pub(crate) fn program_stats(
+        &self,
+        layout: &ProgInfoLayout,
+    ) -> Vec<(&'static str, progstats::ProgStats)> {
         self.programs
             .iter()
-            .filter_map(|name| self.ebpf.program(name))
-            .filter_map(|p| p.fd().ok())
-            .filter_map(|fd| progstats::recursion_misses(layout, std::os::fd::AsFd::as_fd(fd)).ok())
-            .sum()
+            .filter_map(|&name| Some((name, self.ebpf.program(name)?.fd().ok()?)))
+            .filter_map(|(name, fd)| {
+                let stats = progstats::prog_stats(layout, std::os::fd::AsFd::as_fd(fd)).ok()?;
+                Some((name, stats))
+            })
+            .collect()
     }
 
     /// Map `name`, taken out of the object (once).

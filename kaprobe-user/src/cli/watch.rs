@@ -52,6 +52,12 @@ pub(crate) struct WatchArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics (a bare port listens on 127.0.0.1).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Turn on the kernel's run-time statistics of BPF programs while kaprobe runs, so that
+    /// the time its programs take in the kernel is measured (kaprobe_program_run_seconds_total,
+    /// and the log line at the end). System-wide: every BPF program's run then costs two
+    /// clock reads more. Needs CAP_SYS_ADMIN.
+    #[arg(long)]
+    pub(crate) program_stats: bool,
     /// Break keepalive, reset and close counts down by remote port in the metrics
     /// (at most 256 ports; the rest count as port 0).
     #[arg(long, requires = "metrics_addr")]

@@ -313,23 +313,34 @@ pub(crate) fn probe(btf: &Btf, keepalive_timer_fn: u64) -> Result<KernelFacts, K
     })
 }
 
-/// Where `recursion_misses` sits in `struct bpf_prog_info`, from the kernel's BTF.
+/// Where the counters kaprobe reads sit in `struct bpf_prog_info` (see
+/// [`crate::bpf::progstats`]), from the kernel's BTF.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProgInfoLayout {
     pub(crate) size: u32,
     pub(crate) recursion_misses: u32,
+    pub(crate) run_time_ns: u32,
+    pub(crate) run_cnt: u32,
 }
 
 impl ProgInfoLayout {
     pub(crate) fn from_btf(btf: &Btf) -> Result<ProgInfoLayout, BtfError> {
-        let field = btf.field("bpf_prog_info", "recursion_misses")?;
+        let misses = btf.field("bpf_prog_info", "recursion_misses")?;
+        let time = btf.field("bpf_prog_info", "run_time_ns")?;
+        let count = btf.field("bpf_prog_info", "run_cnt")?;
         let end = btf
             .field("bpf_prog_info", "attach_btf_id")
             .map(|f| f.offset + f.size)
-            .unwrap_or(field.offset + 8);
+            .unwrap_or(0);
+        let size = [misses, time, count]
+            .iter()
+            .map(|f| f.offset + 8)
+            .fold(end, u32::max);
         Ok(ProgInfoLayout {
-            size: end.max(field.offset + 8),
-            recursion_misses: field.offset,
+            size,
+            recursion_misses: misses.offset,
+            run_time_ns: time.offset,
+            run_cnt: count.offset,
         })
     }
 }

@@ -9,7 +9,7 @@ use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use http_body_util::Full;
@@ -23,9 +23,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::event::{
-    Body, Cause, Event, LostRecords, Side,
-    diagnosis::{Diagnosis, Verdict},
+use crate::{
+    bpf::progstats::ProgStats,
+    event::{
+        Body, Cause, Event, LostRecords, Side,
+        diagnosis::{Diagnosis, Verdict},
+    },
 };
 
 /// Distinct remote ports labelled before the rest are counted as port 0.
@@ -75,6 +78,11 @@ struct PortLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabels {
+    program: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
     version: String,
     kernel: String,
@@ -109,6 +117,12 @@ pub(crate) struct Metrics {
     bad_records: Counter,
     evicted: Counter,
     births_shed: Counter,
+    /// kaprobe's own cost: the agent process's CPU time and memory, the programs' runs and
+    /// time in the kernel (see [`Metrics::own_cost`]).
+    agent_cpu: Counter<f64, AtomicU64>,
+    agent_rss: Gauge,
+    program_runs: Family<ProgramLabels, Counter>,
+    program_seconds: Family<ProgramLabels, Counter<f64, AtomicU64>>,
     tracked: Gauge,
     ring_used: Gauge,
     ring_peak: Gauge,
@@ -184,6 +198,10 @@ impl Metrics {
             bad_records: Counter::default(),
             evicted: Counter::default(),
             births_shed: Counter::default(),
+            agent_cpu: Counter::default(),
+            agent_rss: Gauge::default(),
+            program_runs: Family::default(),
+            program_seconds: Family::default(),
             tracked: Gauge::default(),
             ring_used: Gauge::default(),
             ring_peak: Gauge::default(),
@@ -280,6 +298,26 @@ impl Metrics {
             "births_shed",
             "Starts of connections without keepalive not recorded, over --birth-budget (those that fail are reported without owner or lifetime)",
             self.births_shed.clone(),
+        );
+        registry.register(
+            "agent_cpu_seconds",
+            "CPU time of the agent process (user and system, all threads)",
+            self.agent_cpu.clone(),
+        );
+        registry.register(
+            "agent_resident_memory_bytes",
+            "Resident memory of the agent process",
+            self.agent_rss.clone(),
+        );
+        registry.register(
+            "program_runs",
+            "Runs of each of kaprobe's eBPF programs, counted while the kernel's BPF run-time statistics are on (--program-stats, or sysctl kernel.bpf_stats_enabled=1)",
+            self.program_runs.clone(),
+        );
+        registry.register(
+            "program_run_seconds",
+            "Time kaprobe's eBPF programs ran in the kernel, counted while the kernel's BPF run-time statistics are on (--program-stats, or sysctl kernel.bpf_stats_enabled=1)",
+            self.program_seconds.clone(),
         );
         registry.register(
             "tracked_connections",
@@ -520,6 +558,33 @@ impl Metrics {
         }
     }
 
+    /// kaprobe's own cost so far: the agent's CPU time (seconds) and resident memory (bytes),
+    /// and each program's counters from the kernel (totals since it was loaded).
+    pub(crate) fn own_cost(
+        &self,
+        cpu_seconds: f64,
+        rss_bytes: u64,
+        programs: &[(&'static str, ProgStats)],
+    ) {
+        let seen = self.agent_cpu.get();
+        if cpu_seconds > seen {
+            self.agent_cpu.inc_by(cpu_seconds - seen);
+        }
+        self.agent_rss.set(rss_bytes as i64);
+        for &(program, stats) in programs {
+            let labels = ProgramLabels { program };
+            let runs = self.program_runs.get_or_create(&labels);
+            if stats.run_cnt > runs.get() {
+                runs.inc_by(stats.run_cnt - runs.get());
+            }
+            let seconds = self.program_seconds.get_or_create(&labels);
+            let total = stats.run_time_ns as f64 / 1e9;
+            if total > seconds.get() {
+                seconds.inc_by(total - seconds.get());
+            }
+        }
+    }
+
     /// The exposition, as Prometheus scrapes it.
     pub(crate) fn render(&self) -> String {
         let mut text = String::with_capacity(8192);
@@ -663,6 +728,51 @@ mod tests {
 
     /// Closes, FINs and verdicts count in the series their labels name (the hot path holds
     /// the counters of these series directly).
+    #[test]
+    fn own_cost_follows_the_kernel_totals() {
+        let m = Metrics::new(false, &info());
+        let stats = |run_cnt, run_time_ns| ProgStats {
+            recursion_misses: 0,
+            run_cnt,
+            run_time_ns,
+        };
+        m.own_cost(0.5, 20_000_000, &[("kp_set_state", stats(10, 2_000))]);
+        m.own_cost(
+            1.25,
+            30_000_000,
+            &[
+                ("kp_set_state", stats(40, 9_000)),
+                ("kp_destroy", stats(4, 400)),
+            ],
+        );
+        // A reading that went back (a racing update) changes nothing.
+        m.own_cost(1.0, 30_000_000, &[("kp_set_state", stats(30, 5_000))]);
+        let text = m.render();
+        let value = |series: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{series} in\n{text}"))
+        };
+        assert_eq!(value("kaprobe_agent_cpu_seconds_total"), 1.25);
+        assert_eq!(value("kaprobe_agent_resident_memory_bytes"), 30e6);
+        assert_eq!(
+            value(r#"kaprobe_program_runs_total{program="kp_set_state"}"#),
+            40.0
+        );
+        assert_eq!(
+            value(r#"kaprobe_program_runs_total{program="kp_destroy"}"#),
+            4.0
+        );
+        let seconds = |p: &str| {
+            value(&format!(
+                r#"kaprobe_program_run_seconds_total{{program="{p}"}}"#
+            ))
+        };
+        assert!((seconds("kp_set_state") - 9e-6).abs() < 1e-12);
+        assert!((seconds("kp_destroy") - 4e-7).abs() < 1e-12);
+    }
+
     #[test]
     fn every_close_fin_and_verdict_lands_in_its_series() {
         let m = Metrics::new(false, &info());

@@ -15,7 +15,12 @@ use tokio::{
 };
 
 use super::{
-    EXISTING_WAIT, TICK, agent::Agent, clock_ns, monotonic_ns, pipeline::Pipeline,
+    EXISTING_WAIT, TICK,
+    agent::Agent,
+    clock_ns,
+    cost::{self, Programs},
+    monotonic_ns,
+    pipeline::Pipeline,
     release_startup_memory,
 };
 use crate::{
@@ -230,12 +235,18 @@ pub(super) async fn event_loop(
     log::info!("tracing started in {} ms", started.elapsed().as_millis());
     release_startup_memory(startup_leftovers);
 
-    let skipped = |loaded: &Loaded| facts.prog_info.as_ref().map(|l| loaded.recursion_misses(l));
-    if !run(&mut agent, &mut waits, &stats, || skipped(&loaded)).await? {
+    let programs = |loaded: &Loaded| facts.prog_info.as_ref().map(|l| loaded.program_stats(l));
+    if !run(&mut agent, &mut waits, &stats, || programs(&loaded)).await? {
         return Ok(()); // the output was closed
     }
-    let skipped = skipped(&loaded);
-    stop(agent, waits.ring.get_mut(), &stats, skipped, started)?;
+    let programs = programs(&loaded);
+    stop(
+        agent,
+        waits.ring.get_mut(),
+        &stats,
+        programs.as_ref(),
+        started,
+    )?;
     drop(loaded);
     Ok(())
 }
@@ -246,7 +257,7 @@ async fn run(
     agent: &mut Agent,
     w: &mut Waits,
     stats: &KernelStats,
-    skipped: impl Fn() -> Option<u64>,
+    programs: impl Fn() -> Option<Programs>,
 ) -> Result<bool, Fatal> {
     loop {
         tokio::select! {
@@ -264,7 +275,9 @@ async fn run(
                 // Bulk records do not wake us up: collect them here.
                 agent.drain(w.ring.get_mut())?;
                 agent.tick(monotonic_ns())?;
-                agent.poll_losses(stats, skipped())?;
+                let programs = programs();
+                agent.poll_losses(stats, skipped(programs.as_ref()))?;
+                agent.report_own_cost(programs.as_ref());
             }
             _ = w.sigint.recv() => return Ok(true),
             _ = w.sigterm.recv() => return Ok(true),
@@ -283,17 +296,24 @@ async fn run(
     }
 }
 
+/// Runs of our programs the kernel skipped (recursion), if known.
+fn skipped(programs: Option<&Programs>) -> Option<u64> {
+    programs.map(|p| cost::totals(p).recursion_misses)
+}
+
 /// Stop: what the kernel already sent, closes still waiting, losses, then the summary.
 fn stop(
     mut agent: Agent,
     ring: &mut RingBuf<MapData>,
     stats: &KernelStats,
-    skipped: Option<u64>,
+    programs: Option<&Programs>,
     started: Instant,
 ) -> Result<(), Fatal> {
     agent.drain(ring)?;
     agent.pipe.finish()?;
-    agent.poll_losses(stats, skipped)?;
+    agent.poll_losses(stats, skipped(programs))?;
+    agent.report_own_cost(programs);
+    log::info!("{}", cost::summary_line(started.elapsed(), programs));
     // (Records written after the final drain, on a busy host, are not read: this is a
     // diagnostic, not a loss count; losses are counted by the kernel itself.)
     log::info!(

@@ -1,6 +1,7 @@
 //! `kaprobe watch`: load the programs, follow connections, write events until Ctrl-C (or
 //! SIGTERM, or `--duration`), then a summary (`agent_stop`).
 mod agent;
+mod cost;
 mod event_loop;
 mod existing;
 mod losses;
@@ -18,7 +19,10 @@ use kaprobe_common::config_flag;
 pub use pipeline::Pipeline;
 
 use crate::{
-    bpf::loader::{self, LoadOptions},
+    bpf::{
+        loader::{self, LoadOptions},
+        progstats,
+    },
     cli::{BirthBudget, Format, WatchArgs},
     error::{Fatal, exit},
     kernel::{
@@ -196,6 +200,17 @@ pub(crate) fn run(args: WatchArgs) -> Result<(), Fatal> {
         );
         facts.config.flags |= config_flag::EMPTY;
     }
+    // (Held until the run ends: the statistics stay on while it is open.)
+    let _program_stats = args
+        .program_stats
+        .then(progstats::enable_run_time_stats)
+        .transpose()
+        .map_err(|e| {
+            Fatal::new(
+                exit::PERMISSION,
+                format!("--program-stats: cannot turn on the kernel's BPF statistics: {e}"),
+            )
+        })?;
     let started = Instant::now();
     let loaded = loader::load(
         &facts,
