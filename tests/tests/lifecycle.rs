@@ -813,13 +813,17 @@ fn a_full_agent_table_evicts_and_says_so() {
     );
 }
 
-/// `kaprobe_births_shed_total` as the agent serves it now.
-fn births_shed_metric(addr: SocketAddr) -> Option<u64> {
+/// One series of the agent's metrics now (`name` with its labels, as exposed).
+fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
     let (_, text) = http_get(addr, "/metrics").ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("kaprobe_births_shed_total "))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
+}
+
+/// `kaprobe_births_shed_total` as the agent serves it now.
+fn births_shed_metric(addr: SocketAddr) -> Option<u64> {
+    metric(addr, "kaprobe_births_shed_total").map(|v| v as u64)
 }
 
 #[test]
@@ -1009,14 +1013,6 @@ fn a_burst_after_a_quiet_time_is_recorded_whole_then_the_budget_holds() {
     let without_owner = closes.iter().filter(|c| c["owner"].is_null()).count() as u64;
     assert_eq!(without_owner, shed);
     assert!(shed >= 50, "{shed} shed of the second burst of 150");
-}
-
-/// One series of the agent's metrics now (`name` with its labels, as exposed).
-fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
-    let (_, text) = http_get(addr, "/metrics").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
 }
 
 #[test]
