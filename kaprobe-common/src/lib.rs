@@ -202,6 +202,9 @@ pub mod config_flag {
     pub const LEAN: u32 = 1 << 2;
     /// Benchmarks only: every program returns at once (the cost floor of the hooks).
     pub const EMPTY: u32 = 1 << 3;
+    /// The kernel's BTF has the socket's cgroup (`sock.sk_cgrp_data.cgroup`, `cgroup.kn`,
+    /// `kernfs_node.id`): a close whose owner is unknown carries it ([`Owner`]).
+    pub const SOCK_CGROUP: u32 = 1 << 4;
 }
 
 /// Everything the programs need to know about the running kernel and the user's choices.
@@ -313,6 +316,12 @@ pub struct Config {
     /// CLOCK_MONOTONIC (ktime) when the agent configured the programs: a CPU's bucket, made
     /// at its first birth, has been filling since then.
     pub birth_start_ns: u64,
+    /// `sock.sk_cgrp_data.cgroup` (a `struct cgroup *`), `cgroup.kn` (a `struct kernfs_node
+    /// *`) and `kernfs_node.id` (the cgroup's id): with [`config_flag::SOCK_CGROUP`].
+    pub sk_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    pub _pad3: u32,
 }
 
 /// How many seconds of `--birth-budget` a CPU's bucket holds: a burst of starts after a
@@ -365,7 +374,9 @@ pub struct Tuple {
 
 /// The process that owns a connection, recorded by the kernel in process context: at
 /// `connect()` (the SYN_SENT transition) for a client, at `listen()` for a listener, whose
-/// owner its accepted connections inherit. `tgid` 0: unknown.
+/// owner its accepted connections inherit. `tgid` 0: unknown; then, in a close record,
+/// `cgroup_id` may still name the socket's cgroup (that of the process that created it,
+/// read from the socket at the close), 0 if not known either.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
@@ -650,7 +661,7 @@ macro_rules! assert_size {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
     };
 }
-assert_size!(Config, 8 + 60 * 4 + 8 * 4 + 8 * 2 + 8);
+assert_size!(Config, 8 + 64 * 4 + 8 * 4 + 8 * 2 + 8);
 assert_size!(Header, 24);
 assert_size!(Tuple, 48);
 assert_size!(CloseInfo, 48 + 24 + 24);

@@ -89,6 +89,10 @@ static CONFIG: Config = Config {
     birth_jiffy_ns: 0,
     _pad2: 0,
     birth_start_ns: 0,
+    sk_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    _pad3: 0,
 };
 
 /// Reads one field of [`CONFIG`].

@@ -266,7 +266,31 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
         );
         rec.tuple = tuple_of_sock::<M>(sk, tp);
         rec.owner = owner_of_slot(saved.as_ref(), rec.tuple.netns, rec.tuple.sport);
+        if rec.owner.tgid == 0 {
+            // No process known (its start shed or not seen): the socket still tells whose
+            // cgroup made it. Three loads, on this path only.
+            rec.owner.cgroup_id = socket_cgroup_id::<M>(sk);
+        }
     });
+}
+
+/// The id of the cgroup socket `sk` belongs to (that of the process that created it, as
+/// `bpf_get_current_cgroup_id` would have read then), 0 where the kernel's BTF does not
+/// say where it is or the socket has none.
+#[inline(always)]
+fn socket_cgroup_id<M: Mem>(sk: u64) -> u64 {
+    if conf!(flags) & config_flag::SOCK_CGROUP == 0 {
+        return 0;
+    }
+    let cgroup = M::read::<u64>(sk, conf!(sk_cgroup));
+    if cgroup == 0 {
+        return 0;
+    }
+    let kn = M::read::<u64>(cgroup, conf!(cgroup_kn));
+    if kn == 0 {
+        return 0;
+    }
+    M::read::<u64>(kn, conf!(kernfs_node_id))
 }
 
 /// What the closing socket tells ([`read_close_info`]) and what the close hook found:

@@ -43,6 +43,39 @@ pub fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Starts python3 running `script` in namespace `ns`, moved into the cgroup at `cgroup_dir`
+/// before it goes on: `script` must first wait for a line on stdin (`sys.stdin.readline()`),
+/// which is sent once the process is in the cgroup. Its stdout is piped.
+pub fn python_in_cgroup(
+    ns: &NetNs,
+    cgroup_dir: &std::path::Path,
+    script: &str,
+) -> std::process::Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    // `ip netns exec` execs python3: the child's pid is the script's.
+    std::fs::write(cgroup_dir.join("cgroup.procs"), child.id().to_string())
+        .expect("move into the cgroup");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"go\n").expect("go");
+    child
+}
+
+/// Where cgroup2 is mounted (the agent resolves cgroup paths against it).
+pub fn cgroup2_root() -> std::path::PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(Into::into))?
+        })
+        .expect("a cgroup2 mount")
+}
+
 /// Skips (returns true, with a message) unless running as root.
 pub fn need_root() -> bool {
     // SAFETY: geteuid has no preconditions.

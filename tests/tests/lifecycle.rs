@@ -894,6 +894,15 @@ fn births_over_the_budget_are_counted_and_their_failures_reported_without_owner(
     for c in closes.iter().filter(|c| !c["owner"].is_null()) {
         assert_eq!(c["owner"]["pid"], std::process::id(), "{c}");
         assert!(c["lifetime_ms"].is_u64(), "{c}");
+        assert!(c.get("socket_cgroup").is_none(), "the owner names it: {c}");
+    }
+    // The shed ones still name the cgroup their socket is in: this test's, as
+    // /proc/self/cgroup gives it (cgroup v2: `0::<path>`).
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
+        for c in closes.iter().filter(|c| c["owner"].is_null()) {
+            assert_eq!(c["socket_cgroup"], path, "{c}");
+        }
     }
     // Every one is still diagnosed from what the kernel saw at the end.
     assert!(
@@ -1087,4 +1096,49 @@ fn own_cost_is_served_the_programs_runs_counted_while_program_stats_are_on() {
     let rss = metric(metrics, "kaprobe_agent_resident_memory_bytes").expect("agent memory");
     assert!((1e6..1e9).contains(&rss), "resident memory {rss}");
     agent.stop();
+}
+
+#[test]
+fn a_failure_without_owner_names_its_sockets_cgroup_and_passes_a_cgroup_filter() {
+    if need_root() {
+        return;
+    }
+    // A client process moved into a cgroup of its own before it connects, under --lean (its
+    // start is not recorded: no owner), with the agent filtering on that cgroup.
+    let name = format!("kaprobe-test-sc-{}.slice", std::process::id());
+    let dir = cgroup2_root().join(&name).join("app.service");
+    std::fs::create_dir_all(&dir).expect("mkdir cgroup");
+    let path = format!("/{name}/app.service");
+    let link = Link::new("sc");
+    let ns = link.a.inode();
+    let agent = Agent::start(&["--lean", "--netns", &ns.to_string(), "--cgroup", &path]);
+    let to = SocketAddr::new(link.b4, 9);
+    let script = format!(
+        "import socket,sys,errno\nsys.stdin.readline()\ns=socket.socket()\ntry:\n  s.connect(('{}',{}))\nexcept OSError as e:\n  print(errno.errorcode[e.errno], s.getsockname()[1])\n",
+        to.ip(),
+        to.port()
+    );
+    let child = python_in_cgroup(&link.a, &dir, &script);
+    let out = child.wait_with_output().expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = said.split_whitespace();
+    assert_eq!(words.next(), Some("ECONNREFUSED"), "{said}");
+    let sport: u16 = words.next().and_then(|p| p.parse().ok()).expect("its port");
+    // And a refused connection of this process (not in that cgroup) at the same time.
+    let (errno, mine) = connect_errno(&link.a, to);
+    assert_eq!(errno, libc::ECONNREFUSED);
+    let closed = agent.wait_for("the client's close", WAIT, |v| {
+        is(v, "connection_closed", ns, sport)
+    });
+    let all = agent.stop();
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(dir.parent().expect("slice"));
+    assert!(closed["owner"].is_null(), "{closed}");
+    assert_eq!(closed["socket_cgroup"], path.as_str(), "{closed}");
+    assert_eq!(closed["error"], "ECONNREFUSED", "{closed}");
+    assert!(closed["lifetime_ms"].is_null(), "--lean: {closed}");
+    assert!(
+        !all.iter().any(|v| v["sport"] == mine && v["netns"] == ns),
+        "this process's connection is not in {path}"
+    );
 }

@@ -5,7 +5,6 @@
 use std::{
     io::{Read, Write},
     net::SocketAddr,
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -288,7 +287,7 @@ fn cgroup_filter_and_path() {
         return;
     }
     // A client process moved into a cgroup of its own before it connects.
-    let root = kaprobe_user_cgroup_root();
+    let root = cgroup2_root();
     let name = format!("kaprobe-test-{}", std::process::id());
     let dir = root.join(&name);
     std::fs::create_dir_all(&dir).expect("mkdir cgroup");
@@ -303,26 +302,7 @@ fn cgroup_filter_and_path() {
         to.ip(),
         to.port()
     );
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &link.a.name,
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    // `ip netns exec` execs python3: the child's pid is the client's.
-    std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).expect("move into the cgroup");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"go\n")
-        .expect("go");
+    let mut child = python_in_cgroup(&link.a, &dir, &script);
     let (mut server, _) = listener.accept().expect("accept");
     let mut buf = Vec::new();
     server.read_to_end(&mut buf).expect("read");
@@ -352,18 +332,6 @@ fn cgroup_filter_and_path() {
             .all(|v| v["owner"]["cgroup"] == path.as_str()),
         "only {path}"
     );
-}
-
-/// Where cgroup2 is mounted (the agent resolves paths against it).
-fn kaprobe_user_cgroup_root() -> std::path::PathBuf {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    text.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(Into::into))?
-        })
-        .expect("a cgroup2 mount")
 }
 
 #[test]

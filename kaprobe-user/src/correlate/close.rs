@@ -130,6 +130,7 @@ impl Correlator {
             counted,
             held_reset,
             abort_on_data,
+            socket_cgroup,
         } = p;
         if let Some(e) = held_reset {
             out.push(*e); // a real RST after all (no RST of this side's followed)
@@ -160,6 +161,10 @@ impl Correlator {
         let diagnosis = self
             .diagnoses
             .share(diagnose::closed(&death, &self.diagnose_settings()));
+        let socket_cgroup = match owner {
+            None => self.owners.cgroup_path(socket_cgroup),
+            Some(_) => None,
+        };
         out.push(self.event(
             ts_ns,
             Some(&tuple),
@@ -187,6 +192,7 @@ impl Correlator {
                 segments_sent: counted.then_some(info.segs_out),
                 segments_received: counted.then_some(info.segs_in),
                 diagnosis,
+                socket_cgroup,
             },
         ));
     }

@@ -153,6 +153,9 @@ struct Pending {
     held_reset: Option<Box<Event>>,
     /// ... and it told: data came after this side shut down.
     abort_on_data: bool,
+    /// The socket's cgroup id as the kernel read it at the close when it knew no owner (0:
+    /// none), for `socket_cgroup`.
+    socket_cgroup: u64,
 }
 
 /// Counters kept by the correlator.

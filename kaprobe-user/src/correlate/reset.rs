@@ -101,6 +101,7 @@ impl Correlator {
                 counted: false,
                 held_reset: None,
                 abort_on_data: false,
+                socket_cgroup: 0,
             },
         };
         if p.owner.is_none() {

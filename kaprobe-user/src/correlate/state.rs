@@ -68,6 +68,11 @@ impl Correlator {
             counted: true,
             held_reset,
             abort_on_data: false,
+            socket_cgroup: if r.owner.tgid == 0 {
+                r.owner.cgroup_id
+            } else {
+                0
+            },
         };
         let failed = r.close.sk_err != 0
             || r.close.flags & (close_flag::RST_SENT | close_flag::RST_RECV) != 0

@@ -212,6 +212,7 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
             segments: Some(0),
             segments_sent: Some(0),
             segments_received: Some(0),
+            socket_cgroup: None,
         }
     );
     assert_eq!(c.tracked(), 0, "state freed at close");
@@ -1329,4 +1330,55 @@ fn recent_diagnoses_are_shared() {
     let d = recent.share(test_diagnosis(Verdict::Orderly));
     assert_eq!(*d, *a);
     assert!(!std::sync::Arc::ptr_eq(&a, &d));
+}
+
+#[test]
+fn a_close_without_owner_names_the_sockets_cgroup_and_one_with_an_owner_does_not() {
+    use std::os::unix::fs::MetadataExt;
+    // The cgroup2 root's id (its directory's inode): a cgroup that exists on this host.
+    let root = crate::host::owner::cgroup2_root();
+    let Ok(id) = std::fs::metadata(&root).map(|m| m.ino()) else {
+        return; // no cgroup2 here: nothing to resolve
+    };
+    let refused = || {
+        close_info(
+            tcp_state::SYN_SENT,
+            libc::ECONNREFUSED,
+            close_flag::RST_RECV,
+        )
+    };
+    let mut c = correlator();
+    let RawEvent::Close(mut shed) = close(SK, 5000, SEC, refused()) else {
+        unreachable!()
+    };
+    // What the kernel sends when no process is known: tgid 0, the socket's cgroup.
+    shed.owner.cgroup_id = id;
+    let RawEvent::Close(mut owned) = close(SK + 1, 5001, SEC, refused()) else {
+        unreachable!()
+    };
+    owned.owner = kaprobe_common::Owner {
+        tgid: 4242,
+        cgroup_id: id,
+        comm: *b"app\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        ..Default::default()
+    };
+    let mut out = run(&mut c, &[RawEvent::Close(shed), RawEvent::Close(owned)]);
+    c.flush(&mut out);
+    let closes: Vec<&Event> = out
+        .iter()
+        .filter(|e| e.body.name() == "connection_closed")
+        .collect();
+    assert_eq!(closes.len(), 2, "{out:?}");
+    for e in closes {
+        let Body::ConnectionClosed { socket_cgroup, .. } = &e.body else {
+            unreachable!()
+        };
+        match &e.owner {
+            None => assert_eq!(socket_cgroup.as_deref(), Some("/"), "{e:?}"),
+            Some(o) => {
+                assert_eq!(o.pid, 4242);
+                assert_eq!(*socket_cgroup, None, "the owner names it: {e:?}");
+            }
+        }
+    }
 }

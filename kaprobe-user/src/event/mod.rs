@@ -242,6 +242,11 @@ pub(crate) enum Body {
         segments_received: Option<u32>,
         /// Why the connection died, in words, with the evidence and what to change.
         diagnosis: Arc<Diagnosis>,
+        /// When `owner` is null: the cgroup v2 path the socket belongs to (that of the
+        /// process that created it, read from the socket by the kernel at the close), so that
+        /// a failure whose start was not recorded still names its service or container.
+        /// Absent when `owner` is known or the cgroup is not.
+        socket_cgroup: Option<Arc<str>>,
     },
     EventsLost {
         /// What was lost since the previous report.

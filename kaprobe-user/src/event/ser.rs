@@ -139,6 +139,7 @@ impl Body {
                 segments_sent,
                 segments_received,
                 diagnosis,
+                socket_cgroup,
             } => {
                 m.serialize_entry("cause", cause)?;
                 m.serialize_entry("error", error)?;
@@ -155,7 +156,11 @@ impl Body {
                 m.serialize_entry("segments", segments)?;
                 m.serialize_entry("segments_sent", segments_sent)?;
                 m.serialize_entry("segments_received", segments_received)?;
-                m.serialize_entry("diagnosis", diagnosis)
+                m.serialize_entry("diagnosis", diagnosis)?;
+                if let Some(c) = socket_cgroup {
+                    m.serialize_entry("socket_cgroup", &**c)?;
+                }
+                Ok(())
             }
             Body::EventsLost {
                 count,

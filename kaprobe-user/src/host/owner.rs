@@ -126,6 +126,11 @@ impl Owners {
         Some(o)
     }
 
+    /// The path of cgroup `id` (0: none).
+    pub(crate) fn cgroup_path(&mut self, id: u64) -> Option<Arc<str>> {
+        self.cgroups.cgroup(id).map(|c| c.path.clone())
+    }
+
     /// Fills an owner's cgroup path from its id if it was not known yet.
     pub(crate) fn resolve(&mut self, owner: &mut Owner) {
         self.cgroups.resolve(owner);

@@ -165,6 +165,21 @@ pub(crate) fn config_from_btf(btf: &Btf) -> Result<(Config, Vec<TracepointProto>
         skb_dev = "sk_buff", "dev", 8;
         dev_nd_net = "net_device", "nd_net.net", 8;
     }
+    // Optional: the socket's cgroup (CONFIG_SOCK_CGROUP_DATA; `sock_cgroup_data.cgroup` since
+    // 5.15), for closes whose owner is unknown.
+    let sock_cgroup = (
+        field(btf, "sock", "sk_cgrp_data.cgroup", 8),
+        field(btf, "cgroup", "kn", 8),
+        field(btf, "kernfs_node", "id", 8),
+    );
+    if let (Ok(sk_cgroup), Ok(cgroup_kn), Ok(kernfs_node_id)) = sock_cgroup {
+        c.sk_cgroup = sk_cgroup;
+        c.cgroup_kn = cgroup_kn;
+        c.kernfs_node_id = kernfs_node_id;
+        c.flags |= config_flag::SOCK_CGROUP;
+    } else {
+        log::debug!("no socket cgroup in this kernel's BTF: ownerless closes name none");
+    }
     // Optional: a whole byte from 5.6 on (a 2-bit field before).
     c.sock_flag_keepopen = enum_u32(btf, "sock_flags", "SOCK_KEEPOPEN")?;
     c.sock_flag_dead = enum_u32(btf, "sock_flags", "SOCK_DEAD")?;

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use crate::{
     cli::{Cidr, FilterArgs},
-    event::{Event, Owner},
+    event::{Body, Event, Owner},
 };
 
 /// The event filters of `watch`: an event passes when every kind of filter given matches
@@ -41,7 +41,22 @@ impl Filter {
         }
         self.matches_endpoints(&c.saddr, c.sport, &c.daddr, c.dport)
             && self.matches_netns(c.netns)
-            && self.matches_owner(e.owner.as_ref())
+            && (self.matches_owner(e.owner.as_ref()) || self.matches_socket_cgroup(e))
+    }
+
+    /// `--cgroup` alone, for a close without owner: by the cgroup its socket is in.
+    fn matches_socket_cgroup(&self, e: &Event) -> bool {
+        let Body::ConnectionClosed {
+            socket_cgroup: Some(path),
+            ..
+        } = &e.body
+        else {
+            return false;
+        };
+        e.owner.is_none()
+            && self.pids.is_empty()
+            && self.comms.is_empty()
+            && self.cgroups.iter().any(|p| cgroup_under(path, p))
     }
 
     /// `--port` and `--addr` alone: either end.
@@ -207,5 +222,51 @@ mod tests {
             !f(&["nginx"], &["/system.slice"], &[2]).matches(&e),
             "kinds: all"
         );
+    }
+
+    #[test]
+    fn a_close_without_owner_passes_a_cgroup_filter_by_its_sockets_cgroup() {
+        let diagnosis = std::sync::Arc::new(crate::event::diagnosis::test_diagnosis(
+            crate::event::diagnosis::Verdict::Refused,
+        ));
+        let mut e = event(5000, 80, "10.0.0.1", "192.0.2.7");
+        e.body = Body::ConnectionClosed {
+            cause: crate::event::Cause::ResetReceived,
+            error: Some("ECONNREFUSED"),
+            closed_by: crate::event::Side::Remote,
+            time_wait: false,
+            lifetime_ms: None,
+            idle_ms: None,
+            keepalive_probes: 0,
+            keepalive_acks: 0,
+            last_state: Some("syn_sent"),
+            bytes_sent: Some(0),
+            bytes_received: Some(0),
+            direction: None,
+            segments: Some(2),
+            segments_sent: Some(1),
+            segments_received: Some(1),
+            diagnosis,
+            socket_cgroup: Some("/system.slice/app.service".into()),
+        };
+        let by_cgroup = |p: &str| Filter {
+            cgroups: vec![p.to_owned()],
+            ..Filter::default()
+        };
+        assert!(by_cgroup("/system.slice").matches(&e));
+        assert!(!by_cgroup("/user.slice").matches(&e));
+        let by_pid_too = Filter {
+            pids: vec![42],
+            cgroups: vec!["/system.slice".to_owned()],
+            ..Filter::default()
+        };
+        assert!(
+            !by_pid_too.matches(&e),
+            "a process filter needs the process"
+        );
+        // With an owner, the owner's cgroup decides.
+        e.owner = Some(Owner::new(42, "app".into(), Some("/user.slice/x".into())));
+        assert!(!by_cgroup("/system.slice").matches(&e));
+        assert!(by_cgroup("/user.slice").matches(&e));
     }
 }

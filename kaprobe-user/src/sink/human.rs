@@ -59,6 +59,13 @@ pub(crate) fn human(line: &mut String, e: &Event) {
                 // (On the close, where who owned the connection matters most.)
                 let _ = write!(line, ", cgroup {cg}");
             }
+        } else if let Body::ConnectionClosed {
+            socket_cgroup: Some(cg),
+            ..
+        } = &e.body
+        {
+            // No process known: whose cgroup the socket is in.
+            let _ = write!(line, ", cgroup {cg}");
         }
         line.push(']');
     }

@@ -292,6 +292,7 @@ fn connection_body(out: &mut Vec<u8>, body: &Body, recent: &mut Recent) {
             segments_sent,
             segments_received,
             diagnosis,
+            socket_cgroup,
         } => {
             out.extend_from_slice(b",\"cause\":");
             name(out, cause.as_str());
@@ -326,6 +327,10 @@ fn connection_body(out: &mut Vec<u8>, body: &Body, recent: &mut Recent) {
             opt_uint(out, *segments_received);
             out.extend_from_slice(b",\"diagnosis\":");
             recent.diagnosis(out, diagnosis);
+            if let Some(c) = socket_cgroup {
+                out.extend_from_slice(b",\"socket_cgroup\":");
+                string(out, c);
+            }
         }
         Body::AgentStart { .. }
         | Body::AgentStop { .. }
@@ -712,7 +717,7 @@ mod tests {
                     proptest::option::of(any::<u32>()),
                     proptest::option::of(any::<u32>()),
                 ),
-                diagnosis(),
+                (diagnosis(), proptest::option::of(text())),
             )
                 .prop_map(
                     |(
@@ -726,7 +731,7 @@ mod tests {
                             segments_sent,
                             segments_received,
                         ),
-                        diagnosis,
+                        (diagnosis, socket_cgroup),
                     )| Body::ConnectionClosed {
                         cause,
                         error,
@@ -744,6 +749,7 @@ mod tests {
                         segments_sent,
                         segments_received,
                         diagnosis: std::sync::Arc::new(diagnosis),
+                        socket_cgroup: socket_cgroup.map(std::sync::Arc::from),
                     }
                 ),
             any::<u64>().prop_map(|count| Body::EventsLost {

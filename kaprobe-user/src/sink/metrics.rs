@@ -696,6 +696,7 @@ mod tests {
             segments_sent: None,
             segments_received: None,
             diagnosis: Arc::new(test_diagnosis(verdict)),
+            socket_cgroup: None,
         }
     }
 

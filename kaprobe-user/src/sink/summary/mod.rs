@@ -359,6 +359,7 @@ mod tests {
                 segments_sent: Some(2),
                 segments_received: Some(2),
                 diagnosis: std::sync::Arc::new(test_diagnosis(Verdict::Orderly)),
+                socket_cgroup: None,
             },
         }
     }
