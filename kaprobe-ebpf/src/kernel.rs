@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
         bpf_get_current_task, bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_skc_to_tcp_sock,
     },
 };
-use kaprobe_common::{AF_INET, AF_INET6, Header, IPPROTO_TCP, Tuple};
+use kaprobe_common::{AF_INET, AF_INET6, Header, IPPROTO_TCP, Tuple, config_flag};
 
 use crate::conf;
 
@@ -219,6 +219,25 @@ pub fn header_at(kind: u32, sk: u64, ts_ns: u64) -> Header {
 #[inline(always)]
 pub fn state<M: Mem>(sk: u64) -> u8 {
     M::read::<u8>(sk, conf!(skc_state))
+}
+
+/// The id of the cgroup socket `sk` belongs to (that of the process that created it, as
+/// `bpf_get_current_cgroup_id` would have read then), 0 where the kernel's BTF does not
+/// say where it is or the socket has none.
+#[inline(always)]
+pub fn socket_cgroup_id<M: Mem>(sk: u64) -> u64 {
+    if conf!(flags) & config_flag::SOCK_CGROUP == 0 {
+        return 0;
+    }
+    let cgroup = M::read::<u64>(sk, conf!(sk_cgroup));
+    if cgroup == 0 {
+        return 0;
+    }
+    let kn = M::read::<u64>(cgroup, conf!(cgroup_kn));
+    if kn == 0 {
+        return 0;
+    }
+    M::read::<u64>(kn, conf!(kernfs_node_id))
 }
 
 /// `sk->sk_flags` (only valid on full sockets, not on request or timewait minisocks).

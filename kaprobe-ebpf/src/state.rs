@@ -14,8 +14,8 @@ use kaprobe_common::{
 use crate::{
     conf,
     kernel::{
-        Mem, flag_set, header_at, jiffies, netns_inum, now_ns, sk_flags, sk_net, tuple_of_sock,
-        tuple_of_sock_common,
+        Mem, flag_set, header_at, jiffies, netns_inum, now_ns, sk_flags, sk_net, socket_cgroup_id,
+        tuple_of_sock, tuple_of_sock_common,
     },
     maps::{
         LISTENERS, birth_allowed, claim_conn, claim_new, current_owner, emit_bulk, emit_close,
@@ -272,25 +272,6 @@ fn on_close<M: Mem>(sk: u64, old: u8, skflags: u64, keepopen: bool, all: bool) {
             rec.owner.cgroup_id = socket_cgroup_id::<M>(sk);
         }
     });
-}
-
-/// The id of the cgroup socket `sk` belongs to (that of the process that created it, as
-/// `bpf_get_current_cgroup_id` would have read then), 0 where the kernel's BTF does not
-/// say where it is or the socket has none.
-#[inline(always)]
-fn socket_cgroup_id<M: Mem>(sk: u64) -> u64 {
-    if conf!(flags) & config_flag::SOCK_CGROUP == 0 {
-        return 0;
-    }
-    let cgroup = M::read::<u64>(sk, conf!(sk_cgroup));
-    if cgroup == 0 {
-        return 0;
-    }
-    let kn = M::read::<u64>(cgroup, conf!(cgroup_kn));
-    if kn == 0 {
-        return 0;
-    }
-    M::read::<u64>(kn, conf!(kernfs_node_id))
 }
 
 /// What the closing socket tells ([`read_close_info`]) and what the close hook found:

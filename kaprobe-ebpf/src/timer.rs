@@ -12,7 +12,10 @@ use kaprobe_common::{REASON_UNKNOWN, TimerRecord, kind, stat, tcp_state, timer_f
 
 use crate::{
     conf,
-    kernel::{Mem, Probe, flag_set, header, jiffies, read, sk_flags, sk_net, state, tuple_of_sock},
+    kernel::{
+        Mem, Probe, flag_set, header, jiffies, read, sk_flags, sk_net, socket_cgroup_id, state,
+        tuple_of_sock,
+    },
     maps::{count, emit, owner_of_sock, timer_scratch},
     state::{fill_close, fill_close_saved},
 };
@@ -53,6 +56,10 @@ pub fn on_entry<M: Mem>(timer: u64) {
     rec.header = header(kind::KA_TIMER, sk);
     rec.tuple = tuple_of_sock::<Probe>(sk, sk);
     rec.owner = owner_of_sock(M::sock_key_of_address(sk), &rec.tuple);
+    if rec.owner.tgid == 0 {
+        // No process known: the socket's cgroup, for a death in this firing (as at a close).
+        rec.owner.cgroup_id = socket_cgroup_id::<Probe>(sk);
+    }
     rec.jiffies = jiffies();
     rec.rcv_tstamp = read::<u32>(sk, conf!(tp_rcv_tstamp));
     let mut flags = 0;

@@ -1382,3 +1382,43 @@ fn a_close_without_owner_names_the_sockets_cgroup_and_one_with_an_owner_does_not
         }
     }
 }
+
+#[test]
+fn a_keepalive_death_without_owner_names_the_sockets_cgroup() {
+    use std::os::unix::fs::MetadataExt;
+    let root = crate::host::owner::cgroup2_root();
+    let Ok(id) = std::fs::metadata(&root).map(|m| m.ino()) else {
+        return; // no cgroup2 here: nothing to resolve
+    };
+    let mut c = correlator();
+    let mut records = vec![firing(SK, 5000, 1, 0, 1, 0), firing(SK, 5000, 2, 1, 2, 0)];
+    let RawEvent::Timer(mut death) = firing(SK, 5000, 3, 2, 3, 0) else {
+        unreachable!()
+    };
+    death.flags |= timer_flag::DIED | timer_flag::RST_SENT | timer_flag::ERROR_REPORTED;
+    death.reset_reason = 15;
+    death.error = 110;
+    death.close = CloseInfo {
+        probes_out: 3,
+        ..close_info(tcp_state::ESTABLISHED, 110, 0)
+    };
+    // No process known (tgid 0): the socket's cgroup, as the timer hook reads it.
+    death.owner.cgroup_id = id;
+    records.push(RawEvent::Timer(death));
+    let out = run(&mut c, &records);
+    let e = out
+        .iter()
+        .find(|e| e.body.name() == "connection_closed")
+        .expect("a connection_closed");
+    assert!(e.owner.is_none(), "{e:?}");
+    let Body::ConnectionClosed {
+        cause,
+        socket_cgroup,
+        ..
+    } = &e.body
+    else {
+        unreachable!()
+    };
+    assert_eq!(*cause, Cause::KeepaliveTimeout);
+    assert_eq!(socket_cgroup.as_deref(), Some("/"), "{e:?}");
+}

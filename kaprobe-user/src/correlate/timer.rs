@@ -388,7 +388,11 @@ impl Correlator {
                 counted: true,
                 held_reset: None,
                 abort_on_data: false,
-                socket_cgroup: 0,
+                socket_cgroup: if r.owner.tgid == 0 {
+                    r.owner.cgroup_id
+                } else {
+                    0
+                },
             },
             forced,
             out,
