@@ -374,9 +374,9 @@ pub struct Tuple {
 
 /// The process that owns a connection, recorded by the kernel in process context: at
 /// `connect()` (the SYN_SENT transition) for a client, at `listen()` for a listener, whose
-/// owner its accepted connections inherit. `tgid` 0: unknown; then, in a close record,
-/// `cgroup_id` may still name the socket's cgroup (that of the process that created it,
-/// read from the socket at the close), 0 if not known either.
+/// owner its accepted connections inherit. `tgid` 0: unknown; then, in a close or keepalive
+/// timer record, `cgroup_id` may still name the socket's cgroup (that of the process that
+/// created it, read from the socket by the hook), 0 if not known either.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {

@@ -137,6 +137,12 @@ fn owner_named(
     }
 }
 
+/// The socket's cgroup id a record carries when it names no process (see
+/// [`kaprobe_common::Owner`]), else 0.
+fn socket_cgroup_of(raw: &kaprobe_common::Owner) -> u64 {
+    if raw.tgid == 0 { raw.cgroup_id } else { 0 }
+}
+
 /// A close waiting [`CLOSE_GRACE_NS`] for a trailing RST.
 #[derive(Debug, Clone)]
 struct Pending {

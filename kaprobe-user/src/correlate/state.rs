@@ -2,7 +2,7 @@
 //! as they happen, and closes (held a moment for an RST that may follow).
 use kaprobe_common::{CloseRecord, Header, StateRecord, close_flag, tcp_state};
 
-use super::{Correlator, Pending, owner_named};
+use super::{Correlator, Pending, owner_named, socket_cgroup_of};
 use crate::{
     event::{Body, Event, state_name},
     host::existing,
@@ -68,11 +68,7 @@ impl Correlator {
             counted: true,
             held_reset,
             abort_on_data: false,
-            socket_cgroup: if r.owner.tgid == 0 {
-                r.owner.cgroup_id
-            } else {
-                0
-            },
+            socket_cgroup: socket_cgroup_of(&r.owner),
         };
         let failed = r.close.sk_err != 0
             || r.close.flags & (close_flag::RST_SENT | close_flag::RST_RECV) != 0

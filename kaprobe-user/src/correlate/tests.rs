@@ -90,6 +90,31 @@ fn close_info(old_state: u8, sk_err: i32, flags: u32) -> CloseInfo {
     }
 }
 
+/// The firing at second `t` in which the keepalive timer gives up (`probes` unanswered):
+/// its RST (reason 15, `tcp_keepalive_timeout`) and ETIMEDOUT, the socket dead in it.
+fn keepalive_death(sk: u64, sport: u16, t: u64, probes: u8, heard: u64) -> TimerRecord {
+    let RawEvent::Timer(mut death) = firing(sk, sport, t, heard, probes, probes) else {
+        unreachable!()
+    };
+    death.flags |= timer_flag::DIED | timer_flag::RST_SENT | timer_flag::ERROR_REPORTED;
+    death.reset_reason = 15;
+    death.error = 110;
+    death.close = CloseInfo {
+        probes_out: probes,
+        ..close_info(tcp_state::ESTABLISHED, 110, 0)
+    };
+    death
+}
+
+/// The id of the cgroup2 root (its directory's inode): a cgroup that exists on this host,
+/// if it has cgroup2.
+fn cgroup2_root_id() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(crate::host::owner::cgroup2_root())
+        .map(|m| m.ino())
+        .ok()
+}
+
 fn close(sk: u64, sport: u16, t_ns: u64, info: CloseInfo) -> RawEvent {
     RawEvent::Close(CloseRecord {
         header: header(kind::CLOSE, t_ns, sk),
@@ -131,17 +156,8 @@ fn dead_peer_two_answered_then_three_unanswered_probes() {
         firing(SK, 5000, 4, 3, 1, 2),
         firing(SK, 5000, 5, 3, 2, 3),
     ];
-    let RawEvent::Timer(mut death) = firing(SK, 5000, 6, 3, 3, 3) else {
-        unreachable!()
-    };
-    death.flags |= timer_flag::DIED | timer_flag::RST_SENT | timer_flag::ERROR_REPORTED;
-    death.reset_reason = 15;
-    death.error = 110;
-    death.close = CloseInfo {
-        birth_ns: SEC / 2,
-        probes_out: 3,
-        ..close_info(tcp_state::ESTABLISHED, 110, 0)
-    };
+    let mut death = keepalive_death(SK, 5000, 6, 3, 3);
+    death.close.birth_ns = SEC / 2;
     records.push(RawEvent::Timer(death));
     let out = run(&mut c, &records);
     assert_eq!(
@@ -1334,10 +1350,7 @@ fn recent_diagnoses_are_shared() {
 
 #[test]
 fn a_close_without_owner_names_the_sockets_cgroup_and_one_with_an_owner_does_not() {
-    use std::os::unix::fs::MetadataExt;
-    // The cgroup2 root's id (its directory's inode): a cgroup that exists on this host.
-    let root = crate::host::owner::cgroup2_root();
-    let Ok(id) = std::fs::metadata(&root).map(|m| m.ino()) else {
+    let Some(id) = cgroup2_root_id() else {
         return; // no cgroup2 here: nothing to resolve
     };
     let refused = || {
@@ -1385,23 +1398,17 @@ fn a_close_without_owner_names_the_sockets_cgroup_and_one_with_an_owner_does_not
 
 #[test]
 fn a_keepalive_death_without_owner_names_the_sockets_cgroup() {
-    use std::os::unix::fs::MetadataExt;
-    let root = crate::host::owner::cgroup2_root();
-    let Ok(id) = std::fs::metadata(&root).map(|m| m.ino()) else {
+    let Some(id) = cgroup2_root_id() else {
         return; // no cgroup2 here: nothing to resolve
     };
     let mut c = correlator();
-    let mut records = vec![firing(SK, 5000, 1, 0, 1, 0), firing(SK, 5000, 2, 1, 2, 0)];
-    let RawEvent::Timer(mut death) = firing(SK, 5000, 3, 2, 3, 0) else {
-        unreachable!()
-    };
-    death.flags |= timer_flag::DIED | timer_flag::RST_SENT | timer_flag::ERROR_REPORTED;
-    death.reset_reason = 15;
-    death.error = 110;
-    death.close = CloseInfo {
-        probes_out: 3,
-        ..close_info(tcp_state::ESTABLISHED, 110, 0)
-    };
+    // Three probes unanswered (the peer last heard at second 0), then the death.
+    let mut records = vec![
+        firing(SK, 5000, 1, 0, 0, 1),
+        firing(SK, 5000, 2, 0, 1, 2),
+        firing(SK, 5000, 3, 0, 2, 3),
+    ];
+    let mut death = keepalive_death(SK, 5000, 4, 3, 0);
     // No process known (tgid 0): the socket's cgroup, as the timer hook reads it.
     death.owner.cgroup_id = id;
     records.push(RawEvent::Timer(death));

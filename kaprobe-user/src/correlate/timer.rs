@@ -12,7 +12,7 @@ use kaprobe_common::{
     CloseInfo, REASON_UNKNOWN, TimerRecord, Tuple, close_flag, tcp_state, timer_flag,
 };
 
-use super::{Conn, Correlator, ETIMEDOUT, Pending, conn_event};
+use super::{Conn, Correlator, ETIMEDOUT, Pending, conn_event, socket_cgroup_of};
 use crate::event::{Body, Cause, Event, Owner, errno_name, state_name};
 use crate::{bpf::decode::RawEvent, diagnose::OtherEnd};
 
@@ -388,11 +388,7 @@ impl Correlator {
                 counted: true,
                 held_reset: None,
                 abort_on_data: false,
-                socket_cgroup: if r.owner.tgid == 0 {
-                    r.owner.cgroup_id
-                } else {
-                    0
-                },
+                socket_cgroup: socket_cgroup_of(&r.owner),
             },
             forced,
             out,

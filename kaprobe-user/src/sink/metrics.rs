@@ -19,7 +19,11 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::{Atomic, Counter},
+        family::Family,
+        gauge::Gauge,
+    },
     registry::Registry,
 };
 
@@ -544,18 +548,12 @@ impl Metrics {
     /// The agent's connection table now, and its evictions so far.
     pub(crate) fn table(&self, tracked: usize, evicted_total: u64) {
         self.tracked.set(tracked as i64);
-        let seen = self.evicted.get();
-        if evicted_total > seen {
-            self.evicted.inc_by(evicted_total - seen);
-        }
+        raise_to(&self.evicted, evicted_total);
     }
 
     /// Births shed so far (the kernel's total).
     pub(crate) fn births_shed(&self, total: u64) {
-        let seen = self.births_shed.get();
-        if total > seen {
-            self.births_shed.inc_by(total - seen);
-        }
+        raise_to(&self.births_shed, total);
     }
 
     /// kaprobe's own cost so far: the agent's CPU time (seconds) and resident memory (bytes),
@@ -566,22 +564,15 @@ impl Metrics {
         rss_bytes: u64,
         programs: &[(&'static str, ProgStats)],
     ) {
-        let seen = self.agent_cpu.get();
-        if cpu_seconds > seen {
-            self.agent_cpu.inc_by(cpu_seconds - seen);
-        }
+        raise_to(&self.agent_cpu, cpu_seconds);
         self.agent_rss.set(rss_bytes as i64);
         for &(program, stats) in programs {
             let labels = ProgramLabels { program };
-            let runs = self.program_runs.get_or_create(&labels);
-            if stats.run_cnt > runs.get() {
-                runs.inc_by(stats.run_cnt - runs.get());
-            }
-            let seconds = self.program_seconds.get_or_create(&labels);
-            let total = stats.run_time_ns as f64 / 1e9;
-            if total > seconds.get() {
-                seconds.inc_by(total - seconds.get());
-            }
+            raise_to(&self.program_runs.get_or_create(&labels), stats.run_cnt);
+            raise_to(
+                &self.program_seconds.get_or_create(&labels),
+                stats.run_time_ns as f64 / 1e9,
+            );
         }
     }
 
@@ -591,6 +582,19 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// Raises counter `c` to `total`, a total kept elsewhere (the kernel's, the process's):
+/// a counter only goes up, so a reading that went back changes nothing.
+fn raise_to<N, A>(c: &Counter<N, A>, total: N)
+where
+    N: Copy + PartialOrd + std::ops::Sub<Output = N>,
+    A: Atomic<N>,
+{
+    let seen = c.get();
+    if total > seen {
+        c.inc_by(total - seen);
     }
 }
 
