@@ -36,8 +36,13 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     let all = conf!(flags) & config_flag::ALL != 0;
     let skflags = sk_flags::<M>(sk);
     let keepopen = flag_set(skflags, conf!(sock_flag_keepopen));
-    // A connection is born in SYN_SENT (connect) or SYN_RECV (a child of a listener). Every
-    // birth is remembered, so that a connection's owner and lifetime are known when it
+    // A connection is born in SYN_SENT (connect) or, accepted from a listener, when its
+    // handshake completes (SYN_RECV -> ESTABLISHED, in the softirq that made the child, or
+    // for a TCP Fast Open child when the client's ACK comes). Not at SYN_RECV: there the
+    // child is still being made by inet_csk_clone_lock, which then (6.1, 6.12) sets its
+    // cookie to the request's, so that a slot keyed by a cookie made at SYN_RECV would never
+    // be found again (measured in a 6.12 VM: accepted connections closed without birth,
+    // owner or direction; docs/design.md). Every birth is remembered, so that a connection's owner and lifetime are known when it
     // fails or when keepalive is turned on later; with `--lean`, only the births of
     // sockets that already have keepalive on (set before connect(), or inherited from the
     // listener): recording a birth is most of this hook's cost under connection churn
@@ -46,7 +51,8 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // keepalive are shed (counted): the cost of a churning host stays bounded. Births in
     // namespaces `--netns` leaves out are never recorded (their records would not be sent):
     // they neither spend the budget nor count as shed.
-    let born = (new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV)
+    let born = (new == tcp_state::SYN_SENT
+        || (new == tcp_state::ESTABLISHED && old == tcp_state::SYN_RECV))
         && (keepopen || all || conf!(flags) & config_flag::LEAN == 0)
         && (conf!(n_filter_netns) == 0 || netns_wanted(netns_inum::<M>(sk_net::<M>(sk))))
         && (keepopen || all || birth_allowed());

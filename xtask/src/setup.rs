@@ -30,6 +30,8 @@ const TEST_PACKAGES: &[&str] = &[
     // (util-linux) for least privilege.
     "prometheus",
     "systemd",
+    // The diagnosis tests' HTTP server (the keep-alive race against a real nginx).
+    "nginx",
     // A venv for PyPI test tools, from Debian's python3.
     "python3-venv",
     // The container test: builds the image (`FROM scratch`, offline) and runs it with runc,
