@@ -28,6 +28,9 @@ use crate::{
 /// the same socket counts.
 const RESET_TO_CLOSE_NS: u64 = 1_000_000_000;
 
+/// SYN_RECV -> ESTABLISHED as `old << 8 | new`: an accepted connection's handshake done.
+const HANDSHAKE_DONE: u32 = (tcp_state::SYN_RECV as u32) << 8 | tcp_state::ESTABLISHED as u32;
+
 #[inline(always)]
 pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     if sk == 0 {
@@ -51,8 +54,8 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // keepalive are shed (counted): the cost of a churning host stays bounded. Births in
     // namespaces `--netns` leaves out are never recorded (their records would not be sent):
     // they neither spend the budget nor count as shed.
-    let born = (new == tcp_state::SYN_SENT
-        || (new == tcp_state::ESTABLISHED && old == tcp_state::SYN_RECV))
+    let transition = (old as u32) << 8 | new as u32;
+    let born = (new == tcp_state::SYN_SENT || transition == HANDSHAKE_DONE)
         && (keepopen || all || conf!(flags) & config_flag::LEAN == 0)
         && (conf!(n_filter_netns) == 0 || netns_wanted(netns_inum::<M>(sk_net::<M>(sk))))
         && (keepopen || all || birth_allowed());
