@@ -21,8 +21,7 @@ pub mod kind {
     pub const RST_RECV: u32 = 5;
     /// `sock:inet_sk_error_report` on a TCP socket. [`super::ErrorRecord`].
     pub const SK_ERROR: u32 = 6;
-    /// `tcp:tcp_destroy_sock` of a socket the agent may still hold state for. [`super::Header`] only.
-    pub const DESTROY: u32 = 7;
+    // 7 was `DESTROY` (`tcp:tcp_destroy_sock`, no longer attached: docs/design.md); not reused.
 }
 
 /// TCP states, as in the kernel's `include/net/tcp_states.h` (a userspace ABI, stable).
@@ -140,8 +139,8 @@ pub mod stat {
 /// Every ring-buffer record starts with a [`Header`].
 pub trait Record {
     fn header(&self) -> &Header;
-    /// The connection the record is about (none for a bare [`Header`]).
-    fn tuple(&self) -> Option<&Tuple>;
+    /// The connection the record is about.
+    fn tuple(&self) -> &Tuple;
 }
 
 macro_rules! records {
@@ -153,8 +152,8 @@ macro_rules! records {
             }
 
             #[inline(always)]
-            fn tuple(&self) -> Option<&Tuple> {
-                Some(&self.tuple)
+            fn tuple(&self) -> &Tuple {
+                &self.tuple
             }
         }
     )*};
@@ -167,18 +166,6 @@ records!(
     ResetRecvRecord,
     ErrorRecord
 );
-
-impl Record for Header {
-    #[inline(always)]
-    fn header(&self) -> &Header {
-        self
-    }
-
-    #[inline(always)]
-    fn tuple(&self) -> Option<&Tuple> {
-        None
-    }
-}
 
 /// Map names, shared so the agent and the programs cannot drift apart.
 pub mod map_name {

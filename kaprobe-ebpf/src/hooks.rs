@@ -89,7 +89,3 @@ hook!(
     kr_sk_error,
     |arg, M| reset::on_error_report::<M>(arg(0))
 );
-// tcp_destroy_sock(struct sock *sk)
-hook!("tcp_destroy_sock", kp_destroy, kr_destroy, |arg, M| {
-    reset::on_destroy::<M>(arg(0))
-});

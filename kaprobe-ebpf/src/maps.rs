@@ -353,7 +353,7 @@ pub fn netns_wanted(netns: u32) -> bool {
 /// ring space nor the agent's time. (The agent applies every filter again.)
 #[inline(always)]
 fn wanted<T: Record>(record: &T) -> bool {
-    record.tuple().is_none_or(wanted_tuple)
+    wanted_tuple(record.tuple())
 }
 
 /// Whether a record of the connection `t` passes `--netns` and `--port`.

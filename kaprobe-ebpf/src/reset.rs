@@ -1,6 +1,6 @@
-//! `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`, `sock:inet_sk_error_report` and
-//! `tcp:tcp_destroy_sock`: rare events, each sent as it happens, except inside the
-//! keepalive timer of the same socket, where they are folded into the timer's record.
+//! `tcp:tcp_send_reset`, `tcp:tcp_receive_reset` and `sock:inet_sk_error_report`: rare
+//! events, each sent as it happens, except inside the keepalive timer of the same socket,
+//! where they are folded into the timer's record.
 use kaprobe_common::{
     ErrorRecord, REASON_UNKNOWN, ResetRecvRecord, ResetSentRecord, TimerRecord, close_flag, kind,
     tcp_state, timer_flag,
@@ -13,8 +13,7 @@ use crate::{
         tuple_of_sock, tuple_of_sock_common,
     },
     maps::{
-        emit, emit_bulk, listener_owner, open_listener_owner, owner_of_sock, recent_reset,
-        running_timer_of,
+        emit, listener_owner, open_listener_owner, owner_of_sock, recent_reset, running_timer_of,
     },
 };
 
@@ -125,16 +124,4 @@ pub fn on_error_report<M: Mem>(sk: u64) {
         owner: owner_of_sock(M::existing_key(sk), &tuple),
     };
     let _ = emit(&rec);
-}
-
-#[inline(always)]
-pub fn on_destroy<M: Mem>(sk: u64) {
-    if sk == 0 {
-        return;
-    }
-    // The agent may hold state for a keepalive socket (from its timer): let it drop it. (A
-    // kernel-side slot left over from a missed TCP_CLOSE ages out of its set by eviction.)
-    if flag_set(sk_flags::<M>(sk), conf!(sock_flag_keepopen)) {
-        let _ = emit_bulk(&header(kind::DESTROY, sk));
-    }
 }

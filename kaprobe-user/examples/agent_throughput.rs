@@ -9,7 +9,7 @@
 //!
 //! `keepalive` follows a keepalive-heavy server: 4096 connections interleaved; each gets a
 //! keepalive probe and its answer, then ends by FIN (70 %), by an RST from the peer (20 %)
-//! or by a keepalive timeout (10 %), followed by `tcp_destroy_sock`.
+//! or by a keepalive timeout (10 %).
 //!
 //! `churn` is what `watch --all` receives under `Connection: close` churn with both ends on
 //! the host (the bench's nginx and wrk): one close record per socket, the server's (it sent
@@ -291,7 +291,7 @@ impl Generator {
                     close: self.close_info(conn, tcp_state::FIN_WAIT2, 0, 0),
                     owner: self.owner,
                 }),
-                false,
+                true,
             ),
             // The peer resets the connection.
             (2, 7 | 8) => (
@@ -314,12 +314,11 @@ impl Generator {
                     close: self.close_info(conn, tcp_state::ESTABLISHED, close_flag::RST_RECV, 104),
                     owner: self.owner,
                 }),
-                false,
+                true,
             ),
             // Keepalive timeout: a second probe unanswered, then death in the timer.
             (2, _) => (encode(&self.timer(conn, 0, 1, true, false)), false),
-            (3, _) => (encode(&self.timer(conn, 1, 1, true, true)), false),
-            _ => (encode(&self.header(kind::DESTROY, conn)), true),
+            _ => (encode(&self.timer(conn, 1, 1, true, true)), true),
         };
         if done {
             self.slots[i] = Slot {

@@ -28,14 +28,13 @@ fn record_size(k: u32) -> usize {
     }
 }
 
-const KINDS: [u32; 7] = [
+const KINDS: [u32; 6] = [
     kind::KA_TIMER,
     kind::STATE,
     kind::CLOSE,
     kind::RST_SENT,
     kind::RST_RECV,
     kind::SK_ERROR,
-    kind::DESTROY,
 ];
 
 /// A record of a real kind whose other bytes are arbitrary, except that the socket is one
@@ -146,7 +145,6 @@ proptest! {
             RawEvent::ResetSent(r) => encode(&r),
             RawEvent::ResetRecv(r) => encode(&r),
             RawEvent::Error(r) => encode(&r),
-            RawEvent::Destroy(h) => encode(&h),
         };
         prop_assert_eq!(again, rec);
     }

@@ -14,7 +14,6 @@ pub(crate) enum RawEvent {
     ResetSent(ResetSentRecord),
     ResetRecv(ResetRecvRecord),
     Error(ErrorRecord),
-    Destroy(Header),
 }
 
 impl RawEvent {
@@ -27,12 +26,11 @@ impl RawEvent {
             RawEvent::ResetSent(r) => r,
             RawEvent::ResetRecv(r) => r,
             RawEvent::Error(r) => r,
-            RawEvent::Destroy(h) => h,
         }
     }
 
-    /// The connection the record is about (none for a destroy record).
-    pub(crate) fn tuple(&self) -> Option<&Tuple> {
+    /// The connection the record is about.
+    pub(crate) fn tuple(&self) -> &Tuple {
         self.record().tuple()
     }
 
@@ -100,7 +98,6 @@ pub(crate) fn decode(buf: &[u8]) -> Result<RawEvent, DecodeError> {
         kind::RST_SENT => RawEvent::ResetSent(read(buf, k)?),
         kind::RST_RECV => RawEvent::ResetRecv(read(buf, k)?),
         kind::SK_ERROR => RawEvent::Error(read(buf, k)?),
-        kind::DESTROY => RawEvent::Destroy(read(buf, k)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -139,13 +136,6 @@ mod tests {
             owner: kaprobe_common::Owner::default(),
         };
         assert_eq!(decode(&encode(&rec)), Ok(RawEvent::State(rec)));
-        let h = Header {
-            kind: kind::DESTROY,
-            cpu: 0,
-            ts_ns: 1,
-            sk: 2,
-        };
-        assert_eq!(decode(&encode(&h)), Ok(RawEvent::Destroy(h)));
     }
 
     #[test]

@@ -20,14 +20,13 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Each hook: the tracepoint, the `tp_btf` program, the `raw_tp` fallback. In attach order:
 /// the timer's exit before its entry, so that no firing is entered without its exit.
-pub(crate) const HOOKS: [(&str, &str, &str); 7] = [
+pub(crate) const HOOKS: [(&str, &str, &str); 6] = [
     ("timer_expire_exit", "kp_timer_exit", "kr_timer_exit"),
     ("timer_expire_entry", "kp_timer_entry", "kr_timer_entry"),
     ("inet_sock_set_state", "kp_set_state", "kr_set_state"),
     ("tcp_send_reset", "kp_send_reset", "kr_send_reset"),
     ("tcp_receive_reset", "kp_recv_reset", "kr_recv_reset"),
     ("inet_sk_error_report", "kp_sk_error", "kr_sk_error"),
-    ("tcp_destroy_sock", "kp_destroy", "kr_destroy"),
 ];
 
 #[derive(Debug, Error)]

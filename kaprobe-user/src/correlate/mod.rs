@@ -292,7 +292,6 @@ impl Correlator {
             RawEvent::ResetSent(r) => self.on_reset_sent(r, out),
             RawEvent::ResetRecv(r) => self.on_reset_recv(r, out),
             RawEvent::Error(r) => self.on_error(r),
-            RawEvent::Destroy(h) => self.on_destroy(h, out),
         }
     }
 

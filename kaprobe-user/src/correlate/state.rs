@@ -1,6 +1,6 @@
-//! Records of `inet_sock_set_state` and `tcp_destroy_sock` (kaprobe-ebpf/src/state.rs): FINs
-//! as they happen, and closes (held a moment for an RST that may follow).
-use kaprobe_common::{CloseRecord, Header, StateRecord, close_flag, tcp_state};
+//! Records of `inet_sock_set_state` (kaprobe-ebpf/src/state.rs): FINs as they happen, and
+//! closes (held a moment for an RST that may follow).
+use kaprobe_common::{CloseRecord, StateRecord, close_flag, tcp_state};
 
 use super::{Correlator, Pending, owner_named, socket_cgroup_of};
 use crate::{
@@ -96,26 +96,5 @@ impl Correlator {
         } else {
             self.finish(p, None, out);
         }
-    }
-
-    pub(super) fn on_destroy(&mut self, h: &Header, out: &mut Vec<Event>) {
-        // The socket is gone: no RST can follow its close any more, except where the kernel
-        // destroys an orphan before it sends the RST of its close (data that came after this
-        // side closed, tcp_abort_on_data; a close with unread data): that close keeps waiting.
-        let rst_after_destroy = self.pending.get(&h.sk).is_some_and(|p| {
-            matches!(
-                p.info.old_state,
-                tcp_state::ESTABLISHED
-                    | tcp_state::CLOSE_WAIT
-                    | tcp_state::FIN_WAIT1
-                    | tcp_state::FIN_WAIT2
-            )
-        });
-        if !rst_after_destroy {
-            if let Some(p) = self.pending.remove(&h.sk) {
-                self.finish(p, None, out);
-            }
-        }
-        self.conns.remove(&h.sk);
     }
 }

@@ -651,7 +651,7 @@ fn graceful_close_is_reported_after_the_grace_period() {
 }
 
 #[test]
-fn destroy_ends_the_wait_for_a_trailing_rst() {
+fn an_orderly_close_waits_its_grace_for_a_trailing_rst() {
     let mut c = correlator();
     let mut out = run(
         &mut c,
@@ -662,10 +662,13 @@ fn destroy_ends_the_wait_for_a_trailing_rst() {
             close_info(tcp_state::LAST_ACK, 0, close_flag::TRACKED),
         )],
     );
-    c.handle(
-        &RawEvent::Destroy(header(kind::DESTROY, SEC + 10, SK)),
-        &mut out,
+    c.tick(SEC + CLOSE_GRACE_NS - 1, &mut out);
+    assert!(
+        out.is_empty(),
+        "reported before its grace: {:?}",
+        names(&out)
     );
+    c.tick(SEC + CLOSE_GRACE_NS, &mut out);
     let Body::ConnectionClosed {
         cause,
         closed_by,
@@ -984,21 +987,20 @@ fn records_of_a_connection_whose_end_was_inferred_are_not_reported_twice() {
     let mut out = Vec::new();
     c.unseen_death(&overdue[0], &mut out);
     assert_eq!(names(&out), ["keepalive_timeout", "connection_closed"]);
-    // The fatal firing's record comes after all, later than the grace period, and then the
-    // socket's destruction: nothing more is reported.
+    // The fatal firing's record comes after all, later than the grace period: nothing more
+    // is reported.
     let mut fatal = firing(SK, 5000, 5, 1, 3, 3);
     if let RawEvent::Timer(r) = &mut fatal {
         r.flags |= timer_flag::DIED;
         r.close = close_info(tcp_state::ESTABLISHED, ETIMEDOUT, 0);
     }
-    let late = run(
-        &mut c,
-        &[fatal, RawEvent::Destroy(header(kind::DESTROY, 8 * SEC, SK))],
-    );
+    let late = run(&mut c, &[fatal]);
     assert!(late.is_empty(), "reported twice: {:?}", names(&late));
-    assert_eq!(c.stats.late_after_inference, 2);
-    // The socket's address is then free for a new connection, reported as usual.
-    let out = run(&mut c, &[firing(SK, 5000, 9, 8, 0, 1)]);
+    assert_eq!(c.stats.late_after_inference, 1);
+    // A minute later the inference is forgotten: the socket's address may serve a new
+    // connection with the same addresses, reported as usual.
+    c.overdue(70 * SEC);
+    let out = run(&mut c, &[firing(SK, 5000, 70, 69, 0, 1)]);
     assert_eq!(names(&out), ["keepalive_probe"]);
     // Another connection on the same address is never taken for the inferred one.
     let mut c2 = correlator();
@@ -1243,8 +1245,8 @@ fn data_on_a_connection_this_side_closed_idle_is_the_race_not_a_reset_received()
     assert_eq!(diagnosis.verdict, Verdict::KeepaliveRace, "{diagnosis:?}");
     assert_eq!(diagnosis.evidence.idle_before_close_ms, Some(1000));
     assert_eq!(diagnosis.evidence.closed_before_ms, Some(40));
-    // The FIN in flight: the kernel's fake reset_received in FIN_WAIT1, the close, the
-    // orphan's destruction, then its RST.
+    // The FIN in flight: the kernel's fake reset_received in FIN_WAIT1, the close (the
+    // orphan is destroyed), then its RST.
     let mut c = correlator();
     let fake = RawEvent::ResetRecv(ResetRecvRecord {
         header: header(kind::RST_RECV, SEC + 100_000_000, SK),
@@ -1265,7 +1267,6 @@ fn data_on_a_connection_this_side_closed_idle_is_the_race_not_a_reset_received()
                     ..idle_close(tcp_state::FIN_WAIT1, close_flag::RST_RECV)
                 },
             ),
-            RawEvent::Destroy(header(kind::DESTROY, SEC + 100_000_200, SK)),
             abort_rst(SEC + 100_000_300),
         ],
     );

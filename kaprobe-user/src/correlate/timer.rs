@@ -156,24 +156,17 @@ impl Correlator {
     }
 
     /// Is `raw` a record of a connection whose end was already inferred? A record of
-    /// another connection on the same socket (address reused) forgets the inference; the
-    /// socket's destruction ends it.
+    /// another connection on the same socket (address reused) forgets the inference.
     pub(super) fn after_inferred_end(&mut self, raw: &RawEvent) -> bool {
         let sk = raw.header().sk;
         let Some((tuple, _)) = self.inferred_ends.get(&sk) else {
             return false;
         };
-        match raw.tuple() {
-            Some(t) if t == tuple => true,
-            Some(_) => {
-                self.inferred_ends.remove(&sk);
-                false
-            }
-            None => {
-                self.inferred_ends.remove(&sk);
-                true
-            }
+        if raw.tuple() == tuple {
+            return true;
         }
+        self.inferred_ends.remove(&sk);
+        false
     }
 
     /// The kernel counted lost records of keepalive firings that ended connections, up to

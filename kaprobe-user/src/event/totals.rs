@@ -7,7 +7,7 @@ use super::{Body, Event};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct LostRecords {
     /// Lost records by kind (`keepalive_timer`, `state`, `close`, `reset_sent`,
-    /// `reset_received`, `error`, `destroy`); kinds with none lost are left out.
+    /// `reset_received`, `error`); kinds with none lost are left out.
     pub(crate) by_kind: std::collections::BTreeMap<&'static str, u64>,
     /// Connection ends that will not be reported (no `connection_closed`): lost close
     /// records, and lost keepalive timer records of firings that ended the connection.

@@ -65,14 +65,13 @@ impl KernelFacts {
 }
 
 /// The tracepoints kaprobe attaches, all required.
-pub(crate) const TRACEPOINTS: [&str; 7] = [
+pub(crate) const TRACEPOINTS: [&str; 6] = [
     "timer_expire_entry",
     "timer_expire_exit",
     "inet_sock_set_state",
     "tcp_send_reset",
     "tcp_receive_reset",
     "inet_sk_error_report",
-    "tcp_destroy_sock",
 ];
 
 /// Loads the running kernel's BTF.

@@ -747,7 +747,7 @@ mod tests {
             30_000_000,
             &[
                 ("kp_set_state", stats(40, 9_000)),
-                ("kp_destroy", stats(4, 400)),
+                ("kp_recv_reset", stats(4, 400)),
             ],
         );
         // A reading that went back (a racing update) changes nothing.
@@ -766,7 +766,7 @@ mod tests {
             40.0
         );
         assert_eq!(
-            value(r#"kaprobe_program_runs_total{program="kp_destroy"}"#),
+            value(r#"kaprobe_program_runs_total{program="kp_recv_reset"}"#),
             4.0
         );
         let seconds = |p: &str| {
@@ -775,7 +775,7 @@ mod tests {
             ))
         };
         assert!((seconds("kp_set_state") - 9e-6).abs() < 1e-12);
-        assert!((seconds("kp_destroy") - 4e-7).abs() < 1e-12);
+        assert!((seconds("kp_recv_reset") - 4e-7).abs() < 1e-12);
     }
 
     #[test]

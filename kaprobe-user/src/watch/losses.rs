@@ -139,7 +139,6 @@ fn kind_name(kind: u32) -> &'static str {
         kaprobe_common::kind::RST_SENT => "reset_sent",
         kaprobe_common::kind::RST_RECV => "reset_received",
         kaprobe_common::kind::SK_ERROR => "error",
-        kaprobe_common::kind::DESTROY => "destroy",
         _ => "other",
     }
 }

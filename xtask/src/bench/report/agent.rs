@@ -18,7 +18,7 @@ pub(super) fn throughput(w: &mut String, r: &Report) {
         w,
         "`kaprobe-user/examples/agent_throughput.rs` (release, pinned to one CPU with \
          `taskset`): {} generated kernel records (keepalive probe and answer, then FIN 70 %, \
-         peer reset 20 %, keepalive timeout 10 %, then destroy; 4096 connections interleaved) \
+         peer reset 20 %, keepalive timeout 10 %; 4096 connections interleaved) \
          through decode → correlation → owner, filter, totals, summary → JSON Lines into a \
          sink, {} run(s).\n",
         t.records,

@@ -30,7 +30,7 @@ pub(super) fn churn(w: &mut String, plan: &Plan, r: &Report) {
     table(w, &r.churn.close);
     let _ = writeln!(
         w,
-        "\nThe empty programs (`KAPROBE_BENCH_EMPTY_PROGRAMS=1`) attach kaprobe's seven hooks \
+        "\nThe empty programs (`KAPROBE_BENCH_EMPTY_PROGRAMS=1`) attach kaprobe's six hooks \
          and return at once: the floor of any tracer on these tracepoints.\n"
     );
     let _ = writeln!(
