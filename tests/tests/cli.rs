@@ -144,7 +144,7 @@ fn sigterm_writes_agent_stop_and_unloads_everything() {
         maps.len() >= 5,
         "the ring buffer, counters and tables: {maps:?}"
     );
-    assert_eq!(ids.len(), 7, "seven programs attached: {ids:?}");
+    assert_eq!(ids.len(), 6, "six programs attached: {ids:?}");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
@@ -266,6 +266,52 @@ fn runs_without_tracefs() {
         assert!(
             lines.last().is_some_and(|l| l.contains("\"agent_stop\"")),
             "{attach}: {stdout}"
+        );
+    }
+}
+
+/// Every configuration that makes the verifier see a different program (`.rodata` settings
+/// are constants to it: whole paths of `kp_set_state` exist in one mode only) loads as BTF
+/// tracepoints. A program the verifier rejects would fall back to raw tracepoints silently
+/// but for a warning (a verifier bug on 6.12 and 6.18 did just that to the default mode).
+#[test]
+fn every_mode_loads_as_btf_tracepoints() {
+    if need_root() {
+        return;
+    }
+    let modes: [&[&str]; 7] = [
+        &[],
+        &["--lean"],
+        &["--all"],
+        &["--birth-budget", "unlimited"],
+        &["--birth-budget", "0"],
+        &["--netns", "1"],
+        &["--port", "80"],
+    ];
+    for mode in modes {
+        let out = Command::new(kaprobe_bin())
+            .args([
+                "watch",
+                "--format",
+                "json",
+                "--duration",
+                "1s",
+                "--attach",
+                "tp_btf",
+            ])
+            .args(mode)
+            .output()
+            .expect("run kaprobe");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{mode:?}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let start: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{mode:?}: agent_start: {e}: {stdout}"));
+        let hooks = start["hooks"].as_array().expect("hooks");
+        assert_eq!(hooks.len(), 6, "{mode:?}: {start}");
+        assert!(
+            hooks.iter().all(|h| h["attach"] == "tp_btf"),
+            "{mode:?}: {start}"
         );
     }
 }

@@ -14,7 +14,8 @@ use crate::{build, child};
 /// The core scenarios run on every VM kernel (tests/tests/keepalive.rs; the diagnosis
 /// whose kernel evidence differs most between kernels: RST reasons came in 6.10; and the
 /// start of an accepted connection, which 6.1 and 6.12 make differently from 6.18: its
-/// cookie is set after the SYN_RECV tracepoint).
+/// cookie is set after the SYN_RECV tracepoint; and that every mode's programs pass this
+/// kernel's verifier as BTF tracepoints).
 const CORE_TESTS: &[&str] = &[
     "dead_peer_times_out_v4",
     "dead_peer_times_out_v6",
@@ -23,6 +24,7 @@ const CORE_TESTS: &[&str] = &[
     "peer_closes_with_fin",
     "data_after_shutdown_is_one_close_on_each_side_and_the_race",
     "owner_and_bytes_of_a_client_and_an_accepted_connection",
+    "every_mode_loads_as_btf_tracepoints",
 ];
 
 /// A test binary of kaprobe-tests and the tests it holds.
