@@ -381,6 +381,8 @@ pub fn connect_many(
     n: usize,
     ka: Option<Keepalive>,
 ) -> (Vec<TcpStream>, Vec<TcpStream>) {
+    // Both ends of every connection are held here (a VM's default limit is 1024).
+    raise_fd_limit(2 * n as u64 + 1024);
     let to = listener.local_addr().expect("listener address");
     let acceptor = thread::spawn(move || {
         (0..n)
@@ -1184,12 +1186,26 @@ impl OlderSockets {
     }
 }
 
-/// Raises this process's open-file limit to `n` (root may).
+/// Raises this process's open-file limit to at least `n` (root may); a higher limit is
+/// kept (tests run in parallel in one process: none may lower another's).
 pub fn raise_fd_limit(n: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
+    // SAFETY: getrlimit writes the struct we pass; nothing else.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(
+        rc,
+        0,
+        "getrlimit NOFILE: {}",
+        std::io::Error::last_os_error()
+    );
+    if lim.rlim_cur >= n {
+        return;
+    }
+    lim.rlim_cur = n;
+    lim.rlim_max = lim.rlim_max.max(n);
     // SAFETY: setrlimit reads the struct we pass; nothing else.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     assert_eq!(
