@@ -160,8 +160,10 @@ fn nginx_keepalive_race_is_diagnosed_on_both_sides() {
     let client_close = agent.wait_for("the client's close", Duration::from_secs(10), |e| {
         is(e, "connection_closed", ns_a, sport)
     });
-    let server_rst = agent.wait_for("nginx's RST", Duration::from_secs(10), |e| {
-        e["event"] == "reset_sent" && e["netns"] == ns_b && e["dport"] == sport
+    let server_rst = kernel_traces_socketless_resets().then(|| {
+        agent.wait_for("nginx's RST", Duration::from_secs(10), |e| {
+            e["event"] == "reset_sent" && e["netns"] == ns_b && e["dport"] == sport
+        })
     });
     let all = agent.stop();
     let (after_a, after_b) = (link.a.nstat(), link.b.nstat());
@@ -196,6 +198,24 @@ fn nginx_keepalive_race_is_diagnosed_on_both_sides() {
         (1100..=1900).contains(&reused),
         "reused after {reused} ms: {client_close}"
     );
+    // One close for the client's connection, none reported for nginx's orderly idle close
+    // (not a connection kaprobe reports by default).
+    assert_eq!(conn_kind(&all, ns_a, sport, "connection_closed").len(), 1);
+    assert!(conn_kind(&all, ns_b, port, "connection_closed").is_empty());
+    let Some(server_rst) = server_rst else {
+        // 6.1 does not trace an RST from a TIME_WAIT socket: the client's story stands on
+        // its own evidence (still `certain`: the peer's FIN, then an RST to data).
+        assert!(
+            diagnosis(&client_close)["evidence"]["other_end"].is_null(),
+            "{client_close}"
+        );
+        assert_eq!(
+            diagnosis(&client_close)["confidence"],
+            "certain",
+            "{client_close}"
+        );
+        return;
+    };
     assert_eq!(
         diagnosis(&client_close)["evidence"]["other_end"],
         "reset_sent:tcp_timewait_socket",
@@ -217,10 +237,6 @@ fn nginx_keepalive_race_is_diagnosed_on_both_sides() {
         (1100..=1900).contains(&before),
         "closed {before} ms before: {server_rst}"
     );
-    // One close for the client's connection, none reported for nginx's orderly idle close
-    // (not a connection kaprobe reports by default).
-    assert_eq!(conn_kind(&all, ns_a, sport, "connection_closed").len(), 1);
-    assert!(conn_kind(&all, ns_b, port, "connection_closed").is_empty());
 }
 
 /// A server that answers one request on each accepted connection, waits `pause` without a
@@ -581,6 +597,11 @@ fn a_closed_listener_is_forgotten() {
         .a
         .run(move || TcpStream::connect(to).expect_err("refused"));
     assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    if !kernel_traces_socketless_resets() {
+        // 6.1 does not trace the RST its host sends for no socket: nothing to check here.
+        drop(agent.stop());
+        return;
+    }
     let rst = agent.wait_for("the refusing RST", Duration::from_secs(10), |e| {
         e["event"] == "reset_sent" && e["netns"] == nb && e["sport"] == to.port()
     });
