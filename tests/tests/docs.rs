@@ -182,9 +182,11 @@ fn example_scenario() -> Vec<String> {
     agent.wait_for("the refused connect's close", WAIT, |v| {
         v["event"] == "connection_closed" && v["netns"] == ns_a && v["dport"] == closed_port
     });
-    agent.wait_for("the RST for no socket", WAIT, |v| {
-        v["event"] == "reset_sent" && v["netns"] == ns_b && v["sport"] == closed_port
-    });
+    if kernel_traces_socketless_resets() {
+        agent.wait_for("the RST for no socket", WAIT, |v| {
+            v["event"] == "reset_sent" && v["netns"] == ns_b && v["sport"] == closed_port
+        });
+    }
     drop(server);
     agent.stop_with_lines().1
 }
@@ -204,6 +206,12 @@ fn the_doc_example_has_the_shape_of_real_output() {
     let mut wrong = Vec::new();
     for line in example_lines() {
         let doc: Value = serde_json::from_str(&line).expect("the example is JSON");
+        if doc["event"] == "reset_sent"
+            && doc["state"].is_null()
+            && !kernel_traces_socketless_resets()
+        {
+            continue; // an RST for no socket, which this kernel does not trace (6.1)
+        }
         let want = shape_of(&doc);
         let same_kind: Vec<BTreeSet<String>> = real
             .iter()
