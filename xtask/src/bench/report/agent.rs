@@ -12,6 +12,10 @@ use crate::bench::{
 pub(super) fn throughput(w: &mut String, r: &Report) {
     let _ = writeln!(w, "\n## 3. Agent throughput\n");
     let t = &r.throughput;
+    if t.records_per_s.is_empty() {
+        let _ = writeln!(w, "Not measured in this run (`--only` another part).");
+        return;
+    }
     let (lo, hi) = min_max(&t.records_per_s);
     let (elo, ehi) = min_max(&t.events_per_s);
     let _ = writeln!(
