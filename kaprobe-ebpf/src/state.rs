@@ -42,10 +42,12 @@ pub fn on_state<M: Mem, C: EbpfContext>(_ctx: &C, sk: u64, old: u8, new: u8) {
     // A connection is born in SYN_SENT (connect) or, accepted from a listener, when its
     // handshake completes (SYN_RECV -> ESTABLISHED, in the softirq that made the child, or
     // for a TCP Fast Open child when the client's ACK comes). Not at SYN_RECV: there the
-    // child is still being made by inet_csk_clone_lock, which then (6.1, 6.12) sets its
-    // cookie to the request's, so that a slot keyed by a cookie made at SYN_RECV would never
-    // be found again (measured in a 6.12 VM: accepted connections closed without birth,
-    // owner or direction; docs/design.md). Every birth is remembered, so that a connection's owner and lifetime are known when it
+    // child is still being made by inet_csk_clone_lock, which then (6.12, measured; 6.1 has
+    // the same code) sets its cookie to the request's, so that a slot keyed by a cookie made
+    // at SYN_RECV would never be found again (docs/design.md). The transition is compared
+    // as one word: comparing `old` and `new` apart made the default mode's program fail the
+    // verifier ("verifier bug: stack slot 24, total slots 22", 6.12 and 6.18).
+    // Every birth is remembered, so that a connection's owner and lifetime are known when it
     // fails or when keepalive is turned on later; with `--lean`, only the births of
     // sockets that already have keepalive on (set before connect(), or inherited from the
     // listener): recording a birth is most of this hook's cost under connection churn

@@ -299,13 +299,11 @@ fn close_with_unread_data_resets_the_peer() {
     });
     let all = agent.stop();
     let rst = the_one(&all, na, sport, "reset_sent");
-    // The kernel names its RSTs from 6.10 (`features.reset_reason`); before, `unknown`.
-    let reason = if all[0]["features"]["reset_reason"] == true {
-        "tcp_abort_on_close"
-    } else {
-        "unknown"
-    };
-    assert_eq!(rst["reason"], reason, "{rst}");
+    assert_eq!(
+        rst["reason"],
+        expected_reset_reason(&all, "tcp_abort_on_close").as_str(),
+        "{rst}"
+    );
     let closed = the_one(&all, na, sport, "connection_closed");
     assert_eq!(closed["cause"], "reset_sent", "{closed}");
     assert_eq!(closed["diagnosis"]["verdict"], "local_abort", "{closed}");
